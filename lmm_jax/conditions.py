@@ -1,0 +1,95 @@
+"""Chronic-condition code sets: the multi-label targets of fine-tuning and zero-shot risk.
+
+No PyPI package ships the CMS Chronic Conditions Warehouse (CCW) algorithms, so we define the code
+sets here, following the condition list of the CCW "Chronic Conditions" and "Other Chronic or
+Potentially Disabling Conditions" categories (https://www2.ccwdata.org/condition-categories) and the
+ICD-10-CM categories their reference code lists are built from. Differences from the CCW: we use a
+single claim with a qualifying diagnosis in any position (the CCW asks for 1-2 claims over a 1-3 year
+look-back, by condition), and split the CCW's combined conditions (RA/OA, hip/pelvic fracture,
+stroke/TIA) where the issue list asks for them separately. Every prefix is a valid ICD-10-CM
+category or subcategory (checked against `simple-icd-10-cm` in tests).
+
+A condition is *present* in a window when any diagnosis whose dotless ICD-10-CM code starts with one
+of its prefixes is coded in that window; it is *prevalent* at an index date when coded at any time
+before it, and a *new onset* when present in the target window but not prevalent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+  name: str                      # snake_case; used in column names (`{name}_true`, `{name}_pred`)
+  description: str
+  icd10cm_prefixes: tuple[str, ...]  # dotless ICD-10-CM prefixes
+
+
+CONDITIONS: tuple[Condition, ...] = (
+    Condition("hypertension", "Hypertension", ("I10", "I11", "I12", "I13", "I15", "I16")),
+    Condition("hyperlipidemia", "Hyperlipidemia", ("E780", "E781", "E782", "E784", "E785")),
+    Condition("diabetes_t2", "Type 2 diabetes mellitus", ("E11",)),
+    Condition("ckd", "Chronic kidney disease", ("N18", "I12", "I13", "Z992")),
+    Condition("heart_failure", "Heart failure", ("I50", "I110", "I130", "I132")),
+    Condition("ischemic_heart_disease", "Ischemic heart disease",
+              ("I20", "I21", "I22", "I24", "I25")),
+    Condition("atrial_fibrillation", "Atrial fibrillation and flutter", ("I48",)),
+    Condition("copd", "Chronic obstructive pulmonary disease", ("J41", "J42", "J43", "J44")),
+    Condition("asthma", "Asthma", ("J45",)),
+    Condition("depression", "Depression", ("F32", "F33", "F341")),
+    Condition("anxiety", "Anxiety disorders", ("F40", "F41")),
+    Condition("dementia", "Alzheimer's disease and related dementias",
+              ("F01", "F02", "F03", "G30", "G310", "G311")),
+    Condition("osteoarthritis", "Osteoarthritis", ("M15", "M16", "M17", "M18", "M19")),
+    Condition("rheumatoid_arthritis", "Rheumatoid arthritis", ("M05", "M06")),
+    Condition("osteoporosis", "Osteoporosis", ("M80", "M81")),
+    Condition("obesity", "Obesity", ("E66", "Z683", "Z684")),
+    Condition("hypothyroidism", "Hypothyroidism", ("E01", "E02", "E03", "E890")),
+    Condition("breast_cancer", "Breast cancer", ("C50", "D05")),
+    Condition("prostate_cancer", "Prostate cancer", ("C61", "D075")),
+    Condition("colorectal_cancer", "Colorectal cancer", ("C18", "C19", "C20")),
+    Condition("lung_cancer", "Lung cancer", ("C34",)),
+    Condition("stroke", "Stroke and transient ischemic attack", ("I60", "I61", "I63", "G45")),
+)
+CONDITION_NAMES: tuple[str, ...] = tuple(c.name for c in CONDITIONS)
+NUM_CONDITIONS = len(CONDITIONS)
+
+
+def normalize_icd10(code: str) -> str:
+  """'E11.9' / 'e119 ' -> 'E119'."""
+  return code.strip().upper().replace(".", "")
+
+
+@functools.lru_cache(maxsize=None)
+def _prefix_table() -> tuple[tuple[str, int], ...]:
+  return tuple((p, i) for i, c in enumerate(CONDITIONS) for p in c.icd10cm_prefixes)
+
+
+@functools.lru_cache(maxsize=200_000)
+def conditions_of(icd10cm_code: str) -> tuple[int, ...]:
+  """Indices (into CONDITIONS) of the conditions a single ICD-10-CM code (any spelling) counts for."""
+  code = normalize_icd10(icd10cm_code)
+  return tuple(sorted({i for p, i in _prefix_table() if code.startswith(p)}))
+
+
+def condition_flags(icd10cm_codes: Iterable[str]) -> np.ndarray:
+  """uint8[NUM_CONDITIONS]: 1 where any of the codes counts for the condition."""
+  flags = np.zeros(NUM_CONDITIONS, np.uint8)
+  for code in icd10cm_codes:
+    for i in conditions_of(code):
+      flags[i] = 1
+  return flags
+
+
+def index_of(names: Sequence[str]) -> list[int]:
+  """Condition indices for names; a clear error for an unknown one."""
+  lookup = {n: i for i, n in enumerate(CONDITION_NAMES)}
+  unknown = [n for n in names if n not in lookup]
+  if unknown:
+    raise KeyError(f"unknown chronic condition(s) {unknown}; known: {list(CONDITION_NAMES)}")
+  return [lookup[n] for n in names]

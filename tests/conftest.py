@@ -1,0 +1,40 @@
+"""Test set-up: 8 simulated CPU devices (before JAX starts) and shared tiny datasets.
+
+The datasets are made once per session by the real code paths: the synthesizer writes a small MEDS
+world and the dataset builder turns it into records, so every test reads what real runs read.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+TINY_NUM_PATIENTS = 400
+TINY_SEED = 7
+
+
+@pytest.fixture(scope="session")
+def tiny_meds_dir(tmp_path_factory) -> str:
+  """A small synthetic MEDS dataset (with ground truth), shared by the whole session."""
+  from lmm_jax.synth import synthesize  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp("meds"))
+  synthesize(out, num_patients=TINY_NUM_PATIENTS, seed=TINY_SEED, progress=False)
+  return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tiny_meds_dir, tmp_path_factory) -> str:
+  """Records (vocab.json, report.json, timeline/ and task/ shards) built from tiny_meds_dir."""
+  from lmm_jax.data import build  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp("records"))
+  config = build.default_config()
+  config.num_workers = 1
+  config.progress = False
+  build.build_dataset(tiny_meds_dir, out, config)
+  return out
