@@ -13,6 +13,8 @@ Timeline record (pretraining, generation, memorization audit):
   tokens      int32[L]         vocabulary ids, starting with BOS and the demographic prefix
   days        int32[L]         event day of each token, days since 1970-01-01 (prefix: first event)
   age         float32[L]       age in years at each token (-1 where the birth date is unknown)
+  prefix_len  int32            leading tokens forming the demographic prefix (BOS, sex, line of
+                               business, first age token): kept whole when a history is truncated
 
 Task record (fine-tuning and evaluation): the timeline fields restricted to events strictly before
 `index_day` (so nothing after the index date can reach a model input), plus
@@ -42,7 +44,7 @@ TASK = "task"
 VOCAB_FILE = "vocab.json"
 REPORT_FILE = "report.json"
 
-TIMELINE_FIELDS = ("subject_id", "tokens", "days", "age")
+TIMELINE_FIELDS = ("subject_id", "tokens", "days", "age", "prefix_len")
 TASK_FIELDS = TIMELINE_FIELDS + ("index_day", "sex", "lob", "age_at_index", "cost_next",
                                  "cost_next_capped", "cost_prior", "cond_next", "cond_prior",
                                  "dx_prior")
