@@ -1,0 +1,44 @@
+r"""Writes the insights report of a fine-tuned model: WORKDIR/insights.md with PNG plots.
+
+  python -m experiments.insights --workdir=/tmp/lmm/insights --init_from=/tmp/lmm/chronic \
+      [--data_dir=/tmp/lmm/records] [--chronic_dir=/tmp/lmm/chronic] [--num_members=5]
+
+--init_from is a fine-tuning workdir (experiments.finetune, cost or chronic): its predictions are
+explained member by member. The relationship section needs a chronic run: --init_from itself when
+it is one, else --chronic_dir. Members appear only as anonymous ranks; all output stays under
+--workdir.
+"""
+
+from absl import app
+from absl import flags
+
+from lmm_jax.insights import report
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the report.", required=True)
+_INIT_FROM = flags.DEFINE_string("init_from", None, "Fine-tuning workdir (cost or chronic).",
+                                 required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Records (default: the run's data_dir).")
+_CHRONIC_DIR = flags.DEFINE_string("chronic_dir", None,
+                                   "Chronic fine-tuning workdir for the relationships.")
+_SPLIT = flags.DEFINE_string("split", "held_out", "Split of the members examined.")
+_NUM_MEMBERS = flags.DEFINE_integer("num_members", 5, "Members explained.")
+_MAX_MEMBERS = flags.DEFINE_integer("max_members", 256, "Members read from the split.")
+_IG_STEPS = flags.DEFINE_integer("ig_steps", 32, "Integrated-gradients steps.")
+_MAP = flags.DEFINE_enum("embedding_method", "pca", ["pca", "tsne"], "2-D map projection.")
+_THRESHOLD = flags.DEFINE_float("lift_threshold", 1.2, "Lift counted as a recovered link.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  path = report.write_insights_report(
+      _WORKDIR.value, _INIT_FROM.value, _DATA_DIR.value, chronic_workdir=_CHRONIC_DIR.value,
+      split=_SPLIT.value, num_members=_NUM_MEMBERS.value, max_members=_MAX_MEMBERS.value,
+      ig_steps=_IG_STEPS.value, embedding_method=_MAP.value, lift_threshold=_THRESHOLD.value,
+      progress=_PROGRESS.value)
+  print("insights report:", path)
+
+
+if __name__ == "__main__":
+  app.run(main)

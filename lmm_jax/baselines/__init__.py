@@ -1,0 +1,1 @@
+"""Baselines of the cost and chronic-condition tasks (see docs/evaluation.md)."""

@@ -1,0 +1,202 @@
+"""Task records as columns, and the tabular features of the baselines.
+
+Every feature is computed from the task record, which holds only events strictly before the index
+date, so no baseline can see the target window.
+  demographics   age at index, sex and line of business (one-hot)
+  prior cost     allowed dollars in the year before the index date (and its log1p)
+  kind counts    tokens of each TokenKind over the whole history and over the last year
+  activity       history length in days, distinct event days in the last year
+  prevalent      the 22 chronic-condition flags coded before the index date (cond_prior)
+  code counts    counts of the most frequent tokens (document frequency on the train split)
+  HCCs           CMS-HCC V28 indicators and risk score (lmm_jax.baselines.hcc)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import tqdm
+
+from lmm_jax import conditions
+from lmm_jax import conventions
+from lmm_jax.conventions import TokenKind
+from lmm_jax.data import records
+
+AGE_BANDS = (0, 18, 35, 45, 55, 65, 75, 85)  # lower edges; the last band is open
+AGE_BAND_NAMES = ("0-17", "18-34", "35-44", "45-54", "55-64", "65-74", "75-84", "85+")
+NUM_KINDS = len(TokenKind)
+# Kinds whose frequent tokens become count features (demographic and time tokens are covered by
+# the demographic and activity features).
+CODE_KINDS = (TokenKind.DIAGNOSIS, TokenKind.PROCEDURE, TokenKind.DRUG, TokenKind.COST,
+              TokenKind.CLAIM, TokenKind.DEATH, TokenKind.OTHER)
+
+
+@dataclasses.dataclass
+class TaskData:
+  """One split's task records as columns (N members)."""
+  split: str
+  subject_id: np.ndarray      # int64[N]
+  index_day: np.ndarray       # int32[N]
+  sex: np.ndarray             # int8[N]: 0 unknown, 1 female, 2 male
+  lob: np.ndarray             # int8[N]: 0 unknown, then conventions.LINES_OF_BUSINESS
+  age: np.ndarray             # float32[N] at index (-1 unknown)
+  cost_next: np.ndarray       # float64[N]
+  cost_next_capped: np.ndarray
+  cost_prior: np.ndarray
+  cond_next: np.ndarray       # uint8[N, C]
+  cond_prior: np.ndarray      # uint8[N, C]
+  dx_prior: list[list[str]]   # dotless ICD-10-CM codes of the year before index
+  tokens: list[np.ndarray]    # int32[L_i]
+  days: list[np.ndarray]      # int32[L_i]
+
+  def __len__(self) -> int:
+    return int(self.subject_id.size)
+
+  def subset(self, n: int) -> "TaskData":
+    """The first n members (for benchmarks)."""
+    cut = lambda x: x[:n]
+    return TaskData(self.split, *(cut(getattr(self, f.name))
+                                  for f in dataclasses.fields(self) if f.name != "split"))
+
+
+def load_split(data_dir: str, split: str, progress: bool = True) -> TaskData:
+  """Reads every task record of a split into columns."""
+  cols = {k: [] for k in records.TASK_FIELDS}
+  for rec in tqdm.tqdm(records.read_records(data_dir, records.TASK, split),
+                       desc=f"read {split}", disable=not progress, unit=" members"):
+    missing = [k for k in records.TASK_FIELDS if k not in rec]
+    if missing:
+      raise ValueError(f"{data_dir}/task/{split}: a record lacks field(s) {missing}")
+    for k in records.TASK_FIELDS:
+      cols[k].append(rec[k])
+  n = len(cols["subject_id"])
+  if n == 0:
+    raise ValueError(f"{data_dir}/task/{split}: no task records")
+  c = conditions.NUM_CONDITIONS
+  for k in ("cond_next", "cond_prior"):
+    shapes = {np.shape(x) for x in cols[k]}
+    if shapes != {(c,)}:
+      raise ValueError(f"{data_dir}/task/{split}: field {k} has shape(s) {sorted(shapes)}, "
+                       f"expected ({c},) (conditions.NUM_CONDITIONS)")
+  f64 = lambda k: np.asarray(cols[k], np.float64)
+  return TaskData(
+      split=split,
+      subject_id=np.asarray(cols["subject_id"], np.int64),
+      index_day=np.asarray(cols["index_day"], np.int32),
+      sex=np.asarray(cols["sex"], np.int8),
+      lob=np.asarray(cols["lob"], np.int8),
+      age=np.asarray(cols["age_at_index"], np.float32),
+      cost_next=f64("cost_next"), cost_next_capped=f64("cost_next_capped"),
+      cost_prior=f64("cost_prior"),
+      cond_next=np.stack(cols["cond_next"]).astype(np.uint8),
+      cond_prior=np.stack(cols["cond_prior"]).astype(np.uint8),
+      dx_prior=[list(x) for x in cols["dx_prior"]],
+      tokens=[np.asarray(x, np.int32) for x in cols["tokens"]],
+      days=[np.asarray(x, np.int32) for x in cols["days"]])
+
+
+def age_band(age) -> np.ndarray:
+  """int[N] index into AGE_BAND_NAMES (unknown ages, < 0, fall in the first band)."""
+  return np.clip(np.searchsorted(AGE_BANDS, np.asarray(age), side="right") - 1, 0,
+                 len(AGE_BANDS) - 1)
+
+
+def demographics(data: TaskData) -> tuple[np.ndarray, list[str]]:
+  """float32[N, D]: age, age known, sex one-hot, line-of-business one-hot."""
+  cols = [np.maximum(data.age, 0), (data.age >= 0).astype(np.float32)]
+  names = ["age", "age_known"]
+  for value, name in enumerate(("unknown", "female", "male")):
+    cols.append((data.sex == value).astype(np.float32))
+    names.append(f"sex_{name}")
+  for value, name in enumerate(("unknown",) + conventions.LINES_OF_BUSINESS):
+    cols.append((data.lob == value).astype(np.float32))
+    names.append(f"lob_{name.lower()}")
+  return np.stack(cols, axis=1).astype(np.float32), names
+
+
+def activity(data: TaskData, kinds: np.ndarray) -> tuple[np.ndarray, list[str]]:
+  """float32[N, 2K+2]: token counts per kind (all history, last year), history days, event days."""
+  n = len(data)
+  out = np.zeros((n, 2 * NUM_KINDS + 2), np.float32)
+  for i, (tok, day) in enumerate(zip(data.tokens, data.days)):
+    k = kinds[tok]
+    recent = day >= data.index_day[i] - conventions.TARGET_WINDOW_DAYS
+    out[i, :NUM_KINDS] = np.bincount(k, minlength=NUM_KINDS)[:NUM_KINDS]
+    out[i, NUM_KINDS:2 * NUM_KINDS] = np.bincount(k[recent], minlength=NUM_KINDS)[:NUM_KINDS]
+    if day.size:
+      out[i, -2] = data.index_day[i] - day.min()
+      out[i, -1] = np.unique(day[recent]).size
+  names = ([f"n_{k.name.lower()}" for k in TokenKind] +
+           [f"n_{k.name.lower()}_last_year" for k in TokenKind] + ["history_days", "event_days"])
+  return out, names
+
+
+def frequent_tokens(train: TaskData, kinds: np.ndarray, max_tokens: int,
+                    min_members: int = 5) -> np.ndarray:
+  """Ids of the code tokens held by the most train members (at least min_members), sorted."""
+  df = np.zeros(kinds.size, np.int64)
+  for tok in train.tokens:
+    df[np.unique(tok)] += 1
+  eligible = np.isin(kinds, np.asarray(CODE_KINDS, np.int8)) & (df >= min_members)
+  ids = np.flatnonzero(eligible)
+  ids = ids[np.argsort(-df[ids], kind="stable")[:max_tokens]]
+  return np.sort(ids)
+
+
+def token_counts(data: TaskData, token_ids: np.ndarray, vocab_size: int) -> np.ndarray:
+  """float32[N, T]: how often each selected token occurs in each member's history."""
+  column = np.full(vocab_size, -1, np.int64)
+  column[token_ids] = np.arange(token_ids.size)
+  out = np.zeros((len(data), token_ids.size), np.float32)
+  for i, tok in enumerate(data.tokens):
+    col = column[tok]
+    col = col[col >= 0]
+    out[i] = np.bincount(col, minlength=token_ids.size)
+  return out
+
+
+@dataclasses.dataclass
+class FeatureSet:
+  """The columns of the tabular baselines, fitted on the train split."""
+  vocab_size: int
+  kinds: np.ndarray
+  token_ids: np.ndarray         # frequent code tokens
+  token_names: list[str]
+  hcc_names: list[str]          # HCCs seen on train, in column order
+
+  @classmethod
+  def fit(cls, train: TaskData, kinds: np.ndarray, tokens: Sequence[str], train_hccs,
+          max_tokens: int = 512) -> "FeatureSet":
+    kinds = np.asarray(kinds, np.int8)
+    ids = frequent_tokens(train, kinds, max_tokens)
+    hccs = sorted({h for member in train_hccs for h in member})
+    return cls(kinds.size, kinds, ids, [f"tok:{tokens[i]}" for i in ids], hccs)
+
+  def hcc_matrix(self, hccs) -> np.ndarray:
+    col = {h: j for j, h in enumerate(self.hcc_names)}
+    out = np.zeros((len(hccs), len(self.hcc_names)), np.float32)
+    for i, member in enumerate(hccs):
+      for h in member:
+        if h in col:  # an HCC never seen on train carries no fitted effect
+          out[i, col[h]] = 1
+    return out
+
+  def transform(self, data: TaskData, risk_score: np.ndarray, hccs) -> tuple[np.ndarray,
+                                                                              list[str]]:
+    """float32[N, F] of every feature, and the column names."""
+    max_token = max((int(t.max()) for t in data.tokens if t.size), default=-1)
+    if max_token >= self.vocab_size:
+      raise ValueError(f"task records of split {data.split} hold token id {max_token}, outside "
+                       f"the vocabulary of {self.vocab_size} tokens")
+    demo, demo_names = demographics(data)
+    act, act_names = activity(data, self.kinds)
+    cost = np.stack([data.cost_prior, np.log1p(np.maximum(data.cost_prior, 0))], 1)
+    parts = [demo, cost.astype(np.float32), act, data.cond_prior.astype(np.float32),
+             np.asarray(risk_score, np.float32)[:, None], self.hcc_matrix(hccs),
+             token_counts(data, self.token_ids, self.vocab_size)]
+    names = (demo_names + ["cost_prior", "log_cost_prior"] + act_names +
+             [f"prior_{c}" for c in conditions.CONDITION_NAMES] + ["hcc_risk_score"] +
+             [f"hcc:{h}" for h in self.hcc_names] + self.token_names)
+    return np.concatenate(parts, axis=1), names

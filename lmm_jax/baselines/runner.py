@@ -1,0 +1,190 @@
+"""Fits every baseline on train (tuning for early stopping) and writes held-out predictions.
+
+  summary = run_baselines(data_dir, workdir)
+
+writes workdir/predictions/{cost,chronic}/MODEL.parquet (lmm_jax.eval.predictions), the oracle rows
+when the synthetic world's ground truth is available, and workdir/baselines_summary.json (headline
+metrics, timings, member counts and counts of fallbacks by reason; no identifiers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Sequence
+
+from absl import logging
+import numpy as np
+
+from lmm_jax import conventions
+from lmm_jax.baselines import chronic as chronic_lib
+from lmm_jax.baselines import cost as cost_lib
+from lmm_jax.baselines import features
+from lmm_jax.baselines import hcc as hcc_lib
+from lmm_jax.baselines import oracle as oracle_lib
+from lmm_jax.eval import metrics
+from lmm_jax.eval import predictions as preds_io
+
+COST_MODELS = ("mean", "prior_cost", "age_sex", "cms_hcc_v28", "lightgbm_cost")
+CHRONIC_MODELS = ("prevalence_age_sex", "logistic", "lightgbm_chronic")
+ORACLE = "oracle"
+SUMMARY_FILE = "baselines_summary.json"
+
+
+class _Timer:
+  def __init__(self):
+    self.seconds = {}
+
+  def __call__(self, name: str):
+    timer = self
+
+    class _Span:
+      def __enter__(self):
+        self.start = time.perf_counter()
+
+      def __exit__(self, *exc):
+        timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.start
+    return _Span()
+
+
+def _check_models(models: Sequence[str] | None) -> tuple[set[str], set[str], bool]:
+  if models is None:
+    return set(COST_MODELS), set(CHRONIC_MODELS), True
+  known = set(COST_MODELS) | set(CHRONIC_MODELS) | {ORACLE}
+  unknown = sorted(set(models) - known)
+  if unknown:
+    raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(known)}")
+  return set(models) & set(COST_MODELS), set(models) & set(CHRONIC_MODELS), ORACLE in models
+
+
+def run_baselines(data_dir: str, workdir: str, *, split: str = conventions.HELD_OUT,
+                  models: Sequence[str] | None = None, seed: int = 0, max_tokens: int = 512,
+                  num_threads: int = 1, progress: bool = True,
+                  data: dict[str, features.TaskData] | None = None) -> dict:
+  """Runs the baselines; returns the summary also written to workdir/baselines_summary.json.
+
+  `data` may hold already loaded splits (train, tuning, and `split`), e.g. for benchmarks.
+  """
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
+  # BLAS threads fight each other (and other processes) on small problems: one per thread of ours.
+  with threadpoolctl.threadpool_limits(limits=num_threads if num_threads > 0 else None):
+    return _run(data_dir, workdir, split=split, models=models, seed=seed, max_tokens=max_tokens,
+                num_threads=num_threads, progress=progress, data=data)
+
+
+def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | None, seed: int,
+         max_tokens: int, num_threads: int, progress: bool,
+         data: dict[str, features.TaskData] | None) -> dict:
+  from lmm_jax.data.vocab import Vocabulary  # pylint: disable=g-import-not-at-top
+  cost_models, chronic_models, with_oracle = _check_models(models)
+  timer = _Timer()
+  data_dir = os.path.abspath(data_dir)
+  vocab = Vocabulary.load(data_dir)
+  data = dict(data or {})
+  with timer("read"):
+    for s in dict.fromkeys((conventions.TRAIN, conventions.TUNING, split)):
+      if s not in data:
+        data[s] = features.load_split(data_dir, s, progress)
+  train, tuning, test = data[conventions.TRAIN], data[conventions.TUNING], data[split]
+  logging.info("baselines: %d train, %d tuning, %d %s members", len(train), len(tuning), len(test),
+               split)
+  notes: dict[str, dict[str, int]] = {}
+
+  need_x = bool({"lightgbm_cost"} & cost_models or {"logistic", "lightgbm_chronic"} &
+                chronic_models)
+  scores = {}
+  if need_x or "cms_hcc_v28" in cost_models:
+    with timer("cms_hcc_scoring"):
+      scores = {s: hcc_lib.score(d, progress) for s, d in data.items()}
+    for s, sc in scores.items():
+      if sc.notes:
+        notes[f"cms_hcc:{s}"] = sc.notes
+  x = {}
+  if need_x:
+    with timer("features"):
+      fs = features.FeatureSet.fit(train, vocab.kinds, vocab.tokens, scores[conventions.TRAIN].hccs,
+                                   max_tokens=max_tokens)
+      for s, d in data.items():
+        x[s], names = fs.transform(d, scores[s].risk_score, scores[s].hccs)
+    logging.info("baselines: %d features (%d frequent codes, %d HCCs)", len(names),
+                 fs.token_ids.size, len(fs.hcc_names))
+
+  def meta(description: str, kind: str = "baseline") -> dict:
+    return {"kind": kind, "data_dir": data_dir, "split": split, "num_params": None,
+            "description": description}
+
+  files, headline = [], {}
+  xtr, xtu, xte = (x.get(conventions.TRAIN), x.get(conventions.TUNING), x.get(split))
+  for name in COST_MODELS:
+    if name not in cost_models:
+      continue
+    with timer(name):
+      if name == "mean":
+        pred = cost_lib.mean_model(train, test)
+      elif name == "prior_cost":
+        pred = cost_lib.prior_cost_model(train, test)
+      elif name == "age_sex":
+        pred = cost_lib.age_sex_model(train, test)
+      elif name == "cms_hcc_v28":
+        pred = cost_lib.hcc_model(train, test, scores[conventions.TRAIN].risk_score,
+                                  scores[split].risk_score)
+      else:
+        pred = cost_lib.lightgbm_model(train, tuning, test, xtr, xtu, xte, seed=seed,
+                                       num_threads=num_threads)
+    files.append(preds_io.write_cost_predictions(
+        workdir, name, test.subject_id, test.cost_next, pred.y_pred,
+        y_pred_capped=pred.y_pred_capped, meta=meta(pred.description)))
+    headline[name] = {"nmae": metrics.cost_metrics(test.cost_next, pred.y_pred)["nmae"]}
+
+  for name in CHRONIC_MODELS:
+    if name not in chronic_models:
+      continue
+    with timer(name):
+      if name == "prevalence_age_sex":
+        pred = chronic_lib.prevalence_model(train, test)
+      elif name == "logistic":
+        pred = chronic_lib.logistic_model(train, test, xtr, xte, seed=seed, progress=progress)
+      else:
+        pred = chronic_lib.lightgbm_model(train, tuning, xtr, xtu, xte, seed=seed,
+                                          num_threads=num_threads, progress=progress)
+    if pred.notes:
+      notes[name] = pred.notes
+    files.append(preds_io.write_chronic_predictions(
+        workdir, name, test.subject_id, test.cond_next, pred.y_pred, test.cond_prior,
+        meta=meta(pred.description)))
+    headline[name] = {
+        "macro_auroc": metrics.chronic_metrics(test.cond_next, pred.y_pred)["macro_auroc"]}
+
+  path = oracle_lib.oracle_path(data_dir) if with_oracle else None
+  if with_oracle and path is None:
+    notes["oracle"] = {"no ground_truth/oracle.parquet in the MEDS dataset: no oracle rows": 1}
+  if path is not None:
+    with timer(ORACLE):
+      o = oracle_lib.load(path, test)
+    if o.notes:
+      notes[ORACLE] = o.notes
+    r = o.rows
+    description = "Expected values of the synthetic world's ground truth (not a model)."
+    files.append(preds_io.write_cost_predictions(
+        workdir, ORACLE, test.subject_id[r], test.cost_next[r], o.expected_cost,
+        y_pred_capped=o.expected_cost_capped, meta=meta(description, "oracle")))
+    files.append(preds_io.write_chronic_predictions(
+        workdir, ORACLE, test.subject_id[r], test.cond_next[r], o.p_MxC, test.cond_prior[r],
+        meta=meta(description, "oracle")))
+    headline[ORACLE] = {
+        "nmae": metrics.cost_metrics(test.cost_next[r], o.expected_cost)["nmae"],
+        "macro_auroc": metrics.chronic_metrics(test.cond_next[r], o.p_MxC)["macro_auroc"]}
+
+  for name, h in headline.items():
+    logging.info("baseline %-20s %s", name, "  ".join(f"{k}={v:.4f}" for k, v in h.items()))
+  for name, n in notes.items():
+    logging.info("baseline notes %s: %s", name, n)
+  summary = {"data_dir": data_dir, "split": split,
+             "members": {s: len(d) for s, d in data.items()},
+             "files": [os.path.relpath(f, workdir) for f in files], "headline": headline,
+             "seconds": {k: round(v, 3) for k, v in timer.seconds.items()}, "notes": notes}
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+    json.dump(summary, f, indent=1, default=lambda v: v.item() if isinstance(v, np.generic) else v)
+  return summary

@@ -1,0 +1,266 @@
+"""Reading and validating a MEDS dataset, one data shard at a time.
+
+A MEDS dataset is a directory with `data/**/*.parquet` (columns `subject_id` int64, `time`
+timestamp (null for static facts), `code` string, `numeric_value` float32 (nullable), optional
+`text_value`, any extra columns) and optional `metadata/` (`dataset.json`, `codes.parquet`,
+`subject_splits.parquet`). We accept any integer `subject_id`, a timestamp of any unit or time zone,
+a date, or an ISO-8601 string `time` (values that do not parse are counted, not fatal), a
+string / large string / dictionary `code`, and any numeric `numeric_value`. Anything else is
+malformed input: `MEDSFormatError` names the file and the column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lmm_jax import conventions
+
+REQUIRED_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+US_PER_DAY = 86_400_000_000
+NULL_TIME = np.iinfo(np.int64).min
+_TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M",
+                 "%Y-%m-%d")
+
+
+class MEDSFormatError(ValueError):
+  """Malformed MEDS input; the message names the file and, where it applies, the column."""
+
+  def __init__(self, path: str, message: str, column: Optional[str] = None):
+    self.path, self.column = path, column
+    where = f"{path}" + (f", column {column!r}" if column else "")
+    super().__init__(f"{where}: {message}")
+
+
+def data_files(meds_dir: str) -> list[str]:
+  """Sorted `data/**/*.parquet` paths; an error when there are none."""
+  data_dir = os.path.join(meds_dir, "data")
+  if not os.path.isdir(data_dir):
+    raise MEDSFormatError(meds_dir, "not a MEDS dataset: it has no data/ directory")
+  paths = sorted(glob.glob(os.path.join(data_dir, "**", "*.parquet"), recursive=True))
+  if not paths:
+    raise MEDSFormatError(data_dir, "no *.parquet files under data/")
+  return paths
+
+
+def dataset_metadata(meds_dir: str) -> dict:
+  path = os.path.join(meds_dir, "metadata", "dataset.json")
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise MEDSFormatError(path, f"unreadable dataset.json: {e}") from e
+
+
+@dataclasses.dataclass
+class Splits:
+  """subject_id -> split index into conventions.SPLITS (sorted arrays; -1 = not listed)."""
+  subject_ids: np.ndarray   # int64[S], sorted
+  split_index: np.ndarray   # int8[S]
+
+  def lookup(self, subject_ids: np.ndarray) -> np.ndarray:
+    if self.subject_ids.size == 0:
+      return np.full(subject_ids.shape, -1, np.int8)
+    pos = np.clip(np.searchsorted(self.subject_ids, subject_ids), 0, self.subject_ids.size - 1)
+    found = self.subject_ids[pos] == subject_ids
+    return np.where(found, self.split_index[pos], -1).astype(np.int8)
+
+
+def read_splits(meds_dir: str) -> Optional[Splits]:
+  """metadata/subject_splits.parquet, or None when absent. Unknown split names are -2."""
+  path = os.path.join(meds_dir, "metadata", "subject_splits.parquet")
+  if not os.path.exists(path):
+    return None
+  try:
+    table = pq.read_table(path)
+  except (OSError, pa.ArrowException) as e:
+    raise MEDSFormatError(path, f"unreadable parquet file: {e}") from e
+  for col in ("subject_id", "split"):
+    if col not in table.column_names:
+      raise MEDSFormatError(path, "required column is missing", col)
+  if not pa.types.is_integer(table.schema.field("subject_id").type):
+    raise MEDSFormatError(path, f"must be an integer, got {table.schema.field('subject_id').type}",
+                          "subject_id")
+  ids = table.column("subject_id").cast(pa.int64()).to_numpy(zero_copy_only=False)
+  names = table.column("split").cast(pa.string()).to_pylist()
+  lookup = {s: i for i, s in enumerate(conventions.SPLITS)}
+  index = np.array([lookup.get(n, -2) for n in names], np.int8)
+  order = np.argsort(ids, kind="stable")
+  ids, index = ids[order], index[order]
+  if ids.size > 1 and np.any(ids[1:] == ids[:-1]):
+    raise MEDSFormatError(path, "a subject_id is listed more than once", "subject_id")
+  return Splits(ids, index)
+
+
+def hash_split(subject_ids: np.ndarray, fractions) -> np.ndarray:
+  """Deterministic split index per subject from a 64-bit mix of its id (splitmix64)."""
+  x = subject_ids.astype(np.uint64)
+  with np.errstate(over="ignore"):
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+  u = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+  cum = np.cumsum(np.asarray(fractions, np.float64))
+  cum = cum / cum[-1]
+  return np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1).astype(np.int8)
+
+
+def mix64(*arrays: np.ndarray) -> np.ndarray:
+  """A 64-bit hash of int64 columns (for data-determined random keys)."""
+  h = np.full(arrays[0].shape, 0x243F6A8885A308D3, np.uint64)
+  with np.errstate(over="ignore"):
+    for a in arrays:
+      h = (h ^ a.astype(np.uint64)) * np.uint64(0x100000001B3)
+      h = h ^ (h >> np.uint64(29))
+      h = h * np.uint64(0xBF58476D1CE4E5B9)
+      h = h ^ (h >> np.uint64(32))
+  return h
+
+
+@dataclasses.dataclass
+class ShardRows:
+  """One data file as numpy columns (row order of the file)."""
+  path: str
+  num_rows: int
+  subject_id: np.ndarray    # int64[N]
+  time_us: np.ndarray       # int64[N] microseconds since the epoch; NULL_TIME where null/bad
+  time_null: np.ndarray     # bool[N] time is null
+  time_bad: np.ndarray      # bool[N] time present but unparseable
+  codes: list[str]          # distinct code strings
+  code_index: np.ndarray    # int32[N] into codes
+  value: np.ndarray         # float32[N] numeric_value, NaN where null
+  claim: np.ndarray         # int64[N] claim id index within the file, -1 where absent/null
+  duplicate: np.ndarray     # bool[N] exact duplicate (all columns) of an earlier row
+
+  @property
+  def day(self) -> np.ndarray:
+    return np.where(self.time_us == NULL_TIME, NULL_TIME, np.floor_divide(self.time_us, US_PER_DAY))
+
+
+def _read_table(path: str) -> pa.Table:
+  try:
+    return pq.read_table(path)
+  except (OSError, pa.ArrowException) as e:
+    raise MEDSFormatError(path, f"unreadable parquet file: {e}") from e
+
+
+def _time_column(path: str, col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  t = col.type
+  if pa.types.is_dictionary(t):
+    col, t = col.cast(t.value_type), t.value_type
+  if pa.types.is_null(t):
+    n = len(col)
+    return np.full(n, NULL_TIME, np.int64), np.ones(n, bool), np.zeros(n, bool)
+  null = col.is_null().to_numpy(zero_copy_only=False)
+  bad = np.zeros(len(col), bool)
+  if pa.types.is_timestamp(t):
+    ts = col.cast(pa.timestamp(t.unit, t.tz)).cast(pa.timestamp(t.unit))
+    ts = ts.cast(pa.timestamp("us"), safe=False) if t.unit != "us" else ts
+  elif pa.types.is_date(t):
+    ts = col.cast(pa.timestamp("us"))
+  elif pa.types.is_string(t) or pa.types.is_large_string(t):
+    strings = col.cast(pa.string())
+    ts = None
+    for fmt in _TIME_FORMATS:
+      parsed = pc.strptime(pc.utf8_slice_codeunits(strings, 0, _fmt_len(fmt)), format=fmt,
+                           unit="us", error_is_null=True)
+      ts = parsed if ts is None else pc.coalesce(ts, parsed)
+    bad = ts.is_null().to_numpy(zero_copy_only=False) & ~null
+  else:
+    raise MEDSFormatError(path, f"must be a timestamp (or date / ISO-8601 string), got {t}", "time")
+  us = ts.cast(pa.int64()).fill_null(NULL_TIME).to_numpy(zero_copy_only=False).astype(np.int64)
+  us[null | bad] = NULL_TIME
+  return us, null, bad
+
+
+def _fmt_len(fmt: str) -> int:
+  return len(fmt.replace("%Y", "YYYY").replace("%m", "MM").replace("%d", "DD").replace(
+      "%H", "HH").replace("%M", "MM").replace("%S", "SS"))
+
+
+def _encode(col: pa.ChunkedArray) -> np.ndarray:
+  """Column -> int64 ids equal exactly where values are equal (nulls -> -1)."""
+  try:
+    enc = pc.dictionary_encode(col.combine_chunks() if col.num_chunks != 1 else col.chunk(0))
+    return enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+  except (pa.ArrowException, TypeError):
+    ids: dict = {}
+    return np.array([ids.setdefault(repr(v), len(ids)) for v in col.to_pylist()], np.int64)
+
+
+def read_shard(path: str, claim_id_column: str = "claim_id") -> ShardRows:
+  """Reads and validates one data file."""
+  table = _read_table(path)
+  names = table.column_names
+  for col in REQUIRED_COLUMNS:
+    if col not in names:
+      raise MEDSFormatError(path, f"required MEDS column is missing (columns: {names})", col)
+  n = table.num_rows
+  sid = table.column("subject_id")
+  if not pa.types.is_integer(sid.type):
+    raise MEDSFormatError(path, f"must be an integer (int64), got {sid.type}", "subject_id")
+  if sid.null_count:
+    raise MEDSFormatError(path, f"{sid.null_count} null subject ids", "subject_id")
+  subject = sid.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+  time_us, time_null, time_bad = _time_column(path, table.column("time"))
+
+  code = table.column("code")
+  ct = code.type.value_type if pa.types.is_dictionary(code.type) else code.type
+  if not (pa.types.is_string(ct) or pa.types.is_large_string(ct)):
+    raise MEDSFormatError(path, f"must be a string, got {code.type}", "code")
+  if code.null_count:
+    raise MEDSFormatError(path, f"{code.null_count} null codes", "code")
+  enc = pc.dictionary_encode(code.cast(pa.string()).combine_chunks())
+  codes = enc.dictionary.to_pylist()
+  code_index = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+
+  nv = table.column("numeric_value")
+  if not (pa.types.is_floating(nv.type) or pa.types.is_integer(nv.type) or
+          pa.types.is_null(nv.type) or pa.types.is_decimal(nv.type)):
+    raise MEDSFormatError(path, f"must be a number (float32), got {nv.type}", "numeric_value")
+  value = nv.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float32)
+
+  claim = (_encode(table.column(claim_id_column)) if claim_id_column in names
+           else np.full(n, -1, np.int64))
+
+  keys = [subject, time_us, time_bad.astype(np.int64), code_index.astype(np.int64),
+          np.where(np.isnan(value), np.int64(-1) << 40, value.view(np.int32).astype(np.int64))]
+  keys += [_encode(table.column(c)) for c in names
+           if c not in ("subject_id", "time", "code", "numeric_value")]
+  duplicate = np.zeros(n, bool)
+  if n > 1:
+    order = np.lexsort(keys[::-1])
+    same = np.ones(n - 1, bool)
+    for k in keys:
+      ks = k[order]
+      same &= ks[1:] == ks[:-1]
+    duplicate[order[1:][same]] = True
+  return ShardRows(path, n, subject, time_us, time_null, time_bad, codes, code_index, value,
+                   claim, duplicate)
+
+
+def days_to_date(day: int) -> str:
+  return str(np.datetime64(int(day), "D"))
+
+
+def date_to_day(date: str) -> int:
+  try:
+    return int(np.datetime64(date, "D").astype(np.int64))
+  except ValueError as e:
+    raise ValueError(f"index_date must be 'auto' or 'YYYY-MM-DD', got {date!r}") from e
+
+
+def year_start_day(day: int) -> int:
+  year = np.datetime64(int(day), "D").astype("datetime64[Y]")
+  return int(year.astype("datetime64[D]").astype(np.int64))

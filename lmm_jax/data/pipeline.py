@@ -1,0 +1,360 @@
+"""The grain input pipeline over the ArrayRecord shards of `lmm_jax.data.records`.
+
+    ds = make_dataset(data_dir, records.TIMELINE, "train", seq_len=512, batch_size=32, seed=0)
+    it = iter(ds)                  # a grain DatasetIterator
+    batch = next(it)               # dict of numpy arrays, leading dim batch_size
+    state = it.get_state()         # save with the model; it.set_state(state) resumes exactly
+
+Stages (MapDataset, lazy and indexable, then IterDataset):
+  ArrayRecord source -> tag each record with its index -> seeded global shuffle (reshuffled per
+  epoch) -> [eval: pad each epoch to a multiple of batch_size * shard_count] -> repeat -> decode,
+  truncate and pad or trim per example (random windows seeded by seed, epoch and record index) ->
+  this process's slice [shard_index::shard_count] -> batch (or first-fit packing, then batch) ->
+  prefetch (a thread, or `worker_count` processes).
+
+Every process sees the same global order and takes every shard_count-th example, so the examples
+a step consumes do not depend on how many processes read them, and processes never overlap.
+
+Batches (B = batch_size, L = seq_len):
+  tokens int32[B,L] (pad 0), segment_ids int32[B,L] (0 = padding, 1 unpacked, 1..k packed),
+  positions int32[B,L] (0-based within a segment), age float32[B,L], days float32[B,L] (days since
+  the segment's first token).
+  TASK batches add: length int32[B], valid int32[B] (0 on padding rows), subject_id int64[B] (-1
+  on padding rows), sex, lob int32[B], age_at_index, cost_next, cost_next_capped, cost_prior
+  float32[B], cond_next, cond_prior int32[B,C]. `dx_prior` is not batched (baselines read records).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+
+from lmm_jax import conditions
+from lmm_jax.data import records
+
+TRUNCATIONS = ("recent", "random_window")
+SEQUENCE_OUTPUTS = ("tokens", "segment_ids", "positions", "age", "days")
+TASK_SCALARS_F32 = ("age_at_index", "cost_next", "cost_next_capped", "cost_prior")
+TASK_SCALARS_I32 = ("sex", "lob")
+TASK_CONDITIONS = ("cond_next", "cond_prior")
+PAD_ID = 0
+
+Example = dict[str, np.ndarray]
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-example transforms (module-level functions so worker processes can pickle them).
+
+
+def keep_indices(n: int, prefix_len: int, seq_len: int, truncation: str,
+                 rng: np.random.Generator | None) -> np.ndarray | slice:
+  """Which of a history's n tokens fit in seq_len: all, or the prefix plus a window of events.
+
+  'recent' keeps the most recent seq_len - prefix_len events; 'random_window' keeps a contiguous
+  window of that many events starting uniformly at random (rng).
+  """
+  if n <= seq_len:
+    return slice(0, n)
+  if prefix_len >= seq_len:
+    raise ValueError(f"seq_len={seq_len} leaves no room for events after the demographic prefix "
+                     f"of {prefix_len} tokens; use a longer seq_len")
+  window = seq_len - prefix_len
+  if truncation == "recent":
+    start = n - window
+  elif truncation == "random_window":
+    assert rng is not None
+    start = int(rng.integers(prefix_len, n - window + 1))
+  else:
+    raise ValueError(f"truncation={truncation!r}: expected one of {TRUNCATIONS}")
+  return np.concatenate([np.arange(prefix_len), np.arange(start, start + window)])
+
+
+def _tag(index: int, data: bytes, *, num_records: int) -> tuple[int, bytes | None]:
+  # Repeat passes epoch * num_records + i; the record's own index is i.
+  return index % num_records, data
+
+
+class _PadEpochs(grain.MapDataset):
+  """Pads each epoch of `parent` (length n per epoch) to `length` with (-1, None) markers.
+
+  Indexes past the first epoch keep the parent's epoch numbering so a shuffle beneath still
+  reshuffles every epoch.
+  """
+
+  def __init__(self, parent: grain.MapDataset, length: int):
+    super().__init__(parent)
+    self._n = len(parent)
+    self._length = length
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __str__(self) -> str:
+    return f"_PadEpochs(n={self._n}, length={self._length})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, i = divmod(index, self._length)
+    if i >= self._n:
+      return (-1, None)
+    return self._parent[epoch * self._n + i]
+
+
+def _sequence_example(rec: dict[str, Any], seq_len: int, truncation: str,
+                      rng: np.random.Generator | None) -> Example:
+  """The truncated sequence features of one record, unpadded: tokens, age, days."""
+  tokens = np.asarray(rec["tokens"], np.int32)
+  n = len(tokens)
+  for k in ("days", "age"):
+    if len(rec[k]) != n:
+      raise ValueError(f"{k} has {len(rec[k])} entries but tokens has {n}")
+  keep = keep_indices(n, int(rec["prefix_len"]), seq_len, truncation, rng)
+  days = np.asarray(rec["days"])[keep].astype(np.float32)
+  if len(days):
+    days -= days[0]
+  return {"tokens": tokens[keep], "age": np.asarray(rec["age"], np.float32)[keep], "days": days}
+
+
+def _pad_sequence(ex: Example, seq_len: int) -> Example:
+  n = len(ex["tokens"])
+  out = {}
+  for k in ("tokens", "age", "days"):
+    buf = np.zeros(seq_len, ex[k].dtype)
+    buf[:n] = ex[k]
+    out[k] = buf
+  out["segment_ids"] = np.zeros(seq_len, np.int32)
+  out["segment_ids"][:n] = 1
+  out["positions"] = np.zeros(seq_len, np.int32)
+  out["positions"][:n] = np.arange(n, dtype=np.int32)
+  return out
+
+
+def _empty_sequence() -> Example:
+  return {"tokens": np.zeros(0, np.int32), "age": np.zeros(0, np.float32),
+          "days": np.zeros(0, np.float32)}
+
+
+def _empty_task_example(seq_len: int) -> Example:
+  ex = _pad_sequence(_empty_sequence(), seq_len)
+  ex["length"] = np.int32(0)
+  ex["valid"] = np.int32(0)
+  ex["subject_id"] = np.int64(-1)
+  for k in TASK_SCALARS_I32:
+    ex[k] = np.int32(0)
+  for k in TASK_SCALARS_F32:
+    ex[k] = np.float32(0)
+  for k in TASK_CONDITIONS:
+    ex[k] = np.zeros(conditions.NUM_CONDITIONS, np.int32)
+  return ex
+
+
+def _locate(paths: list[str], record_index: int) -> str:
+  """'FILE, record i' for a global record index (only computed when reporting an error)."""
+  for path in paths:
+    n = len(grain.sources.ArrayRecordDataSource([path]))
+    if record_index < n:
+      return f"{path}, record {record_index}"
+    record_index -= n
+  return f"record {record_index} past the end of {paths}"
+
+
+def _parse(index: int, tagged: tuple[int, bytes | None], *, kind: str, seq_len: int,
+           truncation: str, seed: int, epoch_length: int, pad: bool, paths: list[str],
+           ) -> Example:
+  """Decodes, truncates and (unless packing) pads one tagged record."""
+  record_index, data = tagged
+  if data is None:  # an evaluation padding row
+    return (_pad_sequence(_empty_sequence(), seq_len) if kind == records.TIMELINE
+            else _empty_task_example(seq_len))
+  rng = None
+  if truncation == "random_window":
+    epoch = index // epoch_length
+    rng = np.random.default_rng([seed, epoch, record_index])
+  try:
+    rec = records.decode(data)
+    ex = _sequence_example(rec, seq_len, truncation, rng)
+    if pad and kind == records.TASK:
+      task = {"length": np.int32(min(len(rec["tokens"]), seq_len)), "valid": np.int32(1),
+              "subject_id": np.int64(rec["subject_id"])}
+      for k in TASK_SCALARS_I32:
+        task[k] = np.int32(rec[k])
+      for k in TASK_SCALARS_F32:
+        task[k] = np.float32(rec[k])
+      for k in TASK_CONDITIONS:
+        task[k] = np.asarray(rec[k], np.int32).reshape(conditions.NUM_CONDITIONS)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"bad {kind} record ({_locate(paths, record_index)}): "
+                     f"{type(e).__name__}: {e}") from e
+  if not pad:
+    return ex
+  ex = _pad_sequence(ex, seq_len)
+  if kind == records.TASK:
+    ex.update(task)
+  return ex
+
+
+def _rename_packed(ex: Example) -> Example:
+  return {"tokens": ex["tokens"], "segment_ids": ex["tokens_segment_ids"],
+          "positions": ex["tokens_positions"], "age": ex["age"], "days": ex["days"]}
+
+
+class _ClosingOnceIterator(grain.experimental.ThreadPrefetchDatasetIterator):
+  """grain's thread-prefetch iterator whose close() is idempotent.
+
+  grain calls close() again from __del__, and at interpreter exit that second call fails on
+  already-torn-down module globals ("Exception ignored ..."); an explicit close() first avoids it.
+  """
+
+  def close(self) -> None:
+    if self._closed:
+      return
+    super().close()
+
+
+class _ThreadPrefetch(grain.experimental.ThreadPrefetchIterDataset):
+  """Prefetches batches in a background thread (worker_count == 0)."""
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _ClosingOnceIterator(self._parent.__iter__(), self._prefetch_buffer_size)
+
+
+def _ensure_absl_flags_parsed() -> None:
+  # mp_prefetch reads grain's absl flags in the parent process; libraries and tests may run
+  # without absl.app, so mark the flags as parsed (with their defaults) when nobody has.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+# ------------------------------------------------------------------------------------------------
+# Public API.
+
+
+def num_examples(data_dir: str, kind: str, split: str) -> int:
+  """Number of records of one kind and split (all shards, all processes)."""
+  return len(grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, kind, split)))
+
+
+def num_batches(data_dir: str, kind: str, split: str, *, batch_size: int,
+                drop_remainder: bool = True, shard_count: int = 1) -> int:
+  """Batches one process gets from one unpacked epoch (drop_remainder=False: padded last batch)."""
+  n = num_examples(data_dir, kind, split)
+  per_process = n // shard_count if drop_remainder else math.ceil(n / shard_count)
+  return per_process // batch_size if drop_remainder else math.ceil(per_process / batch_size)
+
+
+def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_size: int,
+                 seed: int, shuffle: bool = True, num_epochs: int | None = None,
+                 pack: bool = False, drop_remainder: bool = True,
+                 shard_index: int | None = None, shard_count: int | None = None,
+                 worker_count: int = 0, prefetch_buffer_size: int = 2,
+                 truncation: str = "recent", read_threads: int = 2,
+                 num_packing_bins: int | None = None) -> grain.IterDataset:
+  """The batched dataset of one record kind and split for this process.
+
+  Args:
+    data_dir: the builder's output directory (holding timeline/ and task/).
+    kind: records.TIMELINE or records.TASK.
+    split: "train", "tuning" or "held_out".
+    seq_len: L, the context length; longer histories are truncated (see `truncation`).
+    batch_size: B, rows per batch of THIS process (the per-host batch).
+    seed: seeds the shuffle, packing-bin order and random windows; same seed, same batches.
+    shuffle: globally shuffle the records, with a different permutation every epoch.
+    num_epochs: passes over the data; None repeats forever.
+    pack: first-fit pack several timelines per row (TIMELINE only).
+    drop_remainder: True drops the incomplete last batch; False (evaluation) yields every example
+      of every epoch exactly once across processes, the last batches padded to full size with
+      empty rows (segment_ids 0; for TASK valid 0), and every process gets as many batches.
+    shard_index, shard_count: this process's slice; default jax.process_index()/process_count().
+    worker_count: >0 runs the per-example work in that many worker processes (mp_prefetch); the
+      batches then depend on worker_count when packing, and the iterator should be closed.
+    prefetch_buffer_size: batches buffered ahead (per worker process, or by a thread when
+      worker_count == 0; 0 disables the thread).
+    truncation: 'recent' keeps the demographic prefix and the most recent events; 'random_window'
+      keeps the prefix and a random contiguous window of events, drawn from (seed, epoch, record).
+    read_threads: threads reading and decoding records in each process.
+    num_packing_bins: rows packed at once (default batch_size); more bins waste less padding.
+
+  Returns:
+    A grain IterDataset; iter() gives a DatasetIterator with get_state()/set_state().
+  """
+  if kind not in (records.TIMELINE, records.TASK):
+    raise ValueError(f"kind={kind!r}: expected {records.TIMELINE!r} or {records.TASK!r}")
+  if truncation not in TRUNCATIONS:
+    raise ValueError(f"truncation={truncation!r}: expected one of {TRUNCATIONS}")
+  if pack and kind == records.TASK:
+    raise ValueError("task records are never packed: one example per row (pack=False)")
+  if seq_len <= 0 or batch_size <= 0:
+    raise ValueError(f"seq_len={seq_len} and batch_size={batch_size} must be positive")
+  if num_epochs is not None and num_epochs <= 0:
+    raise ValueError(f"num_epochs={num_epochs} must be positive or None")
+  if shard_index is None or shard_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+
+  paths = records.shard_paths(data_dir, kind, split)
+  source = grain.sources.ArrayRecordDataSource(paths)
+  n = len(source)
+  if n == 0:
+    raise ValueError(f"no {kind} records for split {split!r} in {data_dir}")
+  ds = grain.MapDataset.source(source).map_with_index(functools.partial(_tag, num_records=n))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  pad_epochs = not drop_remainder and not pack
+  if pad_epochs:
+    ds = _PadEpochs(ds, math.ceil(n / (batch_size * shard_count)) * batch_size * shard_count)
+  epoch_length = len(ds)
+  ds = ds.repeat(num_epochs)  # each epoch reshuffled: the shuffle sees the epoch in the index
+  ds = ds.map_with_index(functools.partial(
+      _parse, kind=kind, seq_len=seq_len, truncation=truncation, seed=seed,
+      epoch_length=epoch_length, pad=not pack, paths=paths))
+  if drop_remainder and len(ds) < sys.maxsize:
+    # Finite data: every process gets the same number of examples, hence of batches.
+    ds = ds[:len(ds) - len(ds) % shard_count]
+  ds = ds[shard_index::shard_count]
+
+  if pack:
+    # The reading threads run ahead by a few batches' worth of timelines.
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                 prefetch_buffer_size=4 * batch_size))
+    it_ds = grain.experimental.FirstFitPackIterDataset(
+        it_ds, length_struct={"tokens": seq_len, "age": seq_len, "days": seq_len},
+        num_packing_bins=num_packing_bins or batch_size, seed=seed, shuffle_bins=shuffle)
+    it_ds = it_ds.map(_rename_packed)
+    batch_fn = None if drop_remainder else functools.partial(
+        grain.experimental.batch_and_pad, batch_size=batch_size)
+    it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn)
+  else:
+    # Batching the MapDataset keeps whole batches per worker process and needs no padding logic:
+    # in evaluation mode every batch is already full.
+    # Here the reading threads' elements are whole batches.
+    it_ds = ds.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads,
+                          prefetch_buffer_size=max(2 * read_threads, prefetch_buffer_size)))
+
+  if worker_count > 0:
+    _ensure_absl_flags_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=max(prefetch_buffer_size, 1)))
+  elif prefetch_buffer_size > 0:
+    it_ds = _ThreadPrefetch(it_ds, prefetch_buffer_size=prefetch_buffer_size)
+  return it_ds
+
+
+def iterate_eval_batches(data_dir: str, kind: str, split: str, *, seq_len: int, batch_size: int,
+                         shard_index: int | None = None, shard_count: int | None = None,
+                         ) -> Iterator[Example]:
+  """One ordered pass over a split: every example once, the last batch padded (valid == 0)."""
+  ds = make_dataset(data_dir, kind, split, seq_len=seq_len, batch_size=batch_size, seed=0,
+                    shuffle=False, num_epochs=1, pack=False, drop_remainder=False,
+                    shard_index=shard_index, shard_count=shard_count, prefetch_buffer_size=0)
+  yield from ds

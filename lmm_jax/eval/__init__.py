@@ -1,0 +1,1 @@
+"""Evaluation: metrics, bootstrap intervals and the predictions files every model writes."""

@@ -1,0 +1,202 @@
+"""Task records as padded rows, and the `Predictor`: a fine-tuned model as pure functions.
+
+The insights need what the pipeline's batches do not carry (the demographic prefix length, to
+never attribute or delete it), so task records are read here and truncated exactly as the
+pipeline does ('recent': the prefix plus the most recent events; days relative to the first
+kept token).
+
+A `Predictor` holds parameters and three pure functions of them:
+  embed_fn(params, batch) -> x_BxLxD                  the input embeddings (token + time)
+  outputs_fn(params, x_BxLxD, batch) -> {name: [B...]} the heads on top of those embeddings
+  score(batch, select) -> [B]                          jitted: select(outputs_fn(embed_fn(...)))
+so attribution can differentiate with respect to the embeddings, and relationships can re-run the
+model on edited histories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmm_jax import conditions
+from lmm_jax.data import pipeline
+from lmm_jax.data import records
+
+ROW_SCALARS_F32 = ("age_at_index", "cost_next", "cost_next_capped", "cost_prior")
+ROW_SCALARS_I32 = ("sex", "lob")
+
+
+def record_to_row(rec: Mapping[str, Any], seq_len: int) -> dict[str, np.ndarray]:
+  """One task record as a padded row (pipeline 'recent' truncation) plus its task fields."""
+  tokens = np.asarray(rec["tokens"], np.int32)
+  n = len(tokens)
+  prefix_len = int(rec["prefix_len"])
+  keep = pipeline.keep_indices(n, prefix_len, seq_len, "recent", None)
+  kept_days = np.asarray(rec["days"], np.int64)[keep]
+  m = len(kept_days)
+  row: dict[str, np.ndarray] = {}
+  row["tokens"] = np.zeros(seq_len, np.int32)
+  row["tokens"][:m] = tokens[keep]
+  row["age"] = np.zeros(seq_len, np.float32)
+  row["age"][:m] = np.asarray(rec["age"], np.float32)[keep]
+  row["days"] = np.zeros(seq_len, np.float32)
+  row["days"][:m] = (kept_days - kept_days[0]).astype(np.float32) if m else 0.0
+  row["segment_ids"] = (np.arange(seq_len) < m).astype(np.int32)
+  row["positions"] = np.where(row["segment_ids"] > 0, np.arange(seq_len), 0).astype(np.int32)
+  row["length"] = np.int32(m)
+  row["valid"] = np.int32(1)
+  row["prefix_len"] = np.int32(min(prefix_len, m))
+  # Days from each kept token to the index date (for the report: "how long ago").
+  row["days_before_index"] = np.zeros(seq_len, np.float32)
+  row["days_before_index"][:m] = (int(rec["index_day"]) - kept_days).astype(np.float32)
+  for k in ROW_SCALARS_F32:
+    row[k] = np.float32(rec[k])
+  for k in ROW_SCALARS_I32:
+    row[k] = np.int32(rec[k])
+  for k in ("cond_next", "cond_prior"):
+    row[k] = np.asarray(rec[k], np.int32).reshape(conditions.NUM_CONDITIONS)
+  row["subject_id"] = np.int64(rec["subject_id"])
+  return row
+
+
+def read_rows(data_dir: str, split: str, seq_len: int, *, limit: int | None = None
+              ) -> Iterator[dict[str, np.ndarray]]:
+  """Padded rows of a split's task records, in file order (at most `limit`)."""
+  for i, rec in enumerate(records.read_records(data_dir, records.TASK, split)):
+    if limit is not None and i >= limit:
+      return
+    yield record_to_row(rec, seq_len)
+
+
+def stack(rows: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+
+
+@dataclasses.dataclass(eq=False)
+class Predictor:
+  """A model as pure functions of its parameters (see the module docstring)."""
+  params: Any
+  embed_fn: Callable[[Any, Mapping[str, jax.Array]], jax.Array]
+  outputs_fn: Callable[[Any, jax.Array, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
+  embedding_matrix_VxD: np.ndarray   # token embedding rows of the real vocabulary
+  pad_id: int = 0
+  # Names of the batch fields the functions read (others, e.g. subject_id, stay on the host).
+  batch_keys: tuple[str, ...] = ("tokens", "segment_ids", "positions", "age", "days", "length")
+
+  def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(batch[k]) for k in self.batch_keys if k in batch}
+
+  @functools.cached_property
+  def _outputs_jit(self):
+    def run(params, batch):
+      return self.outputs_fn(params, self.embed_fn(params, batch), batch)
+    return jax.jit(run)
+
+  def outputs(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = self._outputs_jit(self.params, self.device_batch(batch))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+  def score(self, batch: Mapping[str, np.ndarray],
+            select: Callable[[Mapping[str, Any]], Any]) -> np.ndarray:
+    return np.asarray(select(self.outputs(batch)))
+
+
+# ------------------------------------------------------------------------------------------------
+# A fine-tuned model (lmm_jax.tasks.finetune) as a Predictor.
+
+
+def finetune_config(finetune_workdir: str, data_dir: str | None = None):
+  """The run's config (its config.json), with data_dir overridden when given."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from lmm_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(finetune_workdir, trainer_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no {trainer_lib.CONFIG_FILE} in {finetune_workdir}: is it a "
+                            "fine-tuning workdir (experiments.finetune --workdir)?")
+  with open(path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.get("task") not in ("cost", "chronic"):
+    raise ValueError(f"{path}: task={config.get('task')!r}; expected a fine-tuning run "
+                     "('cost' or 'chronic')")
+  if data_dir:
+    config.data_dir = data_dir
+  return config
+
+
+def _cost_outputs(task, out_BxO: jax.Array) -> dict[str, jax.Array]:
+  """Predicted mean cost in dollars and its log, from the cost head's raw outputs."""
+  o_B = out_BxO[:, task.col["mean"]]
+  if task.loss_name in ("tweedie", "poisson"):
+    log_B = jnp.log(task.scale) + jnp.minimum(o_B, 30.0)
+    dollars_B = jnp.exp(log_B)
+  elif task.loss_name == "huber_log1p":
+    # log1p dollars before Duan's smearing (a constant factor: it changes no ranking).
+    log_B = o_B + task.z_mean
+    dollars_B = jnp.expm1(jnp.maximum(jnp.minimum(log_B, 30.0), 0.0))
+  else:
+    dollars_B = task.scale * jax.nn.softplus(o_B)
+    log_B = jnp.log(jnp.maximum(dollars_B, 1e-6))
+  return {"cost": dollars_B, "log_cost": log_B}
+
+
+def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
+                   step: int | None = None) -> tuple[Predictor, Any, Any]:
+  """(Predictor, task, config) of a fine-tuning run's latest (or given) checkpoint.
+
+  Outputs: cost runs give 'cost' (predicted mean dollars) and 'log_cost'; chronic runs give
+  'chronic_logit' and 'chronic_prob' [B, C]. Parameters live on the first device.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from lmm_jax.model import heads  # pylint: disable=g-import-not-at-top
+  from lmm_jax.tasks import finetune  # pylint: disable=g-import-not-at-top
+  from lmm_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  config = finetune_config(finetune_workdir, data_dir)
+  task = finetune.make_task(config)
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(os.path.abspath(finetune_workdir)),
+                               read_only=True)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {finetune_workdir}")
+    saved = ckpt.params_structure(step)
+    padded = int(saved["backbone"]["embedding"].shape[0])
+    # vocab_multiple = the saved padded size rebuilds exactly the saved embedding shape.
+    abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0), padded))
+    graphdef, abstract_vars = nnx.split(abstract_model)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          nnx.to_pure_dict(abstract_vars))
+    params = ckpt.restore_params(step, target)
+  finally:
+    ckpt.close()
+
+  is_cost = isinstance(task, finetune.CostTask)
+
+  def embed_fn(p, batch):
+    model = nnx.merge(graphdef, p)
+    return model.backbone.embed(batch["tokens"], batch.get("age"), batch.get("days"))
+
+  def outputs_fn(p, x_BxLxD, batch):
+    model = nnx.merge(graphdef, p)
+    h_BxLxD = model.backbone.forward_embeddings(x_BxLxD, batch["segment_ids"], batch["positions"])
+    pooled_BxD = heads.pool(h_BxLxD, batch["segment_ids"], batch["length"],
+                            model.head_cfg.pooling)
+    out_BxO = model.head(pooled_BxD)
+    if is_cost:
+      return _cost_outputs(task, out_BxO)
+    return {"chronic_logit": out_BxO, "chronic_prob": jax.nn.sigmoid(out_BxO)}
+
+  vocab_size = task.vocab.size
+  emb = np.asarray(params["backbone"]["embedding"], np.float32)[:vocab_size]
+  predictor = Predictor(params=params, embed_fn=embed_fn, outputs_fn=outputs_fn,
+                        embedding_matrix_VxD=emb, pad_id=int(task.vocab.pad_id))
+  return predictor, task, config

@@ -1,0 +1,270 @@
+"""Condition-to-condition relationships: the model's lift against the data's, and link recovery.
+
+For an ordered pair (A, B) of chronic conditions and members *at risk* of a new onset of B (B not
+coded before the index date):
+
+- Empirical lift, from task records: P(B in the next 12 months | A prevalent) divided by
+  P(B in the next 12 months | A not prevalent), with add-1/2 smoothing of both rates.
+- Model (counterfactual) lift: take held-out members without A, append a same-day claim coding A
+  to their history, and divide the mean predicted P(B) of the chronic head by the mean on the
+  unedited histories. Everything else about the member stays fixed, so this is the model's own
+  answer to "what does A change about B", free of the age and sex confounding of the data's lift.
+
+On the synthetic world the true directed links (`lmm_jax.synth.model.TRUE_COMORBIDITY_LINKS`,
+A multiplies the onset hazard of B) are known; `recovery` scores a lift matrix against them.
+
+Matrices are indexed [A, B] over `lmm_jax.conditions.CONDITIONS` (C of them); the diagonal is NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from lmm_jax import conditions
+from lmm_jax.conventions import TokenKind
+
+Row = Mapping[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class EmpiricalLift:
+  lift_CxC: np.ndarray        # smoothed rate ratio (NaN on the diagonal)
+  rate_with_CxC: np.ndarray   # P(B next | A prior, B not prior)
+  rate_without_CxC: np.ndarray
+  n_with_CxC: np.ndarray      # members at risk of B with A prior
+  n_both_CxC: np.ndarray      # ... of whom B was coded in the next 12 months (co-occurrence)
+
+
+def empirical_lift(cond_prior_NxC: np.ndarray, cond_next_NxC: np.ndarray, *,
+                   smoothing: float = 0.5) -> EmpiricalLift:
+  """Lift of new-onset B given prevalent A, over members at risk of B (see the module docstring)."""
+  prior = np.asarray(cond_prior_NxC, bool)
+  nxt = np.asarray(cond_next_NxC, bool)
+  if prior.shape != nxt.shape or prior.ndim != 2:
+    raise ValueError(f"cond_prior {prior.shape} and cond_next {nxt.shape} must be equal [N, C]")
+  at_risk_NxC = ~prior
+  onset_NxC = nxt & at_risk_NxC
+  a = prior.astype(np.int64)
+  not_a = (~prior).astype(np.int64)
+  n_with = a.T @ at_risk_NxC.astype(np.int64)         # [A, B]
+  n_both = a.T @ onset_NxC.astype(np.int64)
+  n_without = not_a.T @ at_risk_NxC.astype(np.int64)
+  k_without = not_a.T @ onset_NxC.astype(np.int64)
+  with np.errstate(invalid="ignore", divide="ignore"):  # no member at risk: NaN
+    rate_with = (n_both + smoothing) / (n_with + 2 * smoothing)
+    rate_without = (k_without + smoothing) / (n_without + 2 * smoothing)
+    lift = rate_with / rate_without
+  np.fill_diagonal(lift, np.nan)
+  return EmpiricalLift(lift, rate_with, rate_without, n_with, n_both)
+
+
+# ------------------------------------------------------------------------------------------------
+# Counterfactual edits.
+
+
+def condition_tokens(vocab, condition: int) -> list[int]:
+  """Token ids of a same-day claim coding `condition`: [claim type], [category], diagnosis.
+
+  The diagnosis is the condition's most frequent (on train) full ICD-10-CM token; its 3-character
+  category token is added when the vocabulary has one (the tokenizer writes both). Empty if the
+  vocabulary has no diagnosis token of the condition.
+  """
+  dx = np.flatnonzero((vocab.token_conditions[:, condition] > 0) &
+                      (vocab.kinds == TokenKind.DIAGNOSIS))
+  if not len(dx):
+    return []
+  # Prefer full codes (with a dot) over categories; among them the most frequent.
+  full = [i for i in dx if "." in vocab.tokens[i]]
+  pool = np.asarray(full if full else dx)
+  best = int(pool[np.argmax(vocab.counts[pool])])
+  out = []
+  claim = vocab.get("CLAIM//PROFESSIONAL")
+  if claim is not None:
+    out.append(int(claim))
+  code = vocab.tokens[best].partition("//")[2]
+  category = vocab.get(f"ICD10CM//{code.replace('.', '')[:3]}")
+  tok_cfg = vocab.meta.get("tokenizer", {})
+  if category is not None and category != best and tok_cfg.get("icd10_category_tokens", True):
+    out.append(int(category))
+  out.append(best)
+  return out
+
+
+def append_tokens(row: Row, token_ids: Sequence[int]) -> dict[str, np.ndarray]:
+  """The row with token_ids appended after its last event (same day and age as that event).
+
+  A full row drops its oldest events after the demographic prefix to make room, as the
+  pipeline's 'recent' truncation would.
+  """
+  seq_len = len(row["tokens"])
+  n, k = int(row["length"]), len(token_ids)
+  prefix = int(row.get("prefix_len", 0))
+  out = {key: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v)
+         for key, v in row.items()}
+  if k == 0:
+    return out
+  if n == 0:
+    raise ValueError("cannot append to an empty history")
+  seq_keys = [key for key in ("tokens", "age", "days", "days_before_index") if key in row]
+  overflow = max(0, n + k - seq_len)
+  if overflow > n - prefix:
+    raise ValueError(f"seq_len={seq_len} leaves no room for {k} tokens after the prefix")
+  keep = np.concatenate([np.arange(prefix), np.arange(prefix + overflow, n)])
+  m = len(keep) + k
+  for key in seq_keys:
+    src = np.asarray(row[key])
+    last = src[n - 1]
+    buf = np.zeros(seq_len, src.dtype)
+    buf[:len(keep)] = src[keep]
+    buf[len(keep):m] = token_ids if key == "tokens" else last
+    out[key] = buf
+  # The prefix (with the first token) is never dropped, so days stay relative to it.
+  out["segment_ids"] = (np.arange(seq_len) < m).astype(np.int32)
+  out["positions"] = np.where(out["segment_ids"] > 0, np.arange(seq_len), 0).astype(np.int32)
+  out["length"] = np.int32(m)
+  return out
+
+
+@dataclasses.dataclass
+class ModelLift:
+  lift_CxC: np.ndarray        # mean P(B | history + A) / mean P(B | history); NaN where unmeasured
+  delta_CxC: np.ndarray       # mean P(B | history + A) - mean P(B | history)
+  n_CxC: np.ndarray           # members the pair was measured on (without A, at risk of B)
+
+
+def counterfactual_lift(prob_fn: Callable[[Sequence[Row]], np.ndarray], rows: Sequence[Row],
+                        insert: Mapping[int, Sequence[int]], *, progress: bool = False
+                        ) -> ModelLift:
+  """The model's lift of B from adding A to histories lacking A (see the module docstring).
+
+  Args:
+    prob_fn: rows -> float[N, C] predicted probability of each condition in the next 12 months.
+    rows: members (with cond_prior) to edit.
+    insert: condition A -> the token ids that code it (`condition_tokens`); A without tokens
+      stays NaN.
+    progress: a tqdm bar over conditions.
+  """
+  c = conditions.NUM_CONDITIONS
+  prior_NxC = np.stack([np.asarray(r["cond_prior"], bool) for r in rows])
+  p0_NxC = np.asarray(prob_fn(rows), np.float64)
+  lift = np.full((c, c), np.nan)
+  delta = np.full((c, c), np.nan)
+  count = np.zeros((c, c), np.int64)
+  items = [(a, t) for a, t in sorted(insert.items()) if len(t)]
+  if progress:
+    import tqdm  # pylint: disable=g-import-not-at-top
+    items = tqdm.tqdm(items, desc="counterfactual lift", unit="condition")
+  for a, tokens in items:
+    idx = np.flatnonzero(~prior_NxC[:, a])
+    if not len(idx):
+      continue
+    p1 = np.asarray(prob_fn([append_tokens(rows[i], tokens) for i in idx]), np.float64)
+    at_risk_IxC = ~prior_NxC[idx]
+    n_C = at_risk_IxC.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      m1 = (p1 * at_risk_IxC).sum(0) / n_C
+      m0 = (p0_NxC[idx] * at_risk_IxC).sum(0) / n_C
+      lift[a] = np.where(n_C > 0, m1 / m0, np.nan)
+      delta[a] = np.where(n_C > 0, m1 - m0, np.nan)
+    count[a] = n_C
+  np.fill_diagonal(lift, np.nan)
+  np.fill_diagonal(delta, np.nan)
+  np.fill_diagonal(count, 0)
+  return ModelLift(lift, delta, count)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ranking and recovery.
+
+
+@dataclasses.dataclass
+class Pair:
+  a: int
+  b: int
+  model_lift: float
+  empirical_lift: float
+  co_occurrence: int   # members at risk of B, with A prior, who had B coded next year
+  true_link: bool | None = None
+
+
+def ranked_pairs(model_lift_CxC: np.ndarray, emp: EmpiricalLift, *,
+                 truth_CxC: np.ndarray | None = None, top: int = 15) -> list[Pair]:
+  """The `top` pairs by model lift (measured pairs only)."""
+  flat = np.where(np.isfinite(model_lift_CxC), model_lift_CxC, -np.inf).ravel()
+  order = np.argsort(-flat, kind="stable")
+  out = []
+  for f in order[:top]:
+    if not np.isfinite(flat[f]):
+      break
+    a, b = divmod(int(f), model_lift_CxC.shape[1])
+    out.append(Pair(a, b, float(model_lift_CxC[a, b]), float(emp.lift_CxC[a, b]),
+                    int(emp.n_both_CxC[a, b]),
+                    None if truth_CxC is None else bool(truth_CxC[a, b])))
+  return out
+
+
+def novel_candidates(model_lift_CxC: np.ndarray, emp: EmpiricalLift, *, min_model_lift: float = 1.2,
+                     max_co_occurrence: int = 5, truth_CxC: np.ndarray | None = None,
+                     top: int = 10) -> list[Pair]:
+  """Pairs the model rates as linked (lift >= min_model_lift) that the data barely shows directly.
+
+  "Barely" means at most `max_co_occurrence` members had A and then a new B, or the empirical lift
+  is below 1 (the data alone would not suggest the link).
+  """
+  pairs = ranked_pairs(model_lift_CxC, emp, truth_CxC=truth_CxC,
+                       top=model_lift_CxC.size)
+  keep = [p for p in pairs if p.model_lift >= min_model_lift and
+          (p.co_occurrence <= max_co_occurrence or not p.empirical_lift >= 1.0)]
+  return keep[:top]
+
+
+def true_link_matrix(links: Sequence[tuple[str, str, float]] | None = None,
+                     names: Sequence[str] = conditions.CONDITION_NAMES) -> np.ndarray:
+  """bool[C, C]: the directed true links between target conditions (others are left out)."""
+  if links is None:
+    from lmm_jax.synth import model as synth_model  # pylint: disable=g-import-not-at-top
+    links = synth_model.TRUE_COMORBIDITY_LINKS
+  index = {n: i for i, n in enumerate(names)}
+  out = np.zeros((len(names), len(names)), bool)
+  for a, b, _ in links:
+    if a in index and b in index:
+      out[index[a], index[b]] = True
+  return out
+
+
+def recovery(score_CxC: np.ndarray, truth_CxC: np.ndarray, *, threshold: float
+             ) -> dict[str, float]:
+  """Precision/recall of the links `score >= threshold` against the true links.
+
+  Only measured (finite) off-diagonal pairs count as candidates; true links that could not be
+  measured count as missed. Also reported: precision at k = number of true links (ranking by
+  score; equal to recall at k when every true link was measured) and the average precision.
+  """
+  from sklearn import metrics  # pylint: disable=g-import-not-at-top
+  score = np.asarray(score_CxC, np.float64)
+  truth = np.asarray(truth_CxC, bool)
+  off = ~np.eye(score.shape[0], dtype=bool)
+  measured = off & np.isfinite(score)
+  pred = measured & (np.where(measured, score, -np.inf) >= threshold)
+  num_true = int((truth & off).sum())
+  tp = int((pred & truth).sum())
+  npred = int(pred.sum())
+  out = {"threshold": float(threshold), "num_true": num_true, "num_predicted": npred,
+         "true_positives": tp,
+         "precision": tp / npred if npred else float("nan"),
+         "recall": tp / num_true if num_true else float("nan"),
+         "num_measured": int(measured.sum()),
+         "true_measured": int((truth & measured).sum())}
+  s, t = score[measured], truth[measured]
+  if num_true and len(s):
+    k = min(num_true, len(s))
+    top = np.argsort(-s, kind="stable")[:k]
+    out["precision_at_k"] = float(t[top].mean())
+    out["average_precision"] = (float(metrics.average_precision_score(t, s))
+                                if 0 < t.sum() < len(t) else float("nan"))
+  else:
+    out["precision_at_k"] = out["average_precision"] = float("nan")
+  return out

@@ -1,0 +1,113 @@
+"""Fine-tuning models: the pretrained transformer (params['backbone']) plus prediction heads.
+
+    model = FinetuneModel(transformer_cfg, num_outputs, head_cfg, rngs=rngs)
+    out_BxO = model(tokens, segment_ids, positions, age, days, length)
+
+The patient representation is the backbone's final hidden state at the last real history token
+(`length - 1`, the token just before the index date) or, with pooling='mean', the mean over the
+history's tokens. A small MLP head (optional hidden layer) maps it to `num_outputs` raw outputs;
+the task gives them meaning (log-mean cost, quantiles, condition logits). Output biases start at
+`output_bias` (e.g. the log of the train mean, the logit of the prevalence) so step 0 already
+predicts the base rate instead of spending the first steps finding it.
+
+Dimension letters: B batch, L length, D model width, F head hidden width, O outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmm_jax.model import transformer
+
+POOLINGS = ("last", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+  num_outputs: int
+  hidden_dim: int = 0              # 0: a linear head on the pooled representation
+  pooling: str = "last"            # 'last' real token, or 'mean' over the history
+  dropout_rate: float = 0.0
+  output_bias: tuple[float, ...] = ()   # initial output biases (default zeros)
+
+  def __post_init__(self):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling={self.pooling!r}: expected one of {POOLINGS}")
+    if self.output_bias and len(self.output_bias) != self.num_outputs:
+      raise ValueError(f"output_bias has {len(self.output_bias)} values for "
+                       f"{self.num_outputs} outputs")
+
+
+def pool(h_BxLxD: jax.Array, segment_ids_BxL: jax.Array, length_B: jax.Array,
+         pooling: str) -> jax.Array:
+  """float32[B,D]: the hidden state at position length-1, or the mean over real tokens."""
+  h = h_BxLxD.astype(jnp.float32)
+  if pooling == "last":
+    # Empty (padding) rows have length 0: read position 0, the caller masks them out.
+    idx_B = jnp.maximum(length_B.astype(jnp.int32) - 1, 0)
+    return jnp.take_along_axis(h, idx_B[:, None, None], axis=1)[:, 0, :]
+  if pooling == "mean":
+    m_BxL = (segment_ids_BxL > 0).astype(jnp.float32)
+    return (h * m_BxL[..., None]).sum(axis=1) / jnp.maximum(m_BxL.sum(axis=1), 1.0)[:, None]
+  raise ValueError(f"pooling={pooling!r}: expected one of {POOLINGS}")
+
+
+class Head(nnx.Module):
+  """Pooled representation -> [hidden layer ->] outputs."""
+
+  def __init__(self, d_model: int, cfg: HeadConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    init = nnx.initializers.normal(stddev=0.02)
+    width = d_model
+    if cfg.hidden_dim:
+      self.hidden = nnx.Param(nnx.with_partitioning(init, ("embed", "mlp"), eager_sharding=False)(
+          rngs.params(), (d_model, cfg.hidden_dim), jnp.float32))
+      self.hidden_bias = nnx.Param(jnp.zeros((cfg.hidden_dim,), jnp.float32))
+      width = cfg.hidden_dim
+    self.out = nnx.Param(nnx.with_partitioning(init, (None, None), eager_sharding=False)(
+        rngs.params(), (width, cfg.num_outputs), jnp.float32))
+    bias = np.asarray(cfg.output_bias or np.zeros(cfg.num_outputs), np.float32)
+    self.out_bias = nnx.Param(jnp.asarray(bias))
+
+  def __call__(self, x_BxD: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+    x = x_BxD.astype(jnp.float32)
+    if self.cfg.hidden_dim:
+      x = jax.nn.gelu(x @ self.hidden[...] + self.hidden_bias[...][None, :])
+    if dropout_rng is not None and self.cfg.dropout_rate > 0:
+      keep = jax.random.bernoulli(dropout_rng, 1.0 - self.cfg.dropout_rate, x.shape)
+      x = jnp.where(keep, x / (1.0 - self.cfg.dropout_rate), 0.0)
+    return x @ self.out[...] + self.out_bias[...][None, :]
+
+
+class FinetuneModel(nnx.Module):
+  """A transformer backbone (same structure as pretraining's) with a head on its pooled output."""
+
+  def __init__(self, backbone_cfg: transformer.TransformerConfig, head_cfg: HeadConfig, *,
+               rngs: nnx.Rngs):
+    self.backbone = transformer.Transformer(backbone_cfg, rngs=rngs)
+    self.head = Head(backbone_cfg.d_model, head_cfg, rngs=rngs)
+    self.head_cfg = head_cfg
+
+  def represent(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
+                positions_BxL: jax.Array, age_BxL: jax.Array | None, days_BxL: jax.Array | None,
+                length_B: jax.Array, *, dropout_rng: jax.Array | None = None) -> jax.Array:
+    """float32[B,D]: the pooled patient representation."""
+    _, h_BxLxD = self.backbone(tokens_BxL, segment_ids_BxL, positions_BxL, age_BxL, days_BxL,
+                               dropout_rng=dropout_rng, return_logits=False)
+    return pool(h_BxLxD, segment_ids_BxL, length_B, self.head_cfg.pooling)
+
+  def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
+               age_BxL: jax.Array | None, days_BxL: jax.Array | None, length_B: jax.Array, *,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """float32[B,O] raw head outputs."""
+    rng_b = rng_h = None
+    if dropout_rng is not None:
+      rng_b, rng_h = jax.random.split(dropout_rng)
+    x_BxD = self.represent(tokens_BxL, segment_ids_BxL, positions_BxL, age_BxL, days_BxL,
+                           length_B, dropout_rng=rng_b)
+    return self.head(x_BxD, dropout_rng=rng_h)
+

@@ -1,0 +1,326 @@
+"""A decoder-only transformer over patient event tokens (Flax NNX).
+
+Pre-norm blocks (RMSNorm -> causal self-attention -> RMSNorm -> SwiGLU MLP), rotary positions
+computed from each token's position within its packed segment, and an optional additive embedding
+of time: sinusoidal features of the age in years and of log1p(days since the segment's first
+event), projected to the model width. Every parameter carries logical axis names
+(`lmm_jax.sharding` maps them to mesh axes); compute runs in `dtype`, parameters are stored in
+`param_dtype`.
+
+Dimension letters in tensor names: B batch, L (query) length, S (key) length, D model width,
+H query heads, K key/value heads, E head width, F MLP width, V padded vocabulary, T time features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmm_jax import sharding
+
+TIME_EMBEDDINGS = ("none", "age", "age_and_days")
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Static hyper-parameters of the transformer."""
+  vocab_size: int            # real vocabulary size; logits of ids >= vocab_size are masked out
+  padded_vocab_size: int     # embedding/logit rows (a multiple that the mesh divides)
+  num_layers: int = 2
+  d_model: int = 64
+  num_heads: int = 4
+  num_kv_heads: int = 4      # < num_heads: grouped-query attention
+  head_dim: int = 16
+  mlp_dim: int = 256
+  time_embedding: str = "age_and_days"
+  num_time_features: int = 32  # sinusoidal features per time signal (half sine, half cosine)
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  dropout_rate: float = 0.0
+  tie_embeddings: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: bool = False
+  attention_impl: str = "xla"
+
+  def __post_init__(self):
+    if self.time_embedding not in TIME_EMBEDDINGS:
+      raise ValueError(f"time_embedding={self.time_embedding!r}: expected one of {TIME_EMBEDDINGS}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    if self.padded_vocab_size < self.vocab_size:
+      raise ValueError(f"padded_vocab_size={self.padded_vocab_size} < vocab_size={self.vocab_size}")
+    if self.head_dim % 2 or self.num_time_features % 2:
+      raise ValueError("head_dim and num_time_features must be even (rotary / sin-cos pairs)")
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+
+def _param(init: Any, names: tuple[str | None, ...]) -> Any:
+  # eager_sharding=False: the trainer places parameters through jit out_shardings derived from
+  # these names, so creating a Variable never needs a mesh.
+  return nnx.with_partitioning(init, names, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    del rngs
+    self.eps = cfg.norm_eps
+    self.dtype = cfg.compute_dtype
+    self.scale = nnx.Param(_param(nnx.initializers.ones, ("embed",))(
+        jax.random.key(0), (dim,), cfg.params_dtype))
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x = x_BxLxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+    scale_11D = self.scale[...].astype(jnp.float32)[None, None, :]
+    return (x * scale_11D).astype(self.dtype)
+
+
+def rotary(x_BxLxNxE: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (rotate-half form), computed in float32."""
+  half = x_BxLxNxE.shape[-1] // 2
+  freq_111E2 = (theta ** (-np.arange(half, dtype=np.float32) / half)).reshape(1, 1, 1, half)
+  angle_BxLx1xE2 = positions_BxL.astype(jnp.float32)[:, :, None, None] * freq_111E2
+  sin, cos = jnp.sin(angle_BxLx1xE2), jnp.cos(angle_BxLx1xE2)
+  x = x_BxLxNxE.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxNxE.dtype)
+
+
+def segment_mask(q_segment_ids_BxL: jax.Array, kv_segment_ids_BxS: jax.Array) -> jax.Array:
+  """bool[B,1,L,S]: query and key belong to the same packed sequence.
+
+  Padding (segment 0) only sees padding, so no query row is fully masked (no NaN); real tokens
+  never see padding or another sequence. Causality is applied separately (`is_causal`).
+  """
+  return (q_segment_ids_BxL[:, None, :, None] == kv_segment_ids_BxS[:, None, None, :])
+
+
+def attend(q_BxLxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
+           mask_Bx1xLxS: jax.Array | None, *, is_causal: bool,
+           implementation: str = "xla") -> jax.Array:
+  """Scaled dot-product attention through `jax.nn.dot_product_attention` (cuDNN on GPU)."""
+  return jax.nn.dot_product_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask_Bx1xLxS,
+                                      is_causal=is_causal, implementation=implementation)
+
+
+def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  if rate <= 0.0 or rng is None:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Attention(nnx.Module):
+  """Multi-head (grouped-query) self-attention with rotary positions."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, h, k, e = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    init = nnx.initializers.normal(stddev=0.02)
+    out_init = nnx.initializers.normal(stddev=0.02 / math.sqrt(2 * cfg.num_layers))
+    pd = cfg.params_dtype
+    self.q = nnx.Param(_param(init, ("embed", "heads", "kv"))(rngs.params(), (d, h, e), pd))
+    self.k = nnx.Param(_param(init, ("embed", "kv_heads", "kv"))(rngs.params(), (d, k, e), pd))
+    self.v = nnx.Param(_param(init, ("embed", "kv_heads", "kv"))(rngs.params(), (d, k, e), pd))
+    self.o = nnx.Param(_param(out_init, ("heads", "kv", "embed"))(rngs.params(), (h, e, d), pd))
+
+  def project_qkv(self, x_BxLxD: jax.Array, positions_BxL: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Rotated queries and keys, and values (a KV cache stores the k and v returned here)."""
+    dt = self.cfg.compute_dtype
+    q_BxLxHxE = jnp.einsum("bld,dhe->blhe", x_BxLxD, self.q[...].astype(dt))
+    k_BxLxKxE = jnp.einsum("bld,dke->blke", x_BxLxD, self.k[...].astype(dt))
+    v_BxLxKxE = jnp.einsum("bld,dke->blke", x_BxLxD, self.v[...].astype(dt))
+    q_BxLxHxE = rotary(q_BxLxHxE, positions_BxL, self.cfg.rope_theta)
+    k_BxLxKxE = rotary(k_BxLxKxE, positions_BxL, self.cfg.rope_theta)
+    return q_BxLxHxE, k_BxLxKxE, v_BxLxKxE
+
+  def project_out(self, y_BxLxHxE: jax.Array) -> jax.Array:
+    return jnp.einsum("blhe,hed->bld", y_BxLxHxE, self.o[...].astype(self.cfg.compute_dtype))
+
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
+               mask_Bx1xLxL: jax.Array) -> jax.Array:
+    q, k, v = self.project_qkv(x_BxLxD, positions_BxL)
+    y_BxLxHxE = attend(q, k, v, mask_Bx1xLxL, is_causal=True,
+                       implementation=self.cfg.attention_impl)
+    return self.project_out(y_BxLxHxE)
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward block."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.dtype = cfg.compute_dtype
+    d, f, pd = cfg.d_model, cfg.mlp_dim, cfg.params_dtype
+    init = nnx.initializers.normal(stddev=0.02)
+    out_init = nnx.initializers.normal(stddev=0.02 / math.sqrt(2 * cfg.num_layers))
+    self.gate = nnx.Param(_param(init, ("embed", "mlp"))(rngs.params(), (d, f), pd))
+    self.up = nnx.Param(_param(init, ("embed", "mlp"))(rngs.params(), (d, f), pd))
+    self.down = nnx.Param(_param(out_init, ("mlp", "embed"))(rngs.params(), (f, d), pd))
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    dt = self.dtype
+    gate_BxLxF = x_BxLxD @ self.gate[...].astype(dt)
+    up_BxLxF = x_BxLxD @ self.up[...].astype(dt)
+    return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.dropout_rate = cfg.dropout_rate
+    self.attn_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, mask_Bx1xLxL: jax.Array,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    rng_a = rng_m = None
+    if dropout_rng is not None:
+      rng_a, rng_m = jax.random.split(dropout_rng)
+    h = self.attn(self.attn_norm(x_BxLxD), positions_BxL, mask_Bx1xLxL)
+    x_BxLxD = x_BxLxD + _dropout(h, self.dropout_rate, rng_a)
+    h = self.mlp(self.mlp_norm(x_BxLxD))
+    x_BxLxD = x_BxLxD + _dropout(h, self.dropout_rate, rng_m)
+    return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed"))
+
+
+def sinusoid(x_BxL: jax.Array, num_features: int, min_period: float,
+             max_period: float) -> jax.Array:
+  """float32[B,L,num_features]: sin and cos of x at geometrically spaced periods."""
+  half = num_features // 2
+  periods = np.geomspace(min_period, max_period, half).astype(np.float32)
+  omega_11T2 = (2.0 * np.pi / periods).reshape(1, 1, half)
+  angle_BxLxT2 = x_BxL.astype(jnp.float32)[..., None] * omega_11T2
+  return jnp.concatenate([jnp.sin(angle_BxLxT2), jnp.cos(angle_BxLxT2)], axis=-1)
+
+
+class TimeEmbedding(nnx.Module):
+  """Additive embedding of age (years) and elapsed time (log1p days) at each token."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    n_signals = 2 if cfg.time_embedding == "age_and_days" else 1
+    t = n_signals * cfg.num_time_features
+    self.proj = nnx.Param(_param(nnx.initializers.normal(stddev=0.02), ("time_features", "embed"))(
+        rngs.params(), (t, cfg.d_model), cfg.params_dtype))
+
+  def __call__(self, age_BxL: jax.Array, days_BxL: jax.Array | None) -> jax.Array:
+    n = self.cfg.num_time_features
+    # Ages from 0.1 to 200 years of period: resolves months in infancy and decades in old age.
+    feats = sinusoid(jnp.maximum(age_BxL, 0.0), n, 0.1, 200.0)
+    feats = jnp.where((age_BxL >= 0.0)[..., None], feats, 0.0)  # age < 0: birth date unknown
+    if self.cfg.time_embedding == "age_and_days":
+      if days_BxL is None:
+        raise ValueError("time_embedding='age_and_days' needs `days`")
+      # log1p(days) spans 0..~10 over a 60-year record; periods 0.5..50 cover it.
+      log_days_BxL = jnp.log1p(jnp.maximum(days_BxL, 0.0))
+      feats = jnp.concatenate([feats, sinusoid(log_days_BxL, n, 0.5, 50.0)], axis=-1)
+    dt = self.cfg.compute_dtype
+    return feats.astype(dt) @ self.proj[...].astype(dt)
+
+
+class Transformer(nnx.Module):
+  """Token (+ time) embedding, `num_layers` blocks, final norm, logits over the padded vocabulary."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embedding = nnx.Param(_param(nnx.initializers.normal(stddev=0.02), ("vocab", "embed"))(
+        rngs.params(), (cfg.padded_vocab_size, cfg.d_model), cfg.params_dtype))
+    if cfg.time_embedding != "none":
+      self.time_embed = TimeEmbedding(cfg, rngs=rngs)
+    # Named attributes (not a list) keep parameter paths plain strings: layer_0, layer_1, ...
+    for i in range(cfg.num_layers):
+      setattr(self, f"layer_{i}", Block(cfg, rngs=rngs))
+    self.final_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = nnx.Param(_param(nnx.initializers.normal(stddev=0.02), ("embed", "vocab"))(
+          rngs.params(), (cfg.d_model, cfg.padded_vocab_size), cfg.params_dtype))
+
+  @property
+  def layers(self) -> list[Block]:
+    return [getattr(self, f"layer_{i}") for i in range(self.cfg.num_layers)]
+
+  def embed(self, tokens_BxL: jax.Array, age_BxL: jax.Array | None = None,
+            days_BxL: jax.Array | None = None) -> jax.Array:
+    dt = self.cfg.compute_dtype
+    x_BxLxD = jnp.take(self.embedding[...], tokens_BxL, axis=0).astype(dt)
+    if self.cfg.time_embedding != "none":
+      if age_BxL is None:
+        raise ValueError(f"time_embedding={self.cfg.time_embedding!r} needs `age`")
+      x_BxLxD = x_BxLxD + self.time_embed(age_BxL, days_BxL)
+    return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed"))
+
+  def logits(self, h_BxLxD: jax.Array) -> jax.Array:
+    """float32 logits; padded vocabulary rows get a large negative value."""
+    dt = self.cfg.compute_dtype
+    w_DxV = (self.embedding[...].T if self.cfg.tie_embeddings else self.lm_head[...]).astype(dt)
+    logits_BxLxV = (h_BxLxD @ w_DxV).astype(jnp.float32)
+    if self.cfg.padded_vocab_size > self.cfg.vocab_size:
+      real_11V = (jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size)[None, None, :]
+      logits_BxLxV = jnp.where(real_11V, logits_BxLxV, -1e9)
+    return logits_BxLxV
+
+  def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
+               age_BxL: jax.Array | None = None, days_BxL: jax.Array | None = None, *,
+               dropout_rng: jax.Array | None = None, return_logits: bool = True
+               ) -> tuple[jax.Array | None, jax.Array]:
+    """Returns (float32 logits [B,L,V] or None, final hidden states [B,L,D]).
+
+    Position t attends to positions <= t of its own segment; dropout runs only with a
+    dropout_rng (training).
+    """
+    x_BxLxD = self.embed(tokens_BxL, age_BxL, days_BxL)
+    h_BxLxD = self.forward_embeddings(x_BxLxD, segment_ids_BxL, positions_BxL,
+                                      dropout_rng=dropout_rng)
+    return (self.logits(h_BxLxD) if return_logits else None), h_BxLxD
+
+  def forward_embeddings(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array,
+                         positions_BxL: jax.Array, *,
+                         dropout_rng: jax.Array | None = None) -> jax.Array:
+    """The blocks and final norm applied to input embeddings: final hidden states [B,L,D]."""
+    mask_Bx1xLxL = segment_mask(segment_ids_BxL, segment_ids_BxL)
+    for i, block in enumerate(self.layers):
+      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+      if self.cfg.remat:
+        x_BxLxD = nnx.remat(lambda blk, *a: blk(*a))(block, x_BxLxD, positions_BxL,
+                                                      mask_Bx1xLxL, rng)
+      else:
+        x_BxLxD = block(x_BxLxD, positions_BxL, mask_Bx1xLxL, rng)
+    return self.final_norm(x_BxLxD)
+
+
+def count_params(model_or_state: Any) -> int:
+  """Number of parameters of an nnx Module, nnx State or a tree of arrays."""
+  if isinstance(model_or_state, nnx.Module):
+    model_or_state = nnx.state(model_or_state, nnx.Param)
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(model_or_state)))
+
+
+def flops_per_token(cfg: TransformerConfig, seq_len: int, num_params: int) -> float:
+  """Training FLOPs per token: 6 N (matmul parameters) + 12 L H E T (attention), as in PaLM."""
+  embed = cfg.padded_vocab_size * cfg.d_model
+  matmul_params = num_params - (0 if cfg.tie_embeddings else embed)
+  return 6.0 * matmul_params + 12.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len

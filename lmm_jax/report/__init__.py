@@ -1,0 +1,1 @@
+"""Paper tables and plots, computed from predictions files alone."""

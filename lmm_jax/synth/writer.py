@@ -1,0 +1,461 @@
+"""Runs the world in chunks and writes the MEDS dataset, its metadata and the oracle ground truth.
+
+One chunk of `patients_per_shard` people is one unit of work (and one parquet shard per split).
+Every chunk draws from its own `np.random.SeedSequence(seed, spawn_key=(chunk,))`, so the output
+for a seed does not depend on the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import multiprocessing
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import threadpoolctl
+
+from lmm_jax import conditions as cond_lib
+from lmm_jax import conventions as conv
+from lmm_jax.synth import codes as C
+from lmm_jax.synth import model as M
+from lmm_jax.synth import sim
+
+DATASET_NAME = "lmm_jax_synthetic_claims"
+ETL_NAME = "lmm_jax.synth"
+ETL_VERSION = "1.0.0"
+MEDS_VERSION = "0.4.1"
+AGE_BANDS = ((0, 18), (18, 45), (45, 65), (65, 75), (75, 85), (85, 200))
+_US_PER_DAY = 86_400 * 1_000_000
+
+DATA_SCHEMA = pa.schema([
+    pa.field("subject_id", pa.int64(), nullable=False),
+    pa.field("time", pa.timestamp("us")),
+    pa.field("code", pa.string(), nullable=False),
+    pa.field("numeric_value", pa.float32()),
+    pa.field("claim_id", pa.int64()),
+])
+
+
+def _oracle_schema() -> pa.Schema:
+  fields = [pa.field("subject_id", pa.int64(), nullable=False),
+            pa.field("index_date", pa.timestamp("us"), nullable=False),
+            pa.field("expected_cost", pa.float64()), pa.field("expected_cost_capped", pa.float64())]
+  fields += [pa.field(f"p_{c}", pa.float32()) for c in cond_lib.CONDITION_NAMES]
+  fields += [pa.field(f"true_{c}", pa.bool_()) for c in cond_lib.CONDITION_NAMES]
+  fields += [pa.field("age", pa.float32()), pa.field("enrolled_at_index", pa.bool_())]
+  return pa.schema(fields)
+
+
+ORACLE_SCHEMA = _oracle_schema()
+
+
+def _copy_state(st: M.State) -> M.State:
+  return st.take(np.arange(len(st.female)))
+
+
+def _rows_table(subject_id: np.ndarray, st: M.State, sink: sim.Sink,
+                members: sim.MemberEvents) -> pa.Table:
+  """The chunk's MEDS rows, sorted by subject, time (static first), then claim and line."""
+  n = len(subject_id)
+  # Claims, in (person, day, emission) order.
+  if sink.parts:
+    pidx, day, ctype, pos, cost, ncodes, flat = (np.concatenate(x) for x in zip(*sink.parts))
+  else:
+    pidx, day, ctype, pos, cost, ncodes, flat = (np.zeros(0, d) for d in (
+        np.int32, np.int64, np.int32, np.int32, np.float32, np.int32, np.int32))
+  num_claims = len(pidx)
+  order = np.lexsort((np.arange(num_claims), day, pidx))
+  code_off = np.cumsum(ncodes) - ncodes
+  nc_s = ncodes[order]
+  within = np.arange(int(nc_s.sum())) - np.repeat(np.cumsum(nc_s) - nc_s, nc_s)
+  flat_s = flat[np.repeat(code_off[order], nc_s) + within]
+  pidx, day, ctype, pos, cost = pidx[order], day[order], ctype[order], pos[order], cost[order]
+  ordinal = np.arange(num_claims) - np.searchsorted(pidx, pidx, side="left")
+  claim_id = subject_id[pidx] * 1_000_000 + ordinal
+  per_claim = 3 + nc_s
+  starts = np.cumsum(per_claim) - per_claim
+  total = int(per_claim.sum())
+  c_code = np.empty(total, np.int32)
+  c_code[starts] = ctype
+  c_code[starts + 1] = pos
+  c_code[np.repeat(starts + 2, nc_s) + within] = flat_s
+  c_code[starts + 2 + nc_s] = C.COST
+  c_value = np.full(total, np.nan, np.float32)
+  c_value[starts + 2 + nc_s] = np.round(cost, 2)
+  c_line = np.arange(total) - np.repeat(starts, per_claim)
+
+  # Member rows: sex (static), birth, enrollment spans and deaths.
+  ar = np.arange(n, dtype=np.int32)
+  m_pidx = [ar, ar] + members.pidx
+  m_day = [np.zeros(n, np.int64), st.birth_day] + members.day
+  m_code = [np.where(st.female, C.FEMALE, C.MALE).astype(np.int32),
+            np.full(n, C.BIRTH, np.int32)] + members.code
+  m_prio = [np.zeros(n, np.int8), np.zeros(n, np.int8)] + members.prio
+  m_pidx, m_day, m_code, m_prio = (np.concatenate(x) for x in (m_pidx, m_day, m_code, m_prio))
+  static = np.zeros(len(m_pidx), bool)
+  static[:n] = True
+
+  r_pidx = np.concatenate([m_pidx, np.repeat(pidx, per_claim)])
+  r_day = np.concatenate([m_day, np.repeat(day, per_claim)])
+  r_static = np.concatenate([static, np.zeros(total, bool)])
+  r_code = np.concatenate([m_code, c_code])
+  r_value = np.concatenate([np.full(len(m_pidx), np.nan, np.float32), c_value])
+  r_claim = np.concatenate([np.full(len(m_pidx), -1, np.int64), np.repeat(claim_id, per_claim)])
+  r_prio = np.concatenate([m_prio, np.full(total, sim.PRIO_CLAIM, np.int8)])
+  r_line = np.concatenate([np.zeros(len(m_pidx), np.int64), c_line])
+  time_key = np.where(r_static, np.iinfo(np.int64).min, r_day)
+  order = np.lexsort((r_line, r_claim, r_prio, time_key, r_pidx))
+
+  r_pidx, r_day, r_static, r_code, r_value, r_claim = (
+      x[order] for x in (r_pidx, r_day, r_static, r_code, r_value, r_claim))
+  times = pa.array(r_day * _US_PER_DAY, pa.int64(), mask=r_static).cast(pa.timestamp("us"))
+  code = pa.DictionaryArray.from_arrays(pa.array(r_code, pa.int32()),
+                                        pa.array(C.CODES, pa.string())).cast(pa.string())
+  return pa.Table.from_arrays([
+      pa.array(subject_id[r_pidx], pa.int64()), times, code,
+      pa.array(r_value, pa.float32(), mask=np.isnan(r_value)),
+      pa.array(r_claim, pa.int64(), mask=r_claim < 0)], schema=DATA_SCHEMA)
+
+
+def _oracle(snap: M.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0: int,
+            cal: sim.Calendar, rollouts: int, rng: np.random.Generator,
+            enrolled: np.ndarray) -> pa.Table:
+  """Expected next-year cost and condition-coding probabilities by rolling the world forward."""
+  n = len(alive_idx)
+  base = snap.take(alive_idx)
+  cost_sum = np.zeros(n)
+  capped_sum = np.zeros(n)
+  coded = np.zeros((n, cond_lib.NUM_CONDITIONS))
+  # Replicas in batches keep memory bounded (about 50k person-rows per batch).
+  batch = max(1, min(rollouts, 50_000 // max(n, 1)))
+  done = 0
+  while done < rollouts:
+    b = min(batch, rollouts - done)
+    st = base.take(np.tile(np.arange(n), b))
+    st.enrolled[:] = True
+    sink = sim.Sink(n * b, 1, t0, rng, emit=False)
+    for t in range(t0, t0 + 12):
+      sim.step(st, t, cal, rng, sink, None)
+    cost = sink.cost[0].reshape(b, n)
+    cost_sum += cost.sum(0)
+    capped_sum += np.minimum(cost, conv.COST_CAP).sum(0)
+    bits = sink.bits[0].reshape(b, n)
+    coded += ((bits[:, :, None] >> np.arange(cond_lib.NUM_CONDITIONS)) & 1).sum(0)
+    done += b
+  index_day = int(cal.start[t0])
+  cols: dict[str, Any] = {
+      "subject_id": pa.array(subject_id[alive_idx], pa.int64()),
+      "index_date": pa.array(np.full(n, index_day * _US_PER_DAY, np.int64)).cast(
+          pa.timestamp("us")),
+      "expected_cost": pa.array(cost_sum / rollouts),
+      "expected_cost_capped": pa.array(capped_sum / rollouts),
+  }
+  for i, c in enumerate(cond_lib.CONDITION_NAMES):
+    cols[f"p_{c}"] = pa.array((coded[:, i] / rollouts).astype(np.float32))
+  for i, c in enumerate(cond_lib.CONDITION_NAMES):
+    cols[f"true_{c}"] = pa.array(base.present[:, i])
+  cols["age"] = pa.array(((t0 - base.birth_mi) / 12.0).astype(np.float32))
+  cols["enrolled_at_index"] = pa.array(enrolled[alive_idx])
+  return pa.table(cols, schema=ORACLE_SCHEMA)
+
+
+def _calibration_stats(st_age_at: np.ndarray, sink: sim.Sink, covered_months: np.ndarray,
+                       year: int) -> dict[str, np.ndarray]:
+  """Per-chunk figures for calibration: costs of full-year members, coded prevalence by age."""
+  full = covered_months[year] == 12
+  costs = sink.cost[year][full]
+  bits = sink.bits[year][full]
+  age = st_age_at[full]
+  band = np.searchsorted([b[1] for b in AGE_BANDS[:-1]], age, side="right")
+  flags = (bits[:, None] >> np.arange(cond_lib.NUM_CONDITIONS)) & 1
+  counts = np.zeros((len(AGE_BANDS), cond_lib.NUM_CONDITIONS))
+  np.add.at(counts, band, flags)
+  members = np.bincount(band, minlength=len(AGE_BANDS)).astype(np.float64)
+  return {"costs": costs.astype(np.float32), "prev_counts": counts, "band_members": members}
+
+
+def simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
+  """Simulates one chunk, writes its shards; returns the oracle, splits and calibration figures."""
+  # The small matrix products are ~10x slower with a multi-threaded BLAS on a busy machine, and
+  # chunks already run in parallel processes.
+  with threadpoolctl.threadpool_limits(1):
+    return _simulate_chunk(task)
+
+
+def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
+  k, n, seed = task["chunk"], task["num_patients"], task["seed"]
+  first_year, last_year = task["first_year"], task["last_year"]
+  ss = np.random.SeedSequence(seed, spawn_key=(k,))
+  ss_pop, ss_sim, ss_oracle, ss_split = ss.spawn(4)
+  num_years = last_year - first_year + 1
+  num_months = 12 * num_years
+  t0 = 12 * (num_years - 1)
+  cal = sim.Calendar(first_year, num_months)
+  st = M.new_population(n, first_year, np.random.default_rng(ss_pop))
+  rng = np.random.default_rng(ss_sim)
+  sink = sim.Sink(n, num_years, 0, rng, emit=True)
+  members = sim.MemberEvents()
+  covered_months = np.zeros((num_years, n), np.int8)
+  snap = None
+  enrolled_at_index = None
+  for t in range(num_months):
+    if t == t0:
+      snap = _copy_state(st)
+    sim.step(st, t, cal, rng, sink, members)
+    if t == t0:
+      enrolled_at_index = st.enrolled | (st.death_day > 0) & (st.death_day >= cal.start[t0])
+    # A month counts as covered when the person was enrolled in it (including the month of death).
+    covered_months[t // 12] += (st.enrolled | ((st.death_day >= cal.start[t]) &
+                                               (st.death_day < cal.start[t] + cal.length[t])))
+  subject_id = (k * task["patients_per_shard"] + np.arange(n) + 1).astype(np.int64)
+  table = _rows_table(subject_id, st, sink, members)
+  u = np.random.default_rng(ss_split).random(n)
+  split = np.where(u < 0.8, 0, np.where(u < 0.9, 1, 2))
+  row_split = split[(table.column("subject_id").to_numpy() - subject_id[0]).astype(np.int64)]
+  rows_written = {}
+  for j, name in enumerate(conv.SPLITS):
+    mask = row_split == j
+    if not mask.any():
+      continue
+    part = table.filter(pa.array(mask))
+    path = os.path.join(task["output_dir"], "data", name, f"{k}.parquet")
+    pq.write_table(part, path, compression="zstd")
+    rows_written[name] = part.num_rows
+  alive_idx = np.nonzero(snap.alive)[0]
+  oracle = _oracle(snap, alive_idx, subject_id, t0, cal, task["rollouts"],
+                   np.random.default_rng(ss_oracle), enrolled_at_index)
+  used_codes = set(pc.unique(table.column("code")).to_pylist())
+  calib_year = num_years - 2 if num_years >= 2 else num_years - 1
+  age_calib = ((12 * calib_year + 6 - st.birth_mi) / 12.0).astype(np.float32)
+  calib = _calibration_stats(age_calib, sink, covered_months, calib_year)
+  # The last-year cost of members covered all year, paired with the oracle (for the summary).
+  full_last = covered_months[num_years - 1] == 12
+  last_cost = sink.cost[num_years - 1]
+  return {
+      "chunk": k, "oracle": oracle, "subject_id": subject_id, "split": split.astype(np.int8),
+      "rows": table.num_rows, "rows_by_split": rows_written, "used_codes": used_codes,
+      "calib": calib, "dropped_claims": sink.dropped,
+      "last_year_cost": last_cost[alive_idx], "last_year_full": full_last[alive_idx],
+      "prior_year_cost": sink.cost[num_years - 2][alive_idx] if num_years >= 2 else None,
+  }
+
+
+def _code_metadata(used: set[str]) -> pa.Table:
+  """codes.parquet: descriptions (ICD-10-CM from simple-icd-10-cm; none for CPT: AMA copyright)."""
+  import simple_icd_10_cm as icd  # pylint: disable=g-import-not-at-top  (2 s import)
+  rx_class = {}
+  for klass in C.DRUG_CLASSES:
+    for i in C.NDC_IDS[klass]:
+      rx_class[C.CODES[i]] = klass.replace("_", " ")
+  claim_desc = {f"{conv.CLAIM}//{t}": f"Claim type: {t.lower().replace('_', ' ')}"
+                for t in conv.CLAIM_TYPES}
+  pos_desc = {f"{conv.POS}//{p}": f"Place of service: {d}"
+              for p, d in conv.PLACES_OF_SERVICE.items()}
+  codes, descs, parents = [], [], []
+  for code in sorted(used):
+    desc, parent = None, []
+    system, _, value = code.partition(conv.SEP)
+    if system == conv.ICD10CM:
+      desc = icd.get_description(value)
+      p = icd.get_parent(value)
+      parent = [f"{conv.ICD10CM}{conv.SEP}{p}"] if p else []
+    elif system == conv.NDC:
+      desc = f"Drug product in the HHS-HCC drug class '{rx_class.get(code, 'unknown')}'"
+    elif code in claim_desc:
+      desc = claim_desc[code]
+    elif code in pos_desc:
+      desc = pos_desc[code]
+    elif code == conv.COST_ALLOWED_CODE:
+      desc = "Allowed amount of the claim in US dollars (numeric_value)"
+    elif code in (conv.FEMALE_CODE, conv.MALE_CODE):
+      desc = "Sex: female" if code == conv.FEMALE_CODE else "Sex: male"
+    elif code == conv.BIRTH_CODE:
+      desc = "Birth"
+    elif code == conv.DEATH_CODE:
+      desc = "Death"
+    elif system == conv.ENROLLMENT:
+      boundary, _, lob = value.partition(conv.SEP)
+      desc = f"{'Start' if boundary == 'START' else 'End'} of {lob.lower()} coverage"
+    codes.append(code)
+    descs.append(desc)
+    parents.append(parent)
+  return pa.table({"code": pa.array(codes, pa.string()), "description": pa.array(descs, pa.string()),
+                   "parent_codes": pa.array(parents, pa.list_(pa.string()))})
+
+
+def _regression_figures(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+  mae = float(np.mean(np.abs(y - pred)))
+  sst = float(np.sum((y - y.mean()) ** 2))
+  r2 = 1.0 - float(np.sum((y - pred) ** 2)) / sst if sst > 0 else float("nan")
+  cpm = 1.0 - float(np.sum(np.abs(y - pred))) / float(np.sum(np.abs(y - y.mean())) or 1.0)
+  return {"mae": mae, "nmae": mae / float(y.mean() or 1.0), "r2": r2, "cpm": cpm}
+
+
+def _summary_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
+  costs = np.concatenate([r["calib"]["costs"] for r in results]).astype(np.float64)
+  counts = sum(r["calib"]["prev_counts"] for r in results)
+  members = sum(r["calib"]["band_members"] for r in results)
+  out: dict[str, Any] = {"calibration_members": int(len(costs))}
+  if len(costs):
+    s = np.sort(costs)[::-1]
+    total = s.sum() or 1.0
+    share = lambda f: float(s[:int(round(f * len(s)))].sum() / total)  # noqa: E731
+    out.update({
+        "mean_cost": float(costs.mean()), "median_cost": float(np.median(costs)),
+        "zero_cost_share": float(np.mean(costs == 0)), "top1_share": share(0.01),
+        "top5_share": share(0.05), "top10_share": share(0.10),
+        "bottom50_share": float(np.sort(costs)[:len(costs) // 2].sum() / total)})
+  prev = {}
+  for b, (lo, hi) in enumerate(AGE_BANDS):
+    if members[b] > 0:
+      prev[f"{lo}-{hi - 1}" if hi < 200 else f"{lo}+"] = {
+          "members": int(members[b]),
+          **{c: float(counts[b, i] / members[b]) for i, c in enumerate(cond_lib.CONDITION_NAMES)}}
+  out["coded_prevalence_by_age"] = prev
+  # Oracle versus simple predictors on the held-out members covered all of the target year.
+  orc = pa.concat_tables([r["oracle"] for r in results])
+  split = np.concatenate([r["split"][np.isin(r["subject_id"], r["oracle"].column(
+      "subject_id").to_numpy())] for r in results])
+  y = np.concatenate([r["last_year_cost"] for r in results])
+  full = np.concatenate([r["last_year_full"] for r in results])
+  prior = np.concatenate([r["prior_year_cost"] for r in results]) if results[0][
+      "prior_year_cost"] is not None else np.zeros_like(y)
+  pred = orc.column("expected_cost").to_numpy()
+  train = full & (split == 0)
+  held = full & (split == 2)
+  if held.sum() > 1 and train.sum() > 0:
+    out["held_out_cost_prediction"] = {
+        "members": int(held.sum()),
+        "oracle": _regression_figures(y[held], pred[held]),
+        "train_mean": _regression_figures(y[held], np.full(held.sum(), y[train].mean())),
+        "prior_year_cost": _regression_figures(y[held], prior[held]),
+    }
+  return out
+
+
+def _clear_outputs(output_dir: str) -> None:
+  import shutil  # pylint: disable=g-import-not-at-top
+  for sub in ("data", "metadata", "ground_truth"):
+    path = os.path.join(output_dir, sub)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+
+
+def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int = 2016,
+               last_year: int = 2022, patients_per_shard: int = 10_000,
+               num_workers: int | None = None, oracle_rollouts: int = 16,
+               progress: bool = True) -> dict[str, Any]:
+  """Writes a synthetic MEDS claims dataset with oracle ground truth to output_dir.
+
+  Output: data/{train,tuning,held_out}/{shard}.parquet, metadata/{dataset.json,codes.parquet,
+  subject_splits.parquet}, ground_truth/{oracle.parquet,summary.json,README.md}. The same seed (and
+  patients_per_shard) gives identical files whatever num_workers is. Returns the summary.
+  """
+  if num_patients <= 0:
+    raise ValueError(f"num_patients must be positive, got {num_patients}")
+  if last_year < first_year:
+    raise ValueError(f"last_year ({last_year}) is before first_year ({first_year})")
+  if patients_per_shard <= 0 or oracle_rollouts <= 0:
+    raise ValueError("patients_per_shard and oracle_rollouts must be positive")
+  start_time = time.time()
+  _clear_outputs(output_dir)
+  for sub in [os.path.join("data", s) for s in conv.SPLITS] + ["metadata", "ground_truth"]:
+    os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+  num_chunks = -(-num_patients // patients_per_shard)
+  tasks = [dict(chunk=k, num_patients=min(patients_per_shard, num_patients - k * patients_per_shard),
+                seed=seed, first_year=first_year, last_year=last_year,
+                patients_per_shard=patients_per_shard, rollouts=oracle_rollouts,
+                output_dir=output_dir) for k in range(num_chunks)]
+  if num_workers is None:
+    num_workers = os.cpu_count() or 1
+  num_workers = max(1, min(num_workers, num_chunks))
+
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm(total=num_patients, unit="patient", desc="synthesize", disable=not progress)
+  oracle_writer = pq.ParquetWriter(os.path.join(output_dir, "ground_truth", "oracle.parquet"),
+                                   ORACLE_SCHEMA, compression="zstd")
+  split_ids, split_names, used_codes, kept = [], [], set(), []
+  totals = {"rows": 0, "dropped_claims": 0, "rows_by_split": dict.fromkeys(conv.SPLITS, 0)}
+
+  def consume(res: dict[str, Any]) -> None:
+    oracle_writer.write_table(res["oracle"])
+    split_ids.append(res["subject_id"])
+    split_names.append(res["split"])
+    used_codes.update(res["used_codes"])
+    totals["rows"] += res["rows"]
+    totals["dropped_claims"] += res["dropped_claims"]
+    for s, v in res["rows_by_split"].items():
+      totals["rows_by_split"][s] += v
+    # Keep what the summary needs; drop the oracle table beyond a bounded number of patients.
+    kept.append(res if sum(len(r["subject_id"]) for r in kept) < 200_000 else None)
+    bar.update(len(res["subject_id"]))
+
+  try:
+    if num_workers == 1:
+      for task in tasks:
+        consume(simulate_chunk(task))
+    else:
+      ctx = multiprocessing.get_context("spawn")   # no fork: the parent may run JAX threads
+      with ctx.Pool(num_workers) as pool:
+        for res in pool.imap(simulate_chunk, tasks):
+          consume(res)
+  finally:
+    oracle_writer.close()
+    bar.close()
+
+  ids = np.concatenate(split_ids)
+  names = np.array(conv.SPLITS)[np.concatenate(split_names)]
+  pq.write_table(pa.table({"subject_id": pa.array(ids, pa.int64()),
+                           "split": pa.array(names.tolist(), pa.string())}),
+                 os.path.join(output_dir, "metadata", "subject_splits.parquet"))
+  pq.write_table(_code_metadata(used_codes), os.path.join(output_dir, "metadata", "codes.parquet"))
+  with open(os.path.join(output_dir, "metadata", "dataset.json"), "w") as f:
+    json.dump({"dataset_name": DATASET_NAME, "dataset_version": f"seed{seed}-n{num_patients}",
+               "etl_name": ETL_NAME, "etl_version": ETL_VERSION, "meds_version": MEDS_VERSION,
+               "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+               "license": "CC0-1.0 (synthetic data)",
+               "raw_source_id_columns": ["claim_id"]}, f, indent=2)
+  summary = {
+      "patients": num_patients, "shards": num_chunks, "rows": totals["rows"],
+      "rows_by_split": totals["rows_by_split"],
+      "subjects_by_split": {s: int(np.sum(names == s)) for s in conv.SPLITS},
+      "missing_claims_dropped": totals["dropped_claims"], "seed": seed, "first_year": first_year,
+      "last_year": last_year, "oracle_rollouts": oracle_rollouts,
+      "index_date": f"{last_year}-01-01",
+      "calibration_year": last_year - 1 if last_year > first_year else last_year,
+      **_summary_figures([r for r in kept if r is not None]),
+  }
+  summary["seconds"] = time.time() - start_time
+  with open(os.path.join(output_dir, "ground_truth", "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  with open(os.path.join(output_dir, "ground_truth", "README.md"), "w") as f:
+    f.write(GROUND_TRUTH_README)
+  return summary
+
+
+GROUND_TRUTH_README = """# Ground truth of the synthetic claims world
+
+`oracle.parquet`: one row per person alive at the index date (January 1 of the last year, the
+dataset builder's default index date), whether or not enrolled then.
+
+| column | meaning |
+|---|---|
+| subject_id | MEDS subject id |
+| index_date | the index date (timestamp[us]) |
+| expected_cost | E[total COST//ALLOWED over the 12 months from the index date], given the true latent state, estimated by rolling the simulator forward `oracle_rollouts` times (coverage held fixed, deaths simulated) |
+| expected_cost_capped | E[min(that cost, 250000)] |
+| p_<condition> | probability that a diagnosis code of the condition (lmm_jax.conditions) is coded on a claim in those 12 months: the dataset builder's target |
+| true_<condition> | the latent condition is present at the index date (coded or not) |
+| age | age in years at the index date |
+| enrolled_at_index | covered in the index month |
+
+`summary.json`: the run's figures: size, cost concentration and coded prevalence by age band
+(members covered all of the calibration year), and the held-out comparison of the oracle with
+simple predictors (training mean, prior-year cost) on members covered all of the target year.
+"""

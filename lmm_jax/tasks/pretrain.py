@@ -1,0 +1,153 @@
+"""Pretraining: next-token prediction over packed patient timelines.
+
+The loss at position t predicts token t+1 of the same packed segment: targets are the tokens shifted
+left within the row, weighted 0 where the next token starts another segment or is padding. The loss
+(and in evaluation top-1/top-10 accuracy) is broken down by the target token's kind
+(`lmm_jax.conventions.TokenKind`: diagnosis, procedure, drug, cost, time, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lmm_jax import model as model_lib
+from lmm_jax.conventions import TOKEN_KIND_NAMES
+from lmm_jax.data import records
+from lmm_jax.train.task import Metrics, Task
+
+NUM_KINDS = len(TOKEN_KIND_NAMES)
+SEQUENCE_KEYS = ("tokens", "segment_ids", "positions", "age", "days")
+
+
+def load_vocab(data_dir: str) -> Any:
+  from lmm_jax.data.vocab import Vocabulary  # pylint: disable=g-import-not-at-top
+  if not data_dir:
+    raise ValueError("config.data_dir is empty: pass --config.data_dir=<dataset builder output>")
+  path = os.path.join(data_dir, records.VOCAB_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no vocabulary at {path}: is {data_dir} a dataset builder output?")
+  return Vocabulary.load(path)
+
+
+def transformer_config(model_cfg: ml_collections.ConfigDict, vocab_size: int,
+                       vocab_multiple: int) -> model_lib.TransformerConfig:
+  """The model's static config from config.model and the vocabulary size."""
+  padded = int(np.ceil(vocab_size / vocab_multiple) * vocab_multiple)
+  return model_lib.TransformerConfig(vocab_size=vocab_size, padded_vocab_size=padded,
+                                     **model_cfg.to_dict())
+
+
+def next_token_targets(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+  """(targets int32[B,L], weights float32[B,L]): token t+1 of the same segment, else weight 0."""
+  targets_BxL = jnp.concatenate([tokens_BxL[:, 1:], jnp.zeros_like(tokens_BxL[:, :1])], axis=1)
+  same_BxL1 = (segment_ids_BxL[:, 1:] == segment_ids_BxL[:, :-1]) & (segment_ids_BxL[:, :-1] != 0)
+  weights_BxL = jnp.concatenate([same_BxL1, jnp.zeros_like(same_BxL1[:, :1])], axis=1)
+  return targets_BxL, weights_BxL.astype(jnp.float32)
+
+
+def next_token_metrics(logits_BxLxV: jax.Array, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
+                       kinds_V: jax.Array, *, accuracy: bool) -> tuple[jax.Array, Metrics]:
+  """Mean next-token cross-entropy and (sum, weight) metrics overall and by target kind."""
+  targets_BxL, w_BxL = next_token_targets(tokens_BxL, segment_ids_BxL)
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+  target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  nll_BxL = logz_BxL - target_logit_BxL
+  kind_w_BxLxK = jax.nn.one_hot(kinds_V[targets_BxL], NUM_KINDS) * w_BxL[..., None]
+  count_K = kind_w_BxLxK.sum(axis=(0, 1))
+  n = w_BxL.sum()
+  loss_sum = (nll_BxL * w_BxL).sum()
+  metrics: Metrics = {"loss": (loss_sum, n)}
+  nll_sum_K = (nll_BxL[..., None] * kind_w_BxLxK).sum(axis=(0, 1))
+  for k, name in enumerate(TOKEN_KIND_NAMES):
+    metrics[f"loss/{name}"] = (nll_sum_K[k], count_K[k])
+  if accuracy:
+    # Rank of the target among all logits (ties favour the target): top-k hit iff rank < k.
+    rank_BxL = (logits_BxLxV > target_logit_BxL[..., None]).sum(axis=-1)
+    for top in (1, 10):
+      hit_BxL = (rank_BxL < top).astype(jnp.float32)
+      metrics[f"acc{top}"] = ((hit_BxL * w_BxL).sum(), n)
+      hit_K = (hit_BxL[..., None] * kind_w_BxLxK).sum(axis=(0, 1))
+      for k, name in enumerate(TOKEN_KIND_NAMES):
+        metrics[f"acc{top}/{name}"] = (hit_K[k], count_K[k])
+  return loss_sum / jnp.maximum(n, 1.0), metrics
+
+
+class PretrainTask(Task):
+  """Next-token prediction on the TIMELINE records."""
+
+  name = "pretrain"
+  batch_keys = SEQUENCE_KEYS
+  backbone_key = None
+
+  def __init__(self, config: ml_collections.ConfigDict, vocab: Any | None = None):
+    super().__init__(config)
+    self.vocab = vocab if vocab is not None else load_vocab(config.data_dir)
+    self.kinds = np.asarray(self.vocab.kinds, np.int32)
+
+  def model_config(self, vocab_multiple: int) -> model_lib.TransformerConfig:
+    return transformer_config(self.config.model, self.vocab.size, vocab_multiple)
+
+  def build_model(self, rngs: nnx.Rngs, vocab_multiple: int) -> nnx.Module:
+    cfg = self.model_config(vocab_multiple)
+    self._model_cfg = cfg
+    return model_lib.Transformer(cfg, rngs=rngs)
+
+  def train_dataset(self, *, batch_size: int, shard_index: int, shard_count: int) -> Any:
+    from lmm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    c = self.config
+    return pipeline.make_dataset(
+        c.data_dir, records.TIMELINE, "train", seq_len=c.seq_len, batch_size=batch_size,
+        seed=c.seed, shuffle=True, num_epochs=None, pack=c.pack, truncation=c.truncation,
+        worker_count=c.worker_count, shard_index=shard_index, shard_count=shard_count)
+
+  def eval_dataset(self, *, batch_size: int, shard_index: int,
+                   shard_count: int) -> Iterable[Mapping[str, np.ndarray]]:
+    from lmm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    c = self.config
+    return pipeline.iterate_eval_batches(c.data_dir, records.TIMELINE, c.eval_split,
+                                         seq_len=c.seq_len, batch_size=batch_size,
+                                         shard_index=shard_index, shard_count=shard_count)
+
+  def _padded_kinds(self, vocab_size: int) -> jax.Array:
+    kinds = np.zeros((vocab_size,), np.int32)  # padded rows: SPECIAL (never targets)
+    kinds[:len(self.kinds)] = self.kinds
+    return jnp.asarray(kinds)
+
+  def _forward(self, model: nnx.Module, batch: Mapping[str, jax.Array],
+               rng: jax.Array | None) -> jax.Array:
+    logits_BxLxV, _ = model(batch["tokens"], batch["segment_ids"], batch["positions"],
+                            batch.get("age"), batch.get("days"), dropout_rng=rng)
+    return logits_BxLxV
+
+  def loss_fn(self, model: nnx.Module, batch: Mapping[str, jax.Array], *, train: bool,
+              rng: jax.Array | None) -> tuple[jax.Array, Metrics]:
+    logits_BxLxV = self._forward(model, batch, rng if train else None)
+    kinds_V = self._padded_kinds(logits_BxLxV.shape[-1])
+    return next_token_metrics(logits_BxLxV, batch["tokens"], batch["segment_ids"], kinds_V,
+                              accuracy=not train)
+
+  def finalize_eval(self, metrics: dict[str, float], outputs: dict[str, np.ndarray]
+                    ) -> dict[str, float]:
+    del outputs
+    out = dict(metrics)
+    if "loss" in out:
+      out["perplexity"] = float(np.exp(min(out["loss"], 50.0)))
+    return out
+
+  def flops_per_token(self, num_params: int) -> float | None:
+    cfg = getattr(self, "_model_cfg", None)
+    if cfg is None:
+      return None
+    return model_lib.flops_per_token(cfg, self.config.seq_len, num_params)
+
+  def describe(self) -> str:
+    return f"pretrain on {self.config.data_dir} (vocabulary {self.vocab.size})"

@@ -1,0 +1,533 @@
+"""The sharded, jitted training loop shared by pretraining and fine-tuning.
+
+    metrics = train_and_evaluate(config, workdir, task)
+
+Set-up follows "shapes first, then shardings, then a jitted init": the model is built under
+`jax.eval_shape`, the logical axis names on its parameters become NamedShardings through the
+config's rules (`lmm_jax.sharding`), and the state is created by a jit whose out_shardings place
+every parameter and optimizer moment where it belongs (nothing is materialized unsharded). The train
+step is `jax.jit(step, in_shardings, out_shardings, donate_argnums=0)`, compiled ahead of time with
+its memory analysis printed before step 0.
+
+Training state: {'step': int32, 'params': nested dict, 'opt_state': optax state, 'rng': uint32[2]}.
+Per-step randomness (dropout) is fold_in(rng, step), so a resumed run draws the same numbers.
+
+Resume order (first that applies):
+  1. a checkpoint in WORKDIR/checkpoints (a restarted or preempted run continues, data included);
+  2. config.resume_from: a workdir or checkpoint directory (full state and data iterator);
+  3. config.init_from: a pretraining workdir; only the backbone parameters are loaded (into
+     params[task.backbone_key], or all params when the task has no backbone key), heads and
+     optimizer start fresh;
+  4. scratch.
+
+Checkpoints are saved asynchronously every config.checkpoint_every_steps, at the end, and on
+SIGTERM (preemption), keeping the last config.keep_checkpoints. A NaN/Inf loss aborts with
+FloatingPointError before anything is saved, leaving the last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging as std_logging
+import math
+import os
+import signal
+import time
+from typing import Any, Iterable, Mapping
+
+from absl import logging
+from flax import nnx
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from lmm_jax import sharding
+from lmm_jax.model import transformer
+from lmm_jax.train import checkpoint as ckpt_lib
+from lmm_jax.train import metrics as metrics_lib
+from lmm_jax.train import optimizer as opt_lib
+from lmm_jax.train.task import Task
+
+CONFIG_FILE = "config.json"
+_CONSOLE_KEYS = ("train_loss", "grad_norm", "lr", "tokens_per_s", "eval_loss", "eval_acc1")
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops orbax's per-save INFO chatter from the console (warnings still show)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
+_QUIET = _QuietLibraries()
+
+
+def _maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  if config.get("distributed", False) and not jax.distributed.is_initialized():
+    # Coordinator address, process count and id come from the environment (SLURM, TPU metadata,
+    # or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+    jax.distributed.initialize()
+
+
+def _logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
+  """Pure dict of the logical axis names of every parameter."""
+  flat = {}
+  for path, var in nnx.to_flat_state(abstract_state):
+    if not isinstance(var, nnx.Param):
+      raise TypeError(f"model variable {'/'.join(map(str, path))} is a {type(var).__name__}; the "
+                      "trainer supports models whose only state is nnx.Param")
+    if not all(isinstance(k, str) for k in path):
+      raise TypeError(f"parameter path {path} has non-string keys; name submodules with strings "
+                      "(setattr(self, f'layer_{i}', ...)) so checkpoints keep their structure")
+    names = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
+    if len(names) != len(var.shape):
+      raise ValueError(f"parameter {'/'.join(path)} of shape {var.shape} has logical axes {names}")
+    flat[path] = tuple(names)
+  return traverse_util.unflatten_dict(flat)
+
+
+def _host_means(sums: Mapping[str, Any], weights: Mapping[str, Any], prefix: str
+                ) -> dict[str, float]:
+  out = {}
+  for k, s in sums.items():
+    w = float(weights[k])
+    if w > 0:
+      out[prefix + k] = float(s) / w
+  return out
+
+
+@dataclasses.dataclass
+class StepResult:
+  step: int
+  metrics: dict[str, Any]      # device arrays until read
+  tokens: int
+  num_examples: int
+
+
+class Trainer:
+  """Mesh, shardings, optimizer and compiled steps for one task and config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, task: Task,
+               mesh: jax.sharding.Mesh | None = None):
+    self.config = config
+    self.task = task
+    self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh_shape,
+                                                                 config.mesh_axes)
+    self.rules = tuple(tuple(r) for r in config.logical_rules)
+    self.vocab_multiple = sharding.vocab_multiple(config.vocab_multiple, self.mesh, self.rules)
+    self.batch_shards = sharding.axis_size(self.mesh, "batch", self.rules)
+    self.accum = int(config.optimizer.grad_accum_steps)
+    if config.batch_size % jax.process_count():
+      raise ValueError(f"batch_size={config.batch_size} is not divisible by "
+                       f"{jax.process_count()} processes")
+    if config.batch_size % (self.batch_shards * self.accum):
+      raise ValueError(f"batch_size={config.batch_size} must be a multiple of the batch shards "
+                       f"({self.batch_shards}) times grad_accum_steps ({self.accum})")
+
+    # Shapes first: the model under eval_shape gives the graph, shapes and logical axes.
+    abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0), self.vocab_multiple))
+    self.graphdef, abstract_vars = nnx.split(abstract_model)
+    self.logical_axes = _logical_axes(abstract_vars)
+    self.param_labels = task.param_labels(self.logical_axes_shapes(abstract_vars))
+    self.tx, self.schedule = opt_lib.make_optimizer(config.optimizer, config.num_train_steps,
+                                                    self.param_labels)
+    self.abstract_state = jax.eval_shape(self._init_fn, jax.random.PRNGKey(0))
+    self.num_params = transformer.count_params(self.abstract_state["params"])
+
+    # Then shardings.
+    params_sh = sharding.tree_shardings(self.abstract_state["params"], self.logical_axes,
+                                        self.mesh, self.rules)
+    replicated = NamedSharding(self.mesh, P())
+    self.state_shardings = {
+        "step": replicated, "rng": replicated, "params": params_sh,
+        "opt_state": sharding.mirror_shardings(self.abstract_state["opt_state"],
+                                               self.abstract_state["params"], params_sh,
+                                               self.mesh)}
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        self.abstract_state, self.state_shardings)
+    # Then a jitted init that creates every array already sharded.
+    self._init_jit = jax.jit(self._init_fn, out_shardings=self.state_shardings)
+    self._eval_jit = jax.jit(self._eval_step)
+    self._compiled = None
+
+  @staticmethod
+  def logical_axes_shapes(abstract_vars: nnx.State) -> Any:
+    return nnx.to_pure_dict(abstract_vars)
+
+  # ----------------------------------------------------------------------------------------------
+  # Pure functions (traced under jit).
+
+  def _init_fn(self, key: jax.Array) -> dict[str, Any]:
+    params_key, rng = jax.random.split(key)
+    model = self.task.build_model(nnx.Rngs(params=params_key), self.vocab_multiple)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": self.tx.init(params), "rng": rng}
+
+  def model(self, params: Any) -> nnx.Module:
+    """The nnx model holding these parameters (works on tracers and on concrete arrays)."""
+    return nnx.merge(self.graphdef, params)
+
+  def _loss(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array):
+    return self.task.loss_fn(self.model(params), batch, train=True, rng=rng)
+
+  def _train_step(self, state: dict[str, Any], batch: Mapping[str, jax.Array]):
+    params = state["params"]
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+    if self.accum == 1:
+      (_, metrics), grads = grad_fn(params, batch, rng)
+    else:
+      # Microbatch i takes rows i, i+k, i+2k, ...: each device keeps its own rows.
+      k = self.accum
+      micro = jax.tree.map(
+          lambda x: jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1), batch)
+
+      def body(carry, xs):
+        g_acc, m_acc = carry
+        mb, i = xs
+        (_, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        w = m["loss"][1]
+        g_acc = jax.tree.map(lambda a, b: a + w * b, g_acc, g)
+        m_acc = jax.tree.map(jnp.add, m_acc, m)
+        return (g_acc, m_acc), None
+
+      zeros_g = jax.tree.map(jnp.zeros_like, params)
+      _, m_shape = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)[0]
+      zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+      (g_sum, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (micro, jnp.arange(k)))
+      total = jnp.maximum(metrics["loss"][1], 1.0)
+      grads = jax.tree.map(lambda g: g / total, g_sum)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    out = {"sums": {k: v[0] for k, v in metrics.items()},
+           "weights": {k: v[1] for k, v in metrics.items()},
+           "grad_norm": optax.tree.norm(grads),
+           "param_norm": optax.tree.norm(params),
+           "lr": self.schedule(state["step"])}
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                 "rng": state["rng"]}
+    return new_state, out
+
+  def _eval_step(self, params: Any, batch: Mapping[str, jax.Array]):
+    metrics, outputs = self.task.eval_step(self.model(params), batch)
+    return ({k: v[0] for k, v in metrics.items()}, {k: v[1] for k, v in metrics.items()},
+            outputs)
+
+  # ----------------------------------------------------------------------------------------------
+  # Host-side API.
+
+  def init_state(self, seed: int) -> dict[str, Any]:
+    with sharding.activation_rules(self.mesh, self.rules):
+      return self._init_jit(jax.random.PRNGKey(seed))
+
+  def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    missing = [k for k in self.task.batch_keys if k not in batch]
+    if missing:
+      raise KeyError(f"batch lacks {missing} needed by task {self.task.name!r}")
+    return sharding.put_batch({k: np.asarray(batch[k]) for k in self.task.batch_keys},
+                              self.mesh, self.rules)
+
+  def compile(self, batch: Mapping[str, jax.Array]) -> Any:
+    """Ahead-of-time compilation of the train step; logs the memory analysis."""
+    batch_shardings = {k: sharding.batch_sharding(self.mesh, self.rules, x.ndim)
+                       for k, x in batch.items()}
+    abstract_batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_shardings[k])
+                      for k, x in batch.items()}
+    train_jit = jax.jit(self._train_step, donate_argnums=0,
+                        in_shardings=(self.state_shardings, batch_shardings),
+                        out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())))
+    with sharding.activation_rules(self.mesh, self.rules):
+      lowered = train_jit.lower(self.abstract_state, abstract_batch)
+    self._compiled = lowered.compile()
+    mem = self._compiled.memory_analysis()
+    if mem is not None:
+      fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                "alias_size_in_bytes", "generated_code_size_in_bytes")
+      logging.info("train step memory per device (MiB): %s", ", ".join(
+          f"{f.replace('_size_in_bytes', '')} {getattr(mem, f, 0) / 2**20:.1f}" for f in fields))
+    return self._compiled
+
+  def train_step(self, state: dict[str, Any], batch: Mapping[str, jax.Array]):
+    if self._compiled is None:
+      self.compile(batch)
+    return self._compiled(state, batch)
+
+  def evaluate(self, params: Any, batches: Iterable[Mapping[str, np.ndarray]],
+               max_batches: int = -1) -> dict[str, float]:
+    """Aggregated eval metrics over the batches ('eval_' prefix is added by the caller)."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    outputs: dict[str, list[np.ndarray]] = {}
+    for i, batch in enumerate(batches):
+      if 0 <= max_batches <= i:
+        break
+      with sharding.activation_rules(self.mesh, self.rules):
+        s, w, out = self._eval_jit(params, self.device_batch(batch))
+      for k in s:
+        sums[k] = sums.get(k, 0.0) + float(s[k])
+        weights[k] = weights.get(k, 0.0) + float(w[k])
+      for k, v in out.items():
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+          v = multihost_utils.process_allgather(v, tiled=True)
+        outputs.setdefault(k, []).append(np.asarray(v))
+    means = _host_means(sums, weights, "")
+    return self.task.finalize_eval(means, {k: np.concatenate(v) for k, v in outputs.items()})
+
+  # ----------------------------------------------------------------------------------------------
+  # Resume.
+
+  def restore_or_init(self, checkpointer: ckpt_lib.Checkpointer
+                      ) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+    """(state, data iterator state or None, where it came from); see the module docstring."""
+    c = self.config
+    step = checkpointer.latest_step()
+    if step is not None:
+      state, data = checkpointer.restore(step, self.abstract_state)
+      return state, data, f"checkpoint step {step} in {checkpointer.directory}"
+    if c.resume_from:
+      src = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(c.resume_from), read_only=True)
+      step = src.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"config.resume_from={c.resume_from!r} holds no checkpoint")
+      state, data = src.restore(step, self.abstract_state)
+      src.close()
+      return state, data, f"resume_from {c.resume_from} step {step}"
+    state = self.init_state(c.seed)
+    if c.init_from:
+      state["params"] = self.load_backbone(state["params"], c.init_from)
+      return state, None, f"init_from {c.init_from} (backbone only)"
+    return state, None, "scratch"
+
+  def load_backbone(self, params: dict[str, Any], init_from: str) -> dict[str, Any]:
+    """params with the backbone subtree replaced by the latest checkpoint of `init_from`."""
+    src = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(init_from), read_only=True)
+    step = src.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"config.init_from={init_from!r} holds no checkpoint")
+    key = self.task.backbone_key
+    target = params if key is None else params[key]
+    abstract = ckpt_lib.abstract_like(target)
+    saved = src.params_structure(step)
+    saved_keys = set(saved.keys()) if hasattr(saved, "keys") else set()
+    # A pretraining checkpoint holds the backbone at the top; a fine-tuning one under `key`.
+    nested = key is not None and key in saved_keys and not set(abstract) <= saved_keys
+    request = {key: abstract} if nested else abstract
+    missing = set(request) - saved_keys
+    if missing:
+      raise ValueError(f"init_from {init_from}: checkpoint params lack {sorted(missing)}; "
+                       f"has {sorted(saved_keys)}")
+    restored = src.restore_params(step, request)
+    src.close()
+    restored = restored[key] if nested else restored
+    _check_same_shapes(restored, target, init_from)
+    if key is None:
+      return restored
+    out = dict(params)
+    out[key] = restored
+    return out
+
+
+def _check_same_shapes(restored: Any, target: Any, where: str) -> None:
+  r = traverse_util.flatten_dict(restored)
+  t = traverse_util.flatten_dict(target)
+  if set(r) != set(t):
+    raise ValueError(f"init_from {where}: parameter names differ: missing "
+                     f"{sorted(map('/'.join, set(t) - set(r)))[:5]}, extra "
+                     f"{sorted(map('/'.join, set(r) - set(t)))[:5]}")
+  for k in t:
+    if r[k].shape != t[k].shape:
+      raise ValueError(f"init_from {where}: {'/'.join(k)} has shape {r[k].shape}, "
+                       f"model expects {t[k].shape} (same model config needed)")
+
+
+class _Preemption:
+  """Sets a flag on SIGTERM so the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       task: Task | None = None) -> dict[str, float]:
+  """Trains (resuming when possible), evaluates, checkpoints; returns the final metrics."""
+  _maybe_initialize_distributed(config)
+  if _QUIET not in logging.get_absl_logger().filters:
+    logging.get_absl_logger().addFilter(_QUIET)
+  if task is None:
+    from lmm_jax.tasks.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
+    task = PretrainTask(config)
+  workdir = os.path.abspath(workdir)
+  write_config(config, workdir)
+  is_main = jax.process_index() == 0
+  trainer = Trainer(config, task)
+  logging.info("task: %s", task.describe())
+  logging.info("mesh %s over %d devices (%d processes); model parameters: %s",
+               dict(trainer.mesh.shape), jax.device_count(), jax.process_count(),
+               f"{trainer.num_params:,}")
+  if is_main:
+    print(f"{task.name}: {trainer.num_params:,} parameters "
+          f"({trainer.num_params / 1e6:.2f}M), mesh {dict(trainer.mesh.shape)}", flush=True)
+
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR),
+                                       max_to_keep=config.keep_checkpoints)
+  writer = metrics_lib.MetricWriter(workdir)
+  try:
+    return _run(config, trainer, checkpointer, writer, is_main)
+  finally:
+    checkpointer.close()  # waits for in-flight saves: the last checkpoint is complete
+    writer.close()
+
+
+def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
+         writer: metrics_lib.MetricWriter, is_main: bool) -> dict[str, float]:
+  task = trainer.task
+  state, data_state, source = trainer.restore_or_init(checkpointer)
+  start_step = int(state["step"])
+  logging.info("starting at step %d from %s", start_step, source)
+  num_steps = config.num_train_steps
+  pcount, pindex = jax.process_count(), jax.process_index()
+  local_batch = config.batch_size // pcount
+  eval_local_batch = max(config.eval_batch_size // pcount, 1)
+
+  def run_eval(params, step) -> dict[str, float]:
+    batches = task.eval_dataset(batch_size=eval_local_batch, shard_index=pindex,
+                                shard_count=pcount)
+    if batches is None:
+      return {}
+    t0 = time.time()
+    m = trainer.evaluate(params, batches, config.eval_batches)
+    out = {f"eval_{k}": v for k, v in m.items()}
+    out["eval_time_s"] = time.time() - t0
+    writer.write(step, out)
+    if is_main:
+      metrics_lib.console(step, num_steps, out, _CONSOLE_KEYS + ("eval_perplexity",))
+    return out
+
+  final: dict[str, float] = {}
+  if start_step >= num_steps:
+    logging.info("already trained to step %d (num_train_steps=%d)", start_step, num_steps)
+    final.update(run_eval(state["params"], start_step))
+    final["step"] = start_step
+    return final
+
+  data_iter = iter(task.train_dataset(batch_size=local_batch, shard_index=pindex,
+                                      shard_count=pcount))
+  if data_state is not None:
+    data_iter.set_state(data_state)
+
+  peak = metrics_lib.peak_flops_per_device(config.get("peak_flops_per_device", 0.0))
+  flops_tok = task.flops_per_token(trainer.num_params)
+  progress = None
+  if is_main and config.get("progress", True):
+    import tqdm  # pylint: disable=g-import-not-at-top
+    progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=task.name, unit="step")
+
+  pending: StepResult | None = None
+  window = {"t": time.time(), "tokens": 0, "steps": 0}
+  last_train: dict[str, float] = {}
+
+  def finish(res: StepResult) -> None:
+    """Reads a dispatched step's metrics (blocks on it), checks the loss, logs."""
+    nonlocal last_train
+    sums = jax.device_get(res.metrics["sums"])
+    weights = jax.device_get(res.metrics["weights"])
+    loss_w = float(weights["loss"])
+    loss = float(sums["loss"]) / loss_w if loss_w > 0 else 0.0
+    if not math.isfinite(loss) or not math.isfinite(float(res.metrics["grad_norm"])):
+      raise FloatingPointError(
+          f"non-finite training loss {loss} (grad norm {float(res.metrics['grad_norm'])}) at "
+          f"step {res.step}; stopping without saving. Last good checkpoint: step "
+          f"{checkpointer.latest_step()} in {checkpointer.directory}")
+    window["tokens"] += res.tokens
+    window["steps"] += 1
+    if progress is not None:
+      progress.update(1)
+    if res.step % config.log_every_steps and res.step != num_steps:
+      return
+    elapsed = max(time.time() - window["t"], 1e-9)
+    m = _host_means(sums, weights, "train_")
+    m["grad_norm"] = float(res.metrics["grad_norm"])
+    m["param_norm"] = float(res.metrics["param_norm"])
+    m["lr"] = float(res.metrics["lr"])
+    m["step_time_s"] = elapsed / window["steps"]
+    m["tokens_per_s"] = window["tokens"] / elapsed
+    m["examples_per_s"] = res.num_examples * window["steps"] / elapsed
+    if flops_tok and peak:
+      m["mfu"] = flops_tok * m["tokens_per_s"] / (peak * jax.device_count())
+    window.update(t=time.time(), tokens=0, steps=0)
+    last_train = m
+    writer.write(res.step, m)
+    if is_main:
+      metrics_lib.console(res.step, num_steps, m, _CONSOLE_KEYS)
+
+  with _Preemption() as preemption:
+    for step in range(start_step, num_steps):
+      batch_np = next(data_iter)
+      batch = trainer.device_batch(batch_np)
+      if trainer._compiled is None:  # pylint: disable=protected-access
+        trainer.compile(batch)
+        window["t"] = time.time()
+      tokens = task.tokens_in_batch(batch_np) * pcount
+      state, out = trainer.train_step(state, batch)          # dispatched, not awaited
+      if pending is not None:
+        finish(pending)                                       # step t-1 while t runs
+      done = step + 1
+      pending = StepResult(done, out, tokens, config.batch_size)
+      stop = preemption.requested
+      if done % config.checkpoint_every_steps == 0 or done == num_steps or stop:
+        finish(pending)  # a checkpoint only after its step's loss was checked
+        pending = None
+        checkpointer.save(done, state, data_iter.get_state())
+      if config.eval_every_steps and done % config.eval_every_steps == 0 and done != num_steps:
+        if pending is not None:
+          finish(pending)
+          pending = None
+        final.update(run_eval(state["params"], done))
+        window["t"] = time.time()
+      if stop:
+        logging.warning("preempted at step %d; checkpoint saved", done)
+        break
+    if pending is not None:
+      finish(pending)
+  if progress is not None:
+    progress.close()
+  step = int(state["step"])
+  if step == num_steps:
+    final.update(run_eval(state["params"], step))
+  final.update(last_train)
+  final["step"] = step
+  if hasattr(data_iter, "close"):
+    data_iter.close()
+  return final

@@ -1,0 +1,163 @@
+"""Baselines on a hand-made dataset with known signal (tests/baselines/fake_data.py)."""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lmm_jax import conditions
+from lmm_jax.baselines import cost as cost_lib
+from lmm_jax.baselines import features
+from lmm_jax.baselines import hcc as hcc_lib
+from lmm_jax.baselines import oracle as oracle_lib
+from lmm_jax.baselines import runner
+from lmm_jax.data.vocab import Vocabulary
+from lmm_jax.eval import predictions as P
+from tests.baselines import fake_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def fake_dir(tmp_path_factory):
+  return fake_data.write_dataset(str(tmp_path_factory.mktemp("fake")))
+
+
+@pytest.fixture(scope="module")
+def train(fake_dir):
+  return features.load_split(fake_dir, "train", progress=False)
+
+
+def test_load_split(train):
+  assert len(train) == 300
+  assert train.cond_next.shape == (300, conditions.NUM_CONDITIONS)
+  assert train.subject_id.dtype == np.int64
+  assert isinstance(train.dx_prior[0], list)
+
+
+def test_age_band():
+  np.testing.assert_array_equal(features.age_band([-1, 0, 17.9, 18, 64, 65, 85, 101]),
+                                [0, 0, 0, 1, 4, 5, 7, 7])
+
+
+def test_activity_counts_by_kind(fake_dir, train):
+  vocab = Vocabulary.load(fake_dir)
+  act, names = features.activity(train, vocab.kinds)
+  i = 0
+  tok = train.tokens[i]
+  n_dx = int(np.sum(vocab.kinds[tok] == 3))
+  assert act[i, names.index("n_diagnosis")] == n_dx
+  assert act[i, names.index("n_diagnosis_last_year")] == n_dx  # all events within the year
+  assert act[i, names.index("history_days")] == train.index_day[i] - train.days[i].min()
+
+
+def test_frequent_tokens_and_counts(fake_dir, train):
+  vocab = Vocabulary.load(fake_dir)
+  ids = features.frequent_tokens(train, vocab.kinds, max_tokens=3)
+  assert ids.size == 3
+  assert all(vocab.kinds[i] in features.CODE_KINDS for i in ids)
+  counts = features.token_counts(train, ids, vocab.size)
+  for j, t in enumerate(ids):
+    assert counts[0, j] == np.sum(train.tokens[0] == t)
+
+
+def test_feature_set_rejects_foreign_token_ids(fake_dir, train):
+  vocab = Vocabulary.load(fake_dir)
+  fs = features.FeatureSet.fit(train, vocab.kinds, vocab.tokens, [[]] * len(train))
+  bad = train.subset(2)
+  bad.tokens = [np.array([1, vocab.size + 3], np.int32)] * 2
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    fs.transform(bad, np.zeros(2), [[], []])
+
+
+def test_hcc_scores(train):
+  s = hcc_lib.score(train.subset(40), progress=False)
+  diabetic = np.array(["E119" in dx for dx in train.dx_prior[:40]])
+  assert diabetic.any() and (~diabetic).any()
+  assert all("38" in h for h, d in zip(s.hccs, diabetic) if d)  # E11.9 -> V28 HCC 38
+  assert np.all(s.risk_score > 0)
+  counter = collections.Counter()
+  demo = hcc_lib.demographics_of(-1.0, 0, 2, counter)
+  assert demo["sex"] == "F" and demo["age"] == 0 and demo["dual_elgbl_cd"] == "NA"
+  assert counter == {"unknown sex scored as female": 1, "unknown age scored as 0": 1}
+  assert hcc_lib.demographics_of(70, 2, 3, counter)["dual_elgbl_cd"] == "02"
+
+
+def test_cell_means_and_linear_fit():
+  got = cost_lib.cell_means(np.array([0, 0, 1]), np.array([1.0, 3.0, 10.0]),
+                            np.array([0, 1, 2]), 3)
+  np.testing.assert_allclose(got, [2.0, 10.0, 14 / 3])  # empty cell 2: overall mean
+  a, b = cost_lib.linear_fit(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0, 5.0]))
+  assert (a, b) == (pytest.approx(1.0), pytest.approx(2.0))
+
+
+def test_run_baselines_end_to_end(fake_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  summary = runner.run_baselines(fake_dir, workdir, seed=0, progress=False, num_threads=1)
+  found = P.find_predictions(workdir)
+  cost_models = sorted(os.path.basename(p)[:-8] for p in found["cost"])
+  chronic_models = sorted(os.path.basename(p)[:-8] for p in found["chronic"])
+  assert cost_models == sorted(runner.COST_MODELS + (runner.ORACLE,))
+  assert chronic_models == sorted(runner.CHRONIC_MODELS + (runner.ORACLE,))
+  held_out = features.load_split(fake_dir, "held_out", progress=False)
+  for path in found["cost"]:
+    p = P.read_cost_predictions(path)
+    np.testing.assert_array_equal(p.subject_id, held_out.subject_id)
+    np.testing.assert_allclose(p.y_true, held_out.cost_next)
+    assert p.y_pred_capped is not None
+    assert p.meta["split"] == "held_out" and p.meta["data_dir"] == os.path.abspath(fake_dir)
+    assert p.meta["kind"] == ("oracle" if p.model == "oracle" else "baseline")
+  chronic = {P.read_chronic_predictions(p).model: P.read_chronic_predictions(p)
+             for p in found["chronic"]}
+  np.testing.assert_array_equal(chronic["logistic"].y_prior, held_out.cond_prior)
+  h = summary["headline"]
+  # The fitted models find the diabetes / heart-failure signal the trivial ones cannot.
+  assert h["lightgbm_cost"]["nmae"] < h["mean"]["nmae"]
+  assert h["cms_hcc_v28"]["nmae"] < h["mean"]["nmae"]
+  assert h["logistic"]["macro_auroc"] > h["prevalence_age_sex"]["macro_auroc"]
+  assert h["lightgbm_chronic"]["macro_auroc"] > 0.5
+  assert summary["members"] == {"train": 300, "tuning": 80, "held_out": 120}
+  with open(os.path.join(workdir, runner.SUMMARY_FILE)) as f:
+    text = f.read()
+  assert json.loads(text)["headline"].keys() == h.keys()
+  assert str(held_out.subject_id[0]) not in text  # no identifiers in the summary
+
+
+def test_run_baselines_model_subset_and_unknown(fake_dir, tmp_path):
+  summary = runner.run_baselines(fake_dir, str(tmp_path), models=["mean", "age_sex"],
+                                 progress=False)
+  assert sorted(summary["headline"]) == ["age_sex", "mean"]
+  with pytest.raises(ValueError, match="unknown baseline"):
+    runner.run_baselines(fake_dir, str(tmp_path), models=["magic"], progress=False)
+
+
+def test_oracle_join_counts_missing_members(fake_dir, tmp_path):
+  held_out = features.load_split(fake_dir, "held_out", progress=False)
+  path = oracle_lib.oracle_path(fake_dir)
+  table = pq.read_table(path)
+  keep = [i for i, s in enumerate(table.column("subject_id").to_pylist())
+          if s != int(held_out.subject_id[0])]
+  small = str(tmp_path / "oracle.parquet")
+  pq.write_table(table.take(keep), small)
+  o = oracle_lib.load(small, held_out)
+  assert o.notes == {"members without an oracle row": 1}
+  np.testing.assert_array_equal(o.rows, np.arange(1, len(held_out)))
+  assert o.p_MxC.shape == (len(held_out) - 1, conditions.NUM_CONDITIONS)
+  pq.write_table(table.drop_columns(["p_stroke"]), small)
+  with pytest.raises(ValueError, match="p_stroke"):
+    oracle_lib.load(small, held_out)
+
+
+def test_baselines_binary(fake_dir, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.baselines", f"--data_dir={fake_dir}",
+       f"--workdir={tmp_path}", "--models=mean,prior_cost,oracle", "--noprogress"],
+      capture_output=True, text=True, check=True, cwd=REPO)
+  assert json.loads(result.stdout)["members"]["held_out"] == 120
+  assert os.path.exists(tmp_path / "predictions" / "cost" / "prior_cost.parquet")
+  assert os.path.exists(tmp_path / "predictions" / "chronic" / "oracle.parquet")

@@ -1,0 +1,119 @@
+"""Lift, counterfactual lift, ranking and link recovery on hand-built cases."""
+
+import numpy as np
+
+from lmm_jax import conditions
+from lmm_jax.insights import relationships as rel
+
+C = conditions.NUM_CONDITIONS
+
+
+def test_empirical_lift_hand_counts():
+  # Condition 0 = A, 1 = B. 10 members with A: 4 get a new B; 20 without A: 2 get a new B.
+  # 5 more members with B prevalent are not at risk and must not count.
+  n = 35
+  prior = np.zeros((n, C), np.uint8)
+  nxt = np.zeros((n, C), np.uint8)
+  prior[:10, 0] = 1
+  nxt[:4, 1] = 1
+  nxt[10:12, 1] = 1
+  prior[30:, 1] = 1
+  nxt[30:, 1] = 1
+  prior[30:, 0] = 1
+  emp = rel.empirical_lift(prior, nxt, smoothing=0.0)
+  assert emp.n_with_CxC[0, 1] == 10 and emp.n_both_CxC[0, 1] == 4
+  np.testing.assert_allclose(emp.rate_with_CxC[0, 1], 0.4)
+  np.testing.assert_allclose(emp.rate_without_CxC[0, 1], 0.1)
+  np.testing.assert_allclose(emp.lift_CxC[0, 1], 4.0)
+  assert np.isnan(emp.lift_CxC[1, 1])
+  smooth = rel.empirical_lift(prior, nxt)
+  np.testing.assert_allclose(smooth.lift_CxC[0, 1], (4.5 / 11) / (2.5 / 21))
+
+
+def _row(tokens, length, prior_conditions=()):
+  seq = 8
+  t = np.zeros(seq, np.int32)
+  t[:length] = tokens
+  prior = np.zeros(C, np.int32)
+  prior[list(prior_conditions)] = 1
+  seg = (np.arange(seq) < length).astype(np.int32)
+  return {"tokens": t, "age": np.where(seg > 0, 60.0, 0.0).astype(np.float32),
+          "days": np.arange(seq, dtype=np.float32) * seg, "segment_ids": seg,
+          "positions": np.arange(seq, dtype=np.int32) * seg, "length": np.int32(length),
+          "prefix_len": np.int32(2), "cond_prior": prior}
+
+
+def test_append_tokens_and_overflow():
+  row = _row([1, 4, 10, 11, 12], 5)
+  out = rel.append_tokens(row, [20, 21])
+  np.testing.assert_array_equal(out["tokens"], [1, 4, 10, 11, 12, 20, 21, 0])
+  assert out["length"] == 7 and out["days"][6] == row["days"][4]
+  np.testing.assert_array_equal(out["segment_ids"], [1] * 7 + [0])
+  full = _row([1, 4, 10, 11, 12, 13, 14, 15], 8)
+  out = rel.append_tokens(full, [20, 21])
+  # The prefix stays; the two oldest events make room.
+  np.testing.assert_array_equal(out["tokens"], [1, 4, 12, 13, 14, 15, 20, 21])
+  np.testing.assert_array_equal(out["days"], [0, 1, 4, 5, 6, 7, 7, 7])
+
+
+def test_counterfactual_lift_on_a_known_model():
+  """P(B) doubles when token 30 (condition A = 0) is in the history; nothing else changes."""
+  a, b = 0, 1
+
+  def prob_fn(rows):
+    p = np.full((len(rows), C), 0.1)
+    for i, r in enumerate(rows):
+      if 30 in r["tokens"][:int(r["length"])]:
+        p[i, b] = 0.2
+    return p
+
+  rows = [_row([1, 4, 10, 11], 4), _row([1, 4, 12], 3), _row([1, 4, 30, 10], 4, [a]),
+          _row([1, 4, 13], 3, [b])]
+  ml = rel.counterfactual_lift(prob_fn, rows, {a: [30], 2: [31], 3: []})
+  # Members without A: 0, 1, 3; at risk of B: 0 and 1.
+  np.testing.assert_allclose(ml.lift_CxC[a, b], 2.0)
+  np.testing.assert_allclose(ml.delta_CxC[a, b], 0.1)
+  assert ml.n_CxC[a, b] == 2 and ml.n_CxC[a, 5] == 3
+  np.testing.assert_allclose(ml.lift_CxC[a, 5], 1.0)
+  np.testing.assert_allclose(ml.lift_CxC[2, b], 1.0)     # token 31 does nothing
+  assert np.all(np.isnan(ml.lift_CxC[3]))                # no tokens: unmeasured
+  assert np.isnan(ml.lift_CxC[a, a])
+
+
+def test_recovery_precision_recall():
+  truth = np.zeros((4, 4), bool)
+  truth[0, 1] = truth[1, 2] = truth[2, 3] = True
+  score = np.full((4, 4), 1.0)
+  np.fill_diagonal(score, np.nan)
+  score[0, 1], score[1, 2] = 3.0, 2.0   # two true links found
+  score[3, 0] = 2.5                     # one false link
+  score[2, 3] = np.nan                  # one true link not measured
+  r = rel.recovery(score, truth, threshold=1.5)
+  assert r["num_predicted"] == 3 and r["true_positives"] == 2
+  np.testing.assert_allclose(r["precision"], 2 / 3)
+  np.testing.assert_allclose(r["recall"], 2 / 3)
+  # Ranking: 3.0 (T), 2.5 (F), 2.0 (T): precision at k=3 is 2/3.
+  np.testing.assert_allclose(r["precision_at_k"], 2 / 3)
+  np.testing.assert_allclose(r["average_precision"], (1 / 1 + 2 / 3) / 2)
+
+
+def test_true_links_and_novel_candidates():
+  truth = rel.true_link_matrix()
+  names = conditions.CONDITION_NAMES
+  assert truth[names.index("diabetes_t2"), names.index("ckd")]
+  assert not truth[names.index("ckd"), names.index("diabetes_t2")]
+  assert truth.sum() > 20 and not truth.diagonal().any()
+  # Links from latent-only risk states (smoker, prediabetes) are left out.
+  links = [("smoker", "copd", 6.0), ("asthma", "copd", 2.5)]
+  t2 = rel.true_link_matrix(links)
+  assert t2.sum() == 1
+  emp = rel.empirical_lift(np.zeros((5, C)), np.zeros((5, C)))
+  emp.n_both_CxC[0, 1] = 50
+  emp.lift_CxC[0, 1] = 3.0
+  model = np.ones((C, C))
+  np.fill_diagonal(model, np.nan)
+  model[0, 1], model[2, 3] = 3.0, 2.0
+  top = rel.ranked_pairs(model, emp, top=2)
+  assert [(p.a, p.b) for p in top] == [(0, 1), (2, 3)]
+  novel = rel.novel_candidates(model, emp, min_model_lift=1.5)
+  assert [(p.a, p.b) for p in novel] == [(2, 3)]   # (0, 1) is well supported by the data

@@ -1,0 +1,130 @@
+"""The paper tables, from hand-made predictions files."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lmm_jax import conditions
+from lmm_jax.eval import metrics
+from lmm_jax.eval import predictions as P
+from lmm_jax.report import tables
+
+C = conditions.NUM_CONDITIONS
+N = 200
+
+
+def _meta(kind="baseline", num_params=None):
+  return {"kind": kind, "data_dir": "/data/x", "split": "held_out", "num_params": num_params,
+          "description": "t"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  root = tmp_path_factory.mktemp("runs")
+  ids = rng.permutation(10_000)[:N]
+  y = rng.gamma(0.6, 5000.0, N)
+  y[:3] = 400_000.0  # above the cap
+  b = str(root / "baselines")
+  P.write_cost_predictions(b, "mean", ids, y, np.full(N, y.mean()), meta=_meta())
+  P.write_cost_predictions(b, "good", ids, y, 0.7 * y + 1000, meta=_meta())
+  P.write_cost_predictions(b, "oracle", ids, y, y, meta=_meta("oracle"))
+  order = np.argsort(-ids)  # another member order: still paired after sorting by subject
+  P.write_cost_predictions(str(root / "lmm_run"), "lmm", ids[order], y[order],
+                           0.9 * y[order] + 500, meta=_meta("finetuned", 12_345_678))
+  yt = rng.integers(0, 2, (N, C))
+  prior = rng.integers(0, 2, (N, C))
+  P.write_chronic_predictions(b, "prevalence", ids, yt, np.full((N, C), 0.5), prior,
+                              meta=_meta())
+  P.write_chronic_predictions(b, "logistic", ids, yt, 0.3 * yt + 0.7 * rng.random((N, C)), prior,
+                              meta=_meta())
+  P.write_chronic_predictions(b, "oracle", ids, yt, yt * 0.98 + 0.01, prior,
+                              meta=_meta("oracle"))
+  P.write_chronic_predictions(str(root / "lmm_run"), "lmm", ids, yt,
+                              0.5 * yt + 0.5 * rng.random((N, C)), prior,
+                              meta=_meta("finetuned", 12_345_678))
+  return str(root), ids, y
+
+
+def _rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_build_report_cost(runs, tmp_path):
+  root, _, y = runs
+  out = tables.build_report(root, str(tmp_path), num_samples=50, progress=False)
+  for name in ("cost_table.md", "cost_table.csv", "predictive_ratios.csv", "predictive_ratio.png",
+               "chronic_table.md", "chronic_table.csv", "calibration.png", "chronic_auroc.png"):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  with open(tmp_path / "predictive_ratio.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  rows = {r["model"]: r for r in _rows(tmp_path / "cost_table.csv")}
+  assert set(rows) == {"mean", "good", "oracle", "lmm"}
+  # Values are the metrics of the files; the oracle is never the best baseline.
+  good = metrics.cost_metrics(y, 0.7 * y + 1000)
+  assert float(rows["good"]["nmae_raw"]) == pytest.approx(good["nmae"])
+  assert float(rows["good"]["r2_raw"]) == pytest.approx(good["r2"])
+  assert rows["lmm"]["best_baseline_raw"] == "good"
+  assert float(rows["good"]["nmae_improvement_pct_raw"]) == pytest.approx(0.0)
+  lmm = metrics.cost_metrics(y, 0.9 * y + 500)
+  assert float(rows["lmm"]["nmae_improvement_pct_raw"]) == pytest.approx(
+      100 * (good["nmae"] - lmm["nmae"]) / good["nmae"])
+  # Paired interval present although the lmm file lists members in another order.
+  assert rows["lmm"]["nmae_improvement_pct_raw_lo"] != ""
+  lo, hi = float(rows["lmm"]["nmae_raw_lo"]), float(rows["lmm"]["nmae_raw_hi"])
+  assert lo < lmm["nmae"] < hi
+  # Capped target: actuals truncated at $250k.
+  capped = metrics.cost_metrics(metrics.cap(y), metrics.cap(0.7 * y + 1000))
+  assert float(rows["good"]["nmae_capped"]) == pytest.approx(capped["nmae"])
+  assert rows["lmm"]["num_params"] == "12345678"
+  md = out["cost"]
+  assert "oracle †" in md and "12.3M" in md and "/data/x" in md and "200" in md
+  ratios = _rows(tmp_path / "predictive_ratios.csv")
+  assert len(ratios) == 4 * 10
+
+
+def test_build_report_chronic(runs, tmp_path):
+  root = runs[0]
+  out = tables.build_report(root, str(tmp_path), num_samples=30, plots=False, progress=False)
+  rows = _rows(tmp_path / "chronic_table.csv")
+  macro = {(r["model"], r["population"]): r for r in rows if r["condition"] == "macro"}
+  assert macro[("prevalence", "all")]["auroc"] == "0.5"
+  assert macro[("lmm", "all")]["best_baseline"] == "logistic"
+  assert float(macro[("logistic", "new_onset")]["auroc_improvement_pct"]) == pytest.approx(0.0)
+  per = [r for r in rows if r["model"] == "lmm" and r["population"] == "new_onset"
+         and r["condition"] not in ("macro", "micro")]
+  assert len(per) == C
+  assert all(int(r["n"]) < N for r in per)  # prevalent members left out
+  assert "## new onsets only" in out["chronic"] and "oracle †" in out["chronic"]
+  assert not os.path.exists(tmp_path / "calibration.png")
+
+
+def test_duplicate_model_names_are_disambiguated(tmp_path):
+  for run in ("a", "b"):
+    P.write_cost_predictions(str(tmp_path / "runs" / run), "lmm", [1, 2, 3], [1.0, 2.0, 3.0],
+                             [1.0, 2.0, 2.0], meta=_meta("finetuned"))
+  tables.build_report(str(tmp_path / "runs"), str(tmp_path / "out"), num_samples=10,
+                      plots=False, progress=False)
+  names = sorted(r["model"] for r in _rows(tmp_path / "out" / "cost_table.csv"))
+  assert names == ["lmm (a)", "lmm (b)"]
+
+
+def test_empty_runs_dir_fails_clearly(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no predictions"):
+    tables.build_report(str(tmp_path), str(tmp_path / "out"), progress=False)
+
+
+def test_binary_prints_both_tables(runs, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.paper_tables", f"--runs_dir={runs[0]}",
+       f"--output_dir={tmp_path}", "--bootstrap_samples=20", "--noplots", "--noprogress"],
+      capture_output=True, text=True, check=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  assert "# Next-12-month cost" in result.stdout
+  assert "# Chronic conditions" in result.stdout
+  assert os.path.exists(tmp_path / "cost_table.md")
