@@ -23,7 +23,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metrics = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  summary = {k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("step", "train_loss")}
+  summary = {k: v for k, v in metrics.items()
+             if "/" not in k and (k.startswith("eval_") or k in ("step", "train_loss"))}
   print("final:", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in sorted(summary.items())))
 

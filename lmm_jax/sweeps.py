@@ -4,7 +4,7 @@ An experiment config module (experiments/configs/*.py) defines
   get_config(arg) -> ConfigDict      the presets
   sweep(arg) -> Iterable[dict]       override sets, e.g. {"optimizer.learning_rate": 1e-3}
   BINARY = "experiments.finetune"    the binary that runs one point
-  SWEEP_METRIC = ("eval/nmae", "min")  the tuning-split metric that ranks the points
+  SWEEP_METRIC = ("eval_nmae", "min")  the tuning-split metric that ranks the points
 `run_sweep` runs every point as its own process (the real binary, with `--config.KEY=VALUE`
 overrides) in `workdir/points/NAME/`, skips points whose run already finished, and ranks them.
 """
@@ -81,13 +81,13 @@ def _point_command(binary: str, config_arg: str, workdir: str, overrides: Mappin
 
 
 def last_eval_metrics(run_dir: str) -> dict[str, float]:
-  """The last eval entry of a run's metrics.jsonl (keys starting with 'eval/')."""
+  """The last eval entry of a run's metrics.jsonl (the trainer's `eval_*` keys)."""
   path = os.path.join(run_dir, "metrics.jsonl")
   last: dict[str, float] = {}
   with open(path) as f:
     for line in f:
       entry = json.loads(line)
-      evals = {k: v for k, v in entry.items() if k.startswith("eval/")}
+      evals = {k: v for k, v in entry.items() if k.startswith("eval_")}
       if evals:
         last = {"step": entry.get("step"), **evals}
   return last

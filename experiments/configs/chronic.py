@@ -29,7 +29,7 @@ from experiments.configs import pretrain
 from lmm_jax.tasks import finetune
 
 BINARY = "experiments.finetune"
-SWEEP_METRIC = ("eval/macro_auroc", "max")
+SWEEP_METRIC = ("eval_macro_auroc", "max")
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

@@ -28,7 +28,7 @@ from experiments.configs import pretrain
 from lmm_jax.tasks import finetune
 
 BINARY = "experiments.finetune"
-SWEEP_METRIC = ("eval/nmae", "min")
+SWEEP_METRIC = ("eval_nmae", "min")
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

@@ -11,8 +11,8 @@ tables), W/zero_shot_vs_n.{csv,md,png}, W/zero_shot_summary.json and, for synthe
 W/synthetic_meds/ (a MEDS dataset) with W/memorization_audit.{json,md}. The run exits with status 1
 when the audit fails (thresholds below). Presets:
   tiny   unit tests: 4 futures, 48 new tokens, a few members
-  demo   the README main job (2-core CPU): 50 futures (curve N = 1, 5, 20, 50), 192 new tokens,
-         up to 64 held-out members; 64 synthetic patients
+  demo   the README main job (2-core CPU): 50 futures (curve N = 1, 5, 20, 50), 160 new tokens,
+         the first 40 held-out members; 32 synthetic patients
   full   a GPU: every held-out member, 50 futures, 512 new tokens; 1000 synthetic patients
 The config is locked: a misspelled override is an error.
 """
@@ -79,7 +79,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.audit.ngram, c.audit.reference_patients = 12, 200
     c.progress = False
   elif c.preset == "demo":
-    pass
+    c.sampling.max_new_tokens, c.sampling.batch_patients, c.sampling.max_patients = 160, 20, 40
+    c.synth.num_patients = 32
   elif c.preset == "full":
     c.sampling.max_new_tokens, c.sampling.batch_patients, c.sampling.max_patients = 512, 64, 0
     c.synth.num_patients, c.synth.max_new_tokens = 1000, 1024

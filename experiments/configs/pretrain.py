@@ -96,8 +96,8 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     c.checkpoint_every_steps, c.log_every_steps, c.eval_every_steps, c.eval_batches = 10, 5, 0, 2
     o.warmup_steps = 5
   elif preset == "demo":
-    c.num_train_steps, c.batch_size, c.eval_batch_size, c.seq_len = 300, 16, 32, 256
-    c.checkpoint_every_steps, c.log_every_steps, c.eval_every_steps, c.eval_batches = 100, 10, 150, 8
+    c.num_train_steps, c.batch_size, c.eval_batch_size, c.seq_len = 250, 8, 16, 256
+    c.checkpoint_every_steps, c.log_every_steps, c.eval_every_steps, c.eval_batches = 125, 10, 125, 8
     m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim = 4, 128, 4, 4, 32, 384
     o.learning_rate, o.warmup_steps = 3e-3, 30
   elif preset == "small":

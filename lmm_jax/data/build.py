@@ -621,7 +621,8 @@ def build_dataset(meds_dir: str, output_dir: str,
   meds_io.dataset_metadata(meds_dir)
   splits = meds_io.read_splits(meds_dir)
   ctx = _Context(cfg, splits, len(paths))
-  _warm_terminology()
+  if min(int(cfg["num_workers"]), len(paths)) > 1:
+    _warm_terminology()
   runner = _Runner(ctx, len(paths))
   try:
     return _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0)
@@ -638,24 +639,29 @@ def _warm_terminology() -> None:
 
 def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -> dict[str, Any]:
   # Pass 1.
-  p1 = list(runner.map(_pass1, paths, "pass 1/2: counting codes"))
-  _check_subjects_in_one_file(p1)
+  # Merged as results arrive so the parent holds one bounded cost sample, not one per shard.
   counts: collections.Counter = collections.Counter()
   lobs: set[str] = set()
-  for r in p1:
+  k = int(cfg["cost_sample_size"])
+  cost, key = np.zeros(0), np.zeros(0, np.uint64)
+  subjects, max_days = [], []
+  for r in runner.map(_pass1, paths, "pass 1/2: counting codes"):
     counts.update(r["counts"])
     lobs.update(r["lobs"])
-  cost = np.concatenate([r["cost"] for r in p1])
-  key = np.concatenate([r["cost_key"] for r in p1])
-  if key.size > cfg["cost_sample_size"]:
-    cost = cost[np.argpartition(key, cfg["cost_sample_size"])[:cfg["cost_sample_size"]]]
-  max_days = [r["max_day"] for r in p1 if r["max_day"] is not None]
+    cost, key = np.concatenate([cost, r["cost"]]), np.concatenate([key, r["cost_key"]])
+    if key.size > k:
+      sel = np.argpartition(key, k)[:k]
+      cost, key = cost[sel], key[sel]
+    subjects.append({"path": r["path"], "subjects": r["subjects"]})
+    if r["max_day"] is not None:
+      max_days.append(r["max_day"])
+  _check_subjects_in_one_file(subjects)
+  del subjects
   if not max_days:
     raise MEDSFormatError(meds_dir, "no dated events in any data file")
   data_end = max(max_days)
   index_day = (meds_io.year_start_day(data_end) if cfg["index_date"] == "auto"
                else meds_io.date_to_day(cfg["index_date"]))
-  del p1
 
   lobs.discard("")
   vocab = tok_lib.build_vocabulary(tok_cfg, counts, tok_lib.cost_edges_from_sample(

@@ -73,11 +73,15 @@ def history_mask(length_B: np.ndarray, prefix_len_B: np.ndarray, seq_len: int) -
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "steps", "chunk"))
-def _ig_core(params: Any, x_BxLxD: jax.Array, base_BxLxD: jax.Array, batch: Batch, *,
-             score_fn: Callable[..., jax.Array], steps: int, chunk: int
-             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _ig_core(params: Any, x_BxLxD: jax.Array, base_BxLxD: jax.Array, batch: Batch,
+             weights: jax.Array | None, *, score_fn: Callable[..., jax.Array], steps: int,
+             chunk: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def scores(x):
+    s = score_fn(params, x, batch).astype(jnp.float32)
+    return s if weights is None else (s * weights).sum(-1)
+
   def total(x):
-    return score_fn(params, x, batch).astype(jnp.float32).sum()
+    return scores(x).sum()
 
   grad_fn = jax.grad(total)
   delta_BxLxD = (x_BxLxD - base_BxLxD).astype(jnp.float32)
@@ -89,13 +93,13 @@ def _ig_core(params: Any, x_BxLxD: jax.Array, base_BxLxD: jax.Array, batch: Batc
   # lax.map over alpha chunks: `chunk` interpolation points share one vectorized backward pass.
   grads_SxBxLxD = jax.lax.map(grad_at, alphas_S, batch_size=chunk)
   attr_BxL = (delta_BxLxD * grads_SxBxLxD.mean(0)).sum(-1)
-  return (attr_BxL, score_fn(params, x_BxLxD, batch).astype(jnp.float32),
-          score_fn(params, base_BxLxD, batch).astype(jnp.float32))
+  return attr_BxL, scores(x_BxLxD), scores(base_BxLxD)
 
 
 def integrated_gradients(predictor: Any, batch: Batch, attribute_BxL: np.ndarray,
                          select: Callable[[Mapping[str, jax.Array]], jax.Array], *,
-                         steps: int = 32, chunk: int = 8) -> IGResult:
+                         weights_BxO: np.ndarray | None = None, steps: int = 32,
+                         chunk: int = 8) -> IGResult:
   """Integrated gradients of `select(outputs)` w.r.t. the input embeddings of attributed tokens.
 
   Args:
@@ -104,7 +108,9 @@ def integrated_gradients(predictor: Any, batch: Batch, attribute_BxL: np.ndarray
     batch: numpy sequence features (tokens, segment_ids, positions, age, days, length, ...).
     attribute_BxL: bool, the positions whose tokens are attributed (others keep their token in the
       baseline and get 0).
-    select: outputs -> float[B], the explained scalar per row.
+    select: outputs -> float[B], the explained scalar per row; or float[B, O] with weights_BxO.
+    weights_BxO: explain sum_o weights[b, o] * select(outputs)[b, o] (e.g. a one-hot picking a
+      different condition per row) without recompiling per choice.
     steps: interpolation points (the quadrature error falls as 1/steps^2).
     chunk: interpolation points per vectorized backward pass (memory vs speed).
   """
@@ -117,7 +123,8 @@ def integrated_gradients(predictor: Any, batch: Batch, attribute_BxL: np.ndarray
   x_BxLxD = predictor.embed_fn(predictor.params, dev)
   base_BxLxD = predictor.embed_fn(predictor.params, predictor.device_batch(base_batch))
   score_fn = _SelectedScore(predictor.outputs_fn, select)
-  attr, fx, fb = _ig_core(predictor.params, x_BxLxD, base_BxLxD, dev, score_fn=score_fn,
+  w = None if weights_BxO is None else jnp.asarray(weights_BxO, jnp.float32)
+  attr, fx, fb = _ig_core(predictor.params, x_BxLxD, base_BxLxD, dev, w, score_fn=score_fn,
                           steps=steps, chunk=chunk)
   return IGResult(np.asarray(attr), np.asarray(fx), np.asarray(fb))
 

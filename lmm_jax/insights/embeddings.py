@@ -148,7 +148,8 @@ def plot_map(coords_Nx2: np.ndarray, groups: Sequence[str], path: str, *,
     ax.scatter(coords_Nx2[other, 0], coords_Nx2[other, 1], s=6, c="lightgrey", label="other")
   for j, g in enumerate(top):
     m = groups == g
-    ax.scatter(coords_Nx2[m, 0], coords_Nx2[m, 1], s=9, color=cmap(j % 20), label=f"{g} ({m.sum()})")
+    ax.scatter(coords_Nx2[m, 0], coords_Nx2[m, 1], s=9, color=cmap(j % 20),
+               label=f"{g} ({m.sum()})")
   for i, text in (labels or {}).items():
     ax.annotate(text, coords_Nx2[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
   ax.set_title(title or "Code embeddings (2-D projection)")

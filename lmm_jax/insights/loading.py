@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -60,7 +62,6 @@ def record_to_row(rec: Mapping[str, Any], seq_len: int) -> dict[str, np.ndarray]
     row[k] = np.int32(rec[k])
   for k in ("cond_next", "cond_prior"):
     row[k] = np.asarray(rec[k], np.int32).reshape(conditions.NUM_CONDITIONS)
-  row["subject_id"] = np.int64(rec["subject_id"])
   return row
 
 
@@ -112,8 +113,6 @@ class Predictor:
 
 def finetune_config(finetune_workdir: str, data_dir: str | None = None):
   """The run's config (its config.json), with data_dir overridden when given."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from lmm_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(finetune_workdir, trainer_lib.CONFIG_FILE)
@@ -153,31 +152,28 @@ def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
   Outputs: cost runs give 'cost' (predicted mean dollars) and 'log_cost'; chronic runs give
   'chronic_logit' and 'chronic_prob' [B, C]. Parameters live on the first device.
   """
-  import os  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from lmm_jax.model import heads  # pylint: disable=g-import-not-at-top
   from lmm_jax.tasks import finetune  # pylint: disable=g-import-not-at-top
   from lmm_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from lmm_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   config = finetune_config(finetune_workdir, data_dir)
   task = finetune.make_task(config)
+  # The trainer rebuilds the run's exact parameter shapes (padded vocabulary included).
+  tr = trainer_lib.Trainer(config, task)
+  graphdef = tr.graphdef
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(os.path.abspath(finetune_workdir)),
                                read_only=True)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"no checkpoint in {finetune_workdir}")
-    saved = ckpt.params_structure(step)
-    padded = int(saved["backbone"]["embedding"].shape[0])
-    # vocab_multiple = the saved padded size rebuilds exactly the saved embedding shape.
-    abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0), padded))
-    graphdef, abstract_vars = nnx.split(abstract_model)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          nnx.to_pure_dict(abstract_vars))
-    params = ckpt.restore_params(step, target)
+      raise FileNotFoundError(f"no checkpoint in {finetune_workdir}: fine-tune first")
+    params = ckpt.restore_params(step, tr.abstract_state["params"])
   finally:
     ckpt.close()
+  # One device: the insights run many small batches, where cross-device traffic only costs.
+  params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
 
   is_cost = isinstance(task, finetune.CostTask)
 

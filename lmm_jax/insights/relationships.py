@@ -4,7 +4,8 @@ For an ordered pair (A, B) of chronic conditions and members *at risk* of a new 
 coded before the index date):
 
 - Empirical lift, from task records: P(B in the next 12 months | A prevalent) divided by
-  P(B in the next 12 months | A not prevalent), with add-1/2 smoothing of both rates.
+  P(B in the next 12 months | A not prevalent), the first rate shrunk towards the second by a few
+  pseudo-members (small groups give lifts near 1, not ratios of tiny counts).
 - Model (counterfactual) lift: take held-out members without A, append a same-day claim coding A
   to their history, and divide the mean predicted P(B) of the chronic head by the mean on the
   unedited histories. Everything else about the member stays fixed, so this is the model's own
@@ -39,8 +40,13 @@ class EmpiricalLift:
 
 
 def empirical_lift(cond_prior_NxC: np.ndarray, cond_next_NxC: np.ndarray, *,
-                   smoothing: float = 0.5) -> EmpiricalLift:
-  """Lift of new-onset B given prevalent A, over members at risk of B (see the module docstring)."""
+                   prior_members: float = 10.0) -> EmpiricalLift:
+  """Lift of new-onset B given prevalent A, over members at risk of B (see the module docstring).
+
+  The rate with A is shrunk towards the rate without A by `prior_members` pseudo-members, so a
+  pair seen in a handful of members gets a lift near 1 rather than a huge ratio of tiny counts
+  (0: the raw ratio). The rate without A gets add-1/2 smoothing.
+  """
   prior = np.asarray(cond_prior_NxC, bool)
   nxt = np.asarray(cond_next_NxC, bool)
   if prior.shape != nxt.shape or prior.ndim != 2:
@@ -54,8 +60,9 @@ def empirical_lift(cond_prior_NxC: np.ndarray, cond_next_NxC: np.ndarray, *,
   n_without = not_a.T @ at_risk_NxC.astype(np.int64)
   k_without = not_a.T @ onset_NxC.astype(np.int64)
   with np.errstate(invalid="ignore", divide="ignore"):  # no member at risk: NaN
-    rate_with = (n_both + smoothing) / (n_with + 2 * smoothing)
-    rate_without = (k_without + smoothing) / (n_without + 2 * smoothing)
+    smooth = 0.5 if prior_members > 0 else 0.0
+    rate_without = (k_without + smooth) / (n_without + 2 * smooth)
+    rate_with = (n_both + prior_members * rate_without) / (n_with + prior_members)
     lift = rate_with / rate_without
   np.fill_diagonal(lift, np.nan)
   return EmpiricalLift(lift, rate_with, rate_without, n_with, n_both)

@@ -100,7 +100,7 @@ def _explanations(predictor, task, rows, workdir, progress, *, num_members: int,
     at_risk = np.where(prior, -1.0, prob)           # new onsets only: prevalent codes are trivial
     best_c = at_risk.argmax(1)
     order = np.argsort(-at_risk.max(1), kind="stable")[:num_members]
-    targets = [attribution.Output("chronic_prob", int(best_c[i])) for i in order]
+    targets = [int(best_c[i]) for i in order]
     what = "predicted probability of a new onset of the condition named, in the next 12 months"
   lines = ["## 1. Why these members are predicted high-risk", "",
            f"The {len(order)} held-out members with the highest {what} (out of {len(rows)} "
@@ -116,7 +116,15 @@ def _explanations(predictor, task, rows, workdir, progress, *, num_members: int,
     row = rows[i]
     batch = loading.stack([row])
     mask = attribution.history_mask(batch["length"], batch["prefix_len"], len(row["tokens"]))
-    ig = attribution.integrated_gradients(predictor, batch, mask, target, steps=ig_steps)
+    if is_cost:
+      ig = attribution.integrated_gradients(predictor, batch, mask, target, steps=ig_steps)
+    else:
+      # One compiled attribution for every condition: a one-hot weight picks the member's.
+      onehot = np.eye(conditions.NUM_CONDITIONS, dtype=np.float32)[[target]]
+      ig = attribution.integrated_gradients(predictor, batch, mask,
+                                            attribution.Output("chronic_prob"),
+                                            weights_BxO=onehot, steps=ig_steps)
+      target = attribution.Output("chronic_prob", target)
     groups = attribution.event_groups(row["tokens"], vocab.kinds, vocab.systems,
                                       int(row["prefix_len"]), int(row["length"]),
                                       bos_id=vocab.bos_id, eos_id=vocab.eos_id)

@@ -102,6 +102,7 @@ class CostRow:
   subject_id: np.ndarray
   targets: dict[str, dict[str, Any]]   # "raw"/"capped" -> metrics, intervals, samples
   ratios: dict[str, np.ndarray]
+  interval_coverage: float      # share of members inside [P10, P90]; NaN without quantiles
   improvement: dict[str, tuple[float, tuple[float, float] | None]] = dataclasses.field(
       default_factory=dict)
 
@@ -120,7 +121,11 @@ def evaluate_cost(p: preds_io.CostPredictions, name: str, num_samples: int,
     targets[target] = {"metrics": metrics.cost_metrics(t, pr), "samples": samples,
                        "ci": metrics.summarize(samples)}
   ratios = metrics.predictive_ratios(y, yhat, min(NUM_RATIO_GROUPS, y.size))
-  return CostRow(name, p.meta, ids, targets, ratios)
+  coverage = float("nan")
+  if "p10" in p.quantiles and "p90" in p.quantiles:
+    _, lo, hi = _sorted_by_subject(p.subject_id, p.quantiles["p10"], p.quantiles["p90"])
+    coverage = float(np.mean((lo <= y) & (y <= hi)))
+  return CostRow(name, p.meta, ids, targets, ratios, coverage)
 
 
 def _add_improvements(rows: Sequence[Any], key: str, best_of, lower_is_better: bool) -> dict:
@@ -164,6 +169,7 @@ def cost_markdown(rows: Sequence[CostRow], best: dict, *, num_samples: int, seed
   for t in ("raw", "capped $250k"):
     header += [f"NMAE % ({t})", f"MAE $ ({t})", f"R² ({t})", f"CPM ({t})",
                f"NMAE improvement % ({t})"]
+  header.append("P10-P90 coverage %")
   body = []
   for r in rows:
     line = [r.name + (ORACLE_MARK if r.is_oracle else ""), r.meta["kind"],
@@ -173,13 +179,16 @@ def cost_markdown(rows: Sequence[CostRow], best: dict, *, num_samples: int, seed
       imp, imp_ci = r.improvement[t]
       line += [_fmt(m["nmae"], ci["nmae"], 100, 1), _fmt(m["mae"], ci["mae"], 1, 0),
                _fmt(m["r2"], ci["r2"]), _fmt(m["cpm"], ci["cpm"]), _fmt(imp, imp_ci, 1, 1)]
+    line.append(_fmt(r.interval_coverage, None, 100, 1))
     body.append(line)
   lines = ["# Next-12-month cost: held-out results", ""]
   lines += _provenance([r.meta for r in rows], num_samples, seed)
   lines += [f"- Best baseline (lowest NMAE, raw): {best['raw'] or 'none'}; "
             f"capped: {best['capped'] or 'none'}.",
             "- NMAE = MAE / mean actual cost; CPM = 1 - Σ|y-ŷ| / Σ|y-ȳ|. Capped: actual and "
-            "predicted cost truncated at $250k (or the model's own capped prediction).", "",
+            "predicted cost truncated at $250k (or the model's own capped prediction). P10-P90 "
+            "coverage: share of members whose cost falls in the model's 80% interval (ideal 80).",
+            "",
             _md_table(header, body), ""]
   return "\n".join(lines)
 
@@ -193,6 +202,7 @@ def cost_csv(rows: Sequence[CostRow], best: dict, path: str) -> None:
         head += [f"{k}_{t}", f"{k}_{t}_lo", f"{k}_{t}_hi"]
       head += [f"nmae_improvement_pct_{t}", f"nmae_improvement_pct_{t}_lo",
                f"nmae_improvement_pct_{t}_hi", f"best_baseline_{t}"]
+    head.append("p10_p90_coverage")
     w.writerow(head)
     for r in rows:
       line = [r.name, r.meta["kind"], r.meta["data_dir"], r.meta["split"], r.meta["num_members"],
@@ -203,6 +213,7 @@ def cost_csv(rows: Sequence[CostRow], best: dict, path: str) -> None:
           line += [m[k], *ci[k]]
         imp, imp_ci = r.improvement[t]
         line += [imp, *(imp_ci or ("", "")), best[t] or ""]
+      line.append("" if np.isnan(r.interval_coverage) else r.interval_coverage)
       w.writerow(line)
 
 

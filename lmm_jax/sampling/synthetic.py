@@ -129,7 +129,7 @@ class _Decoder:
           lob = new
         continue
       if kind == TokenKind.SPECIAL or kind == TokenKind.DEMOGRAPHIC:
-        skipped[f"special_{tok}"] += 1
+        skipped["special_or_demographic_token"] += 1
         continue
       is_claim_type = kind == TokenKind.CLAIM and v.systems[t] == conv.CLAIM
       if is_claim_type or claim is None:

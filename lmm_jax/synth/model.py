@@ -188,7 +188,7 @@ P_ALT_CODE = 0.25
 P_RULE_OUT = {"lab": 0.02, "imaging": 0.04, "er": 0.02}
 
 LOB_PRICE = np.array([1.45, 1.0, 0.72])       # professional / pharmacy price level by LOB
-LOB_FACILITY = np.array([1.9, 1.0, 0.85])     # hospital price level by LOB
+LOB_FACILITY = np.array([1.6, 1.0, 0.85])     # hospital price level by LOB
 INFLATION = 0.03
 
 
@@ -242,7 +242,7 @@ def progress(st: State, years: float, rng: np.random.Generator) -> None:
   has_dm = st.present[:, L["diabetes_t2"]]
   has_htn = st.present[:, L["hypertension"]]
   stage = st.ckd_stage
-  prog = np.array([0.0, 0.02, 0.03, 0.04, 0.10, 0.20, 0.0])[stage]
+  prog = np.array([0.0, 0.02, 0.03, 0.04, 0.06, 0.08, 0.0])[stage]
   prog = prog * np.where(has_dm, 1.8, 1.0) * np.where(has_htn, 1.3, 1.0)
   up = alive & (stage > 0) & (rng.random(n) < 1 - np.exp(-prog * years))
   st.ckd_stage = (stage + up).astype(np.int8)

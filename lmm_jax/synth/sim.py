@@ -449,7 +449,7 @@ def _inpatient(mo: _Month, covered, ev, hf_exac, copd_exac, deliver) -> None:
   admits.append(("pneumonia", ev[:, M.A["pneumonia"]] & (u < np.where(age >= 65, 0.7, 0.45)),
                  np.full(n, C.PNEUMONIA), np.full(n, -1), 14000.0))
   admits.append(("sepsis", ev[:, M.A["sepsis"]], np.full(n, C.SEPSIS),
-                 np.where(u < 0.15, C.PCS_VENT, -1), np.where(u < 0.15, 70000.0, 36000.0)))
+                 np.where(u < 0.15, C.PCS_VENT, -1), np.where(u < 0.15, 55000.0, 32000.0)))
   admits.append(("hip_fracture", ev[:, M.A["hip_fracture"]], _pick(rng, C.HIP_FRACTURE, n),
                  np.full(n, C.PCS_HIP), 32000.0))
   admits.append(("joint_replacement", ev[:, M.A["joint_replacement"]], _pick(rng, C.KNEE_OA, n),
@@ -492,7 +492,7 @@ def _inpatient(mo: _Month, covered, ev, hf_exac, copd_exac, deliver) -> None:
     if kind == "sepsis":
       cols.append(mo.maybe(C.SEVERE_SEPSIS, 0.5, m))
     cols.append(extra[pidx].reshape(m, 1).astype(np.int32))
-    cost = mean_cost * _lognorm(rng, m, 0.55) * mo.facility[pidx]
+    cost = mean_cost * _lognorm(rng, m, 0.45) * mo.facility[pidx]
     day = mo.emit(pidx, "INPATIENT", "21", cols, cost)
     los = np.maximum(1, rng.poisson(np.clip(mean_cost / 4000.0, 2, 9), m))
     prof_cols = [principal[pidx].reshape(m, 1).astype(np.int32), _col(C.EM_INPATIENT[0], m),
@@ -590,14 +590,14 @@ def _outpatient_procedures(mo: _Month, covered, advanced, active_cancer) -> None
   if m:
     cause = np.where(has[pidx, L["diabetes_t2"]], C.DM["ckd"],
                      np.where(has[pidx, L["hypertension"]], C.HTN["esrd"], -1))
-    cost = 7500.0 * np.array([2.5, 1.0, 0.9])[st.lob[pidx]] * _lognorm(rng, m, 0.15)
+    cost = 7000.0 * np.array([1.8, 1.0, 0.9])[st.lob[pidx]] * _lognorm(rng, m, 0.15)
     mo.emit(pidx, "DIALYSIS", "65", [_col(C.CKD_STAGE[6], m), _col(C.Z_DIALYSIS, m),
                                      cause.reshape(m, 1).astype(np.int32),
                                      _col(C.DIALYSIS_SESSION, m), _col(C.ESRD_MONTHLY, m)], cost)
 
 
 _RX = {  # drug class: (base monthly price)
-    "oral_antidiabetic": 180.0, "insulin": 420.0, "antiarrhythmic": 110.0, "loop_diuretic": 12.0,
+    "oral_antidiabetic": 240.0, "insulin": 480.0, "antiarrhythmic": 130.0, "loop_diuretic": 12.0,
     "phosphate_binder": 300.0, "immunosuppressant": 60.0,
 }
 

@@ -27,6 +27,12 @@ def checkpoint_dir(workdir_or_dir: str) -> str:
   return sub if os.path.isdir(sub) else workdir_or_dir
 
 
+def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+  return ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=partial)
+
+
 class Checkpointer:
   """A thin wrapper over ocp.CheckpointManager for the items of a training state."""
 
@@ -36,15 +42,17 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    handlers = {name: ocp.PyTreeCheckpointHandler() for name in ("params", "opt_state", "train")}
+    handlers["data"] = ocp.JsonCheckpointHandler()
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: dict[str, Any], data_state: dict[str, Any] | None) -> None:
-    items = dict(params=ocp.args.StandardSave(state["params"]),
-                 opt_state=ocp.args.StandardSave(state["opt_state"]),
-                 train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}))
+    items = dict(params=ocp.args.PyTreeSave(state["params"]),
+                 opt_state=ocp.args.PyTreeSave(state["opt_state"]),
+                 train=ocp.args.PyTreeSave({"step": state["step"], "rng": state["rng"]}))
     if data_state is not None:
       items["data"] = ocp.args.JsonSave(data_state)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -52,10 +60,10 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: dict[str, Any], with_data: bool = True
               ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The full state at `step` (sharded like abstract_state) and the iterator state."""
-    items = dict(params=ocp.args.StandardRestore(abstract_state["params"]),
-                 opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
-                 train=ocp.args.StandardRestore({"step": abstract_state["step"],
-                                                 "rng": abstract_state["rng"]}))
+    items = dict(params=_restore_args(abstract_state["params"]),
+                 opt_state=_restore_args(abstract_state["opt_state"]),
+                 train=_restore_args({"step": abstract_state["step"],
+                                      "rng": abstract_state["rng"]}))
     has_data = with_data and os.path.isdir(os.path.join(self.directory, str(step), "data"))
     if has_data:
       items["data"] = ocp.args.JsonRestore()
@@ -66,14 +74,14 @@ class Checkpointer:
 
   def restore_params(self, step: int, abstract_params: Any) -> Any:
     """Only the parameters present in abstract_params (others in the checkpoint are skipped)."""
-    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
-    out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
-        item=abstract_params, restore_args=restore_args, partial_restore=True)))
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=_restore_args(abstract_params, partial=True)))
     return out["params"]
 
   def params_structure(self, step: int) -> Any:
     """The saved parameter tree's metadata (shapes, dtypes), without reading arrays."""
-    return self.manager.item_metadata(step)["params"]
+    meta = self.manager.item_metadata(step)["params"]
+    return meta.tree if hasattr(meta, "tree") else meta
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -99,9 +107,7 @@ def load_params(workdir_or_dir: str, step: int | None = None) -> tuple[Any, int]
     one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
                           meta)
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=one_device), target)
-    out = ckpt.manager.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args)))
+    out = ckpt.manager.restore(step, args=ocp.args.Composite(params=_restore_args(target)))
     return jax.tree.map(np.asarray, jax.device_get(out["params"])), step
   finally:
     ckpt.close()

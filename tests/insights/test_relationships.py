@@ -20,14 +20,17 @@ def test_empirical_lift_hand_counts():
   prior[30:, 1] = 1
   nxt[30:, 1] = 1
   prior[30:, 0] = 1
-  emp = rel.empirical_lift(prior, nxt, smoothing=0.0)
+  emp = rel.empirical_lift(prior, nxt, prior_members=0.0)
   assert emp.n_with_CxC[0, 1] == 10 and emp.n_both_CxC[0, 1] == 4
   np.testing.assert_allclose(emp.rate_with_CxC[0, 1], 0.4)
   np.testing.assert_allclose(emp.rate_without_CxC[0, 1], 0.1)
   np.testing.assert_allclose(emp.lift_CxC[0, 1], 4.0)
   assert np.isnan(emp.lift_CxC[1, 1])
-  smooth = rel.empirical_lift(prior, nxt)
-  np.testing.assert_allclose(smooth.lift_CxC[0, 1], (4.5 / 11) / (2.5 / 21))
+  smooth = rel.empirical_lift(prior, nxt, prior_members=10.0)
+  p0 = 2.5 / 21
+  np.testing.assert_allclose(smooth.lift_CxC[0, 1], ((4 + 10 * p0) / 20) / p0)
+  # A pair seen in no member has lift exactly 1 (shrunk to the base rate).
+  np.testing.assert_allclose(smooth.lift_CxC[2, 3], 1.0)
 
 
 def _row(tokens, length, prior_conditions=()):

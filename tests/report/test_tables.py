@@ -35,7 +35,9 @@ def runs(tmp_path_factory):
   P.write_cost_predictions(b, "oracle", ids, y, y, meta=_meta("oracle"))
   order = np.argsort(-ids)  # another member order: still paired after sorting by subject
   P.write_cost_predictions(str(root / "lmm_run"), "lmm", ids[order], y[order],
-                           0.9 * y[order] + 500, meta=_meta("finetuned", 12_345_678))
+                           0.9 * y[order] + 500, meta=_meta("finetuned", 12_345_678),
+                           quantiles={"p10": 0.5 * y[order], "p90": np.where(
+                               np.arange(N) < N // 2, 2 * y[order], 0.6 * y[order])})
   yt = rng.integers(0, 2, (N, C))
   prior = rng.integers(0, 2, (N, C))
   P.write_chronic_predictions(b, "prevalence", ids, yt, np.full((N, C), 0.5), prior,
@@ -82,6 +84,9 @@ def test_build_report_cost(runs, tmp_path):
   capped = metrics.cost_metrics(metrics.cap(y), metrics.cap(0.7 * y + 1000))
   assert float(rows["good"]["nmae_capped"]) == pytest.approx(capped["nmae"])
   assert rows["lmm"]["num_params"] == "12345678"
+  # Half the members lie inside [P10, P90] (the other half's P90 is below their cost).
+  assert float(rows["lmm"]["p10_p90_coverage"]) == pytest.approx(0.5)
+  assert rows["good"]["p10_p90_coverage"] == ""
   md = out["cost"]
   assert "oracle †" in md and "12.3M" in md and "/data/x" in md and "200" in md
   ratios = _rows(tmp_path / "predictive_ratios.csv")

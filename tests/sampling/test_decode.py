@@ -16,7 +16,7 @@ GAP_DAYS = (7.0, 30.0, 100.0)
 
 
 def _model(**kw) -> Transformer:
-  base = dict(vocab_size=V, padded_vocab_size=64, num_layers=2, d_model=32, num_heads=4,
+  base = dict(vocab_size=V, padded_vocab_size=64, num_layers=1, d_model=32, num_heads=4,
               num_kv_heads=2, head_dim=8, mlp_dim=64, num_time_features=8)
   base.update(kw)
   return Transformer(TransformerConfig(**base), rngs=nnx.Rngs(0))
@@ -36,7 +36,7 @@ def _history(rng: np.random.Generator, n: int) -> decode.History:
 
 
 def test_cached_logits_match_full_forward():
-  model = _model(num_kv_heads=2)  # grouped-query attention
+  model = _model(num_layers=2, num_kv_heads=2)  # grouped-query attention
   rng = np.random.default_rng(0)
   b, l, p = 3, 20, 7  # prefill p tokens (right-padded rows of different lengths), decode the rest
   tokens = rng.integers(3, V, size=(b, l)).astype(np.int32)
@@ -45,8 +45,8 @@ def test_cached_logits_match_full_forward():
   age[2] = -1.0  # unknown birth date
   seg = np.ones((b, l), np.int32)
   pos = np.broadcast_to(np.arange(l, dtype=np.int32), (b, l))
-  full, _ = model(jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(pos), jnp.asarray(age),
-                  jnp.asarray(days))
+  full, _ = jax.jit(lambda *a: model(*a))(jnp.asarray(tokens), jnp.asarray(seg),
+                                           jnp.asarray(pos), jnp.asarray(age), jnp.asarray(days))
   lengths = np.array([p, p - 3, p - 1], np.int32)
   pad = lambda x: np.where(np.arange(p)[None] < lengths[:, None], x[:, :p], 0).astype(x.dtype)
   prefill = jax.jit(lambda *a: decode.prefill(model, *a, cache_len=l))

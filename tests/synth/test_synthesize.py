@@ -41,7 +41,7 @@ def _file_bytes(root: str) -> dict[str, bytes]:
 def calib_dir(tmp_path_factory):
   """A few thousand people: enough for calibration bands and the oracle comparison."""
   out = str(tmp_path_factory.mktemp("synth_calib"))
-  summary = synthesize(out, num_patients=3000, seed=11, patients_per_shard=3000, num_workers=1,
+  summary = synthesize(out, num_patients=5000, seed=11, patients_per_shard=5000, num_workers=1,
                        oracle_rollouts=8, progress=False)
   return out, summary
 
@@ -204,7 +204,7 @@ def test_cost_concentration_and_prevalence_bands(calib_dir):
   year = summary["calibration_year"]
   subjects, cost, _, coded, covered = _member_years(meds_dir, year)
   c = np.sort(cost[covered])[::-1]
-  assert len(c) > 1500
+  assert len(c) > 2500
   top5 = c[:len(c) // 20].sum() / c.sum()
   bottom50 = c[len(c) - len(c) // 2:].sum() / c.sum()
   # Published (MEPS): top 5% ~ 50%, bottom 50% ~ 3% of spending.
@@ -215,7 +215,7 @@ def test_cost_concentration_and_prevalence_bands(calib_dir):
   oracle = pq.read_table(os.path.join(meds_dir, "ground_truth", "oracle.parquet"))
   age = dict(zip(oracle.column("subject_id").to_pylist(), oracle.column("age").to_pylist()))
   older = covered & np.array([age.get(s, 0) >= 66 for s in subjects])
-  assert older.sum() > 150
+  assert older.sum() > 250
   prev = coded[older].mean(0)
   bands = {"hypertension": (0.4, 0.85), "hyperlipidemia": (0.35, 0.85),
            "diabetes_t2": (0.15, 0.4), "ckd": (0.06, 0.35), "heart_failure": (0.04, 0.25),
@@ -240,7 +240,7 @@ def test_oracle_beats_simple_predictors_on_held_out(calib_dir):
   sel = covered & has_oracle
   held = sel & np.array([split[s] == conv.HELD_OUT for s in subjects])
   train = sel & np.array([split[s] == conv.TRAIN for s in subjects])
-  assert held.sum() > 150
+  assert held.sum() > 200
   idx = np.array([row[s] for s in subjects[held]])
   y = np.minimum(cost[held], conv.COST_CAP)
   pred = oracle.column("expected_cost_capped").to_numpy()[idx]
@@ -248,9 +248,13 @@ def test_oracle_beats_simple_predictors_on_held_out(calib_dir):
   r2 = lambda p: 1 - float(np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2))  # noqa: E731
   mean_pred = np.full(len(y), np.minimum(cost[train], conv.COST_CAP).mean())
   prior_pred = np.minimum(prior[held], conv.COST_CAP)
-  assert mae(pred) < 0.85 * mae(prior_pred), (mae(pred), mae(prior_pred))
+  print({"oracle": (mae(pred), r2(pred)), "prior": (mae(prior_pred), r2(prior_pred)),
+         "mean": (mae(mean_pred), r2(mean_pred))})
+  # The oracle is a conditional mean: it wins clearly on R^2 (squared error); on absolute error,
+  # which a conditional median would minimize, it still beats both.
+  assert r2(pred) > r2(prior_pred) + 0.1 and r2(pred) > 0.25, (r2(pred), r2(prior_pred))
   assert mae(pred) < 0.7 * mae(mean_pred), (mae(pred), mae(mean_pred))
-  assert r2(pred) > r2(prior_pred) + 0.05 and r2(pred) > 0.2, (r2(pred), r2(prior_pred))
+  assert mae(pred) < mae(prior_pred), (mae(pred), mae(prior_pred))
   # Conditions: the oracle's probabilities beat each condition's base rate (Brier score).
   p = np.stack([oracle.column(f"p_{c}").to_numpy()[idx] for c in cond_lib.CONDITION_NAMES], 1)
   target = coded[held].astype(float)

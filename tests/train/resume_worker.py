@@ -22,7 +22,7 @@ from lmm_jax.train import trainer  # pylint: disable=g-import-not-at-top,wrong-i
 from tests.train import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 RESUME_OVERRIDES = dict(num_train_steps=12, checkpoint_every_steps=4, log_every_steps=1,
-                        mesh_shape=(2, 2, 2))
+                        mesh_shape=(2, 2, 2), eval_batches=0)
 
 
 class _KillingBatches(helpers.RandomBatches):

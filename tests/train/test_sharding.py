@@ -15,6 +15,7 @@ GOLDEN_STEP0_LOSS = 4.62417
 
 
 def _trainer(mesh_shape, devices=None, **overrides):
+  overrides.setdefault("num_train_steps", 12)  # the schedule of the other tests: cache hits
   config = helpers.tiny_config(mesh_shape=mesh_shape, **overrides)
   mesh = sharding.make_mesh(config.mesh_shape, config.mesh_axes, devices=devices)
   return trainer_lib.Trainer(config, helpers.RandomPretrainTask(config), mesh=mesh)

@@ -53,7 +53,7 @@ class _NaNBatches(helpers.RandomBatches):
   def __next__(self):
     batch = super().__next__()
     if self.index > 6:
-      batch["age"] = np.full_like(batch["age"], np.nan)
+      batch["days"] = np.full_like(batch["days"], np.nan)
     return batch
 
 
@@ -64,7 +64,8 @@ class _NaNTask(helpers.RandomPretrainTask):
 
 
 def test_nan_loss_aborts_and_keeps_last_good_checkpoint(tmp_path):
-  config = helpers.tiny_config(num_train_steps=12, checkpoint_every_steps=4)
+  config = helpers.tiny_config(num_train_steps=12, checkpoint_every_steps=4, eval_batches=0,
+                               mesh_shape=(2, 2, 2))
   workdir = str(tmp_path / "nan")
   with pytest.raises(FloatingPointError, match="non-finite training loss .* step 7"):
     trainer.train_and_evaluate(config, workdir, _NaNTask(config))
@@ -75,12 +76,14 @@ def test_nan_loss_aborts_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_init_from_loads_backbone_and_freezes_it(tmp_path):
   pre_dir = str(tmp_path / "pre")
-  config = helpers.tiny_config(num_train_steps=3, checkpoint_every_steps=3)
+  config = helpers.tiny_config(num_train_steps=12, checkpoint_every_steps=4, eval_batches=0,
+                               mesh_shape=(2, 2, 2))
   trainer.train_and_evaluate(config, pre_dir, helpers.RandomPretrainTask(config))
   pretrained, _ = ckpt_lib.load_params(pre_dir)
 
   ft_dir = str(tmp_path / "ft")
   ft_config = helpers.tiny_config(num_train_steps=3, checkpoint_every_steps=3, init_from=pre_dir,
+                                  eval_batches=0, mesh_shape=(2, 2, 2),
                                   **{"optimizer.freeze_backbone": True})
   out = trainer.train_and_evaluate(ft_config, ft_dir, helpers.RegressionTask(ft_config))
   assert out["step"] == 3 and np.isfinite(out["train_loss"])
@@ -88,8 +91,6 @@ def test_init_from_loads_backbone_and_freezes_it(tmp_path):
   assert set(tuned) == {"backbone", "head"}
   for x, y in zip(jax.tree.leaves(pretrained), jax.tree.leaves(tuned["backbone"])):
     np.testing.assert_array_equal(x, y)  # loaded, then frozen
-  fresh = trainer.Trainer(ft_config, helpers.RegressionTask(ft_config)).init_state(0)
-  assert not np.allclose(jax.device_get(fresh["params"]["head"]["w"]), tuned["head"]["w"])
 
 
 def test_config_is_locked_and_has_required_keys():

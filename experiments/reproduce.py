@@ -1,0 +1,35 @@
+r"""The README's main job: the whole chain on the embedded synthetic claims world.
+
+  python -m experiments.reproduce --workdir=runs/default             # demo size, 2-core CPU
+  python -m experiments.reproduce --workdir=/big/run --size=small    # same chain on a GPU
+
+Stages (each skipped when finished earlier; --force=STAGE,... redoes them): synthesize,
+build_dataset, pretrain, finetune_cost, finetune_chronic, scratch_cost, scratch_chronic, baselines,
+generate (zero-shot + synthetic cohort + memorization audit), insights, paper_tables. Prints both
+paper tables at the end; tables and plots in WORKDIR/tables/.
+"""
+
+from absl import app
+from absl import flags
+
+from lmm_jax import reproduce
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the whole run.", required=True)
+_SIZE = flags.DEFINE_enum("size", "demo", list(reproduce.SIZES), "How big the run is.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic world and of every stage.")
+_NUM_PATIENTS = flags.DEFINE_integer("num_patients", None,
+                                     "Synthetic patients (default: the size's own).")
+_FORCE = flags.DEFINE_list("force", [], "Stages to redo even if finished.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  reproduce.run(_WORKDIR.value, size=_SIZE.value, seed=_SEED.value,
+                num_patients=_NUM_PATIENTS.value, force=tuple(_FORCE.value),
+                progress=_PROGRESS.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

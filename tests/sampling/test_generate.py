@@ -1,0 +1,122 @@
+"""Zero-shot predictions, synthetic MEDS patients and the memorization audit, end to end."""
+
+import json
+import os
+
+from flax import nnx
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lmm_jax import conditions
+from lmm_jax.data import build
+from lmm_jax.data import meds_io
+from lmm_jax.eval import predictions as pred_lib
+from lmm_jax.model import Transformer
+from lmm_jax.sampling import audit as audit_lib
+from lmm_jax.sampling import decode
+from lmm_jax.sampling import run
+from lmm_jax.sampling import zero_shot
+from lmm_jax.tasks.pretrain import load_vocab, transformer_config
+
+from experiments.configs import generate as generate_config
+from experiments.configs import pretrain as pretrain_config
+
+
+@pytest.fixture(scope="module")
+def pretrain_dir(tiny_data_dir, tmp_path_factory) -> str:
+  """A pretraining workdir (config.json + orbax params) of a randomly initialized tiny model."""
+  out = str(tmp_path_factory.mktemp("pretrain"))
+  cfg = pretrain_config.get_config("tiny")
+  vocab = load_vocab(tiny_data_dir)
+  model = Transformer(transformer_config(cfg.model, vocab.size, cfg.vocab_multiple),
+                      rngs=nnx.Rngs(0))
+  with open(os.path.join(out, "config.json"), "w") as f:
+    f.write(cfg.to_json_best_effort())
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  mgr = ocp.CheckpointManager(os.path.join(out, "checkpoints"))
+  mgr.save(3, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+  mgr.wait_until_finished()
+  mgr.close()
+  return out
+
+
+def test_zero_shot_synthesize_and_audit(tiny_data_dir, pretrain_dir, tmp_path):
+  cfg = generate_config.get_config("tiny")
+  with cfg.unlocked():
+    cfg.init_from, cfg.data_dir = pretrain_dir, tiny_data_dir
+    cfg.sampling.max_patients = 12
+  wd = str(tmp_path / "gen")
+  result = run.generate_and_evaluate(cfg, wd)
+
+  cost = pred_lib.read_cost_predictions(pred_lib.predictions_path(wd, "cost", "lmm_zero_shot"))
+  assert cost.meta["kind"] == "zero-shot" and cost.meta["num_params"] > 0
+  assert cost.subject_id.size == 12 and set(cost.quantiles) == {"p10", "p50", "p90"}
+  assert np.all(cost.quantiles["p10"] <= cost.quantiles["p90"] + 1e-9)
+  assert np.all(cost.y_pred >= 0)
+  chronic = pred_lib.read_chronic_predictions(
+      pred_lib.predictions_path(wd, "chronic", "lmm_zero_shot"))
+  assert chronic.conditions == conditions.CONDITION_NAMES
+  # Probabilities are shares of 4 futures.
+  np.testing.assert_allclose(chronic.y_pred * 4, np.round(chronic.y_pred * 4), atol=1e-9)
+  rows = result["zero_shot"]["curve"]
+  assert [r["n"] for r in rows] == [1, 2, 4]
+  for ext in ("csv", "md", "png"):
+    assert os.path.getsize(os.path.join(wd, f"zero_shot_vs_n.{ext}")) > 0
+
+  # Synthetic patients: a MEDS dataset the dataset builder reads back.
+  meds_dir = os.path.join(wd, "synthetic_meds")
+  shard = meds_io.read_shard(meds_io.data_files(meds_dir)[0])
+  assert shard is not None
+  assert result["synthetic"]["patients"] == 8
+  bcfg = build.default_config()
+  bcfg.num_workers, bcfg.progress = 1, False
+  report = build.build_dataset(meds_dir, str(tmp_path / "synrec"), bcfg)
+  assert report["used_rows"] > 0
+  with open(os.path.join(wd, "memorization_audit.json")) as f:
+    audit = json.load(f)
+  assert audit["passed"] == result["passed"] and audit["synthetic_timelines"] == 8
+
+
+def test_audit_fails_on_copied_timelines(tiny_data_dir):
+  vocab = load_vocab(tiny_data_dir)
+  special = audit_lib.special_ids(vocab)
+  train = audit_lib.load_references(tiny_data_dir, "train", special)
+  held = audit_lib.load_references(tiny_data_dir, "held_out", special)
+  copied = [t for t in train if len(t) > 30][:10]
+  res = audit_lib.audit(copied, train, held, vocab, ngram=16, reference_patients=len(held),
+                        seed=0, max_exact_share=0.01, max_ngram_excess=0.1,
+                        max_closer_to_train=0.75)
+  assert res["exact_share"] == 1.0 and not res["passed"]
+  # Held-out timelines as "synthetic" ones copy nothing from train.
+  ok = audit_lib.audit(held[:10], train, held[10:], vocab, ngram=16, reference_patients=1000,
+                       seed=0, max_exact_share=0.01, max_ngram_excess=0.5,
+                       max_closer_to_train=1.0)
+  assert ok["exact_share"] == 0.0
+
+
+def test_ngram_hashes_find_shared_runs():
+  a = np.array([5, 6, 7, 8, 9, 10])
+  b = np.array([1, 7, 8, 9, 2])
+  ha, hb = audit_lib.ngram_hashes(a, 3), audit_lib.ngram_hashes(b, 3)
+  assert ha.size == 4 and hb.size == 3
+  assert np.isin(hb, ha).sum() == 1          # only 7 8 9
+  assert audit_lib.ngram_hashes(b, 6).size == 0
+
+
+def test_window_outcomes_counts_in_window_tokens_only():
+  v, c = 8, conditions.NUM_CONDITIONS
+  cost = np.zeros(v, np.float32)
+  cost[5] = 100.0
+  tc = np.zeros((v, c), np.uint8)
+  tc[6, 2] = 1
+  fut = decode.Futures(tokens=np.array([[5, 6, 5, 0], [5, 5, 6, 0]], np.int32),
+                       clock=np.array([[3.0, 3.0, 40.0, 0], [50.0, 60.0, 70.0, 0]], np.float32),
+                       num_tokens=np.array([3, 2], np.int32),
+                       stop_reason=np.zeros(2, np.int8), num_samples=2)
+  cost_r, cond_r = zero_shot.window_outcomes(fut, np.array([10.0, 10.0], np.float32), cost, tc)
+  np.testing.assert_allclose(cost_r, [100.0, 200.0])  # row 0: only the token at day 40
+  assert cond_r[:, 2].tolist() == [0, 0]              # row 0's 6 is before, row 1's beyond num
+  agg = zero_shot.aggregate(cost_r.reshape(1, 2), cond_r.reshape(1, 2, c), 2)
+  np.testing.assert_allclose(agg["y_pred"], [150.0])
