@@ -158,7 +158,7 @@ def vocab_multiple(base: int, mesh: jax.sharding.Mesh, rules: Rules) -> int:
 
 def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
               rules: Rules) -> dict[str, jax.Array]:
-  """Process-local numpy batch -> global jax arrays sharded over the batch axes (multi-host safe)."""
+  """Process-local numpy batch -> global arrays sharded over the batch axes (multi-host safe)."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, v.ndim), v)
           for k, v in batch.items()}
 

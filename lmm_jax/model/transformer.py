@@ -39,7 +39,7 @@ class TransformerConfig:
   num_kv_heads: int = 4      # < num_heads: grouped-query attention
   head_dim: int = 16
   mlp_dim: int = 256
-  time_embedding: str = "age_and_days"
+  time_embedding: str = "age"
   num_time_features: int = 32  # sinusoidal features per time signal (half sine, half cosine)
   rope_theta: float = 10_000.0
   norm_eps: float = 1e-6
@@ -224,7 +224,9 @@ class TimeEmbedding(nnx.Module):
     self.cfg = cfg
     n_signals = 2 if cfg.time_embedding == "age_and_days" else 1
     t = n_signals * cfg.num_time_features
-    self.proj = nnx.Param(_param(nnx.initializers.normal(stddev=0.02), ("time_features", "embed"))(
+    # Zero init: the sin/cos features have unit scale, so a random projection would swamp the
+    # token embeddings (std 0.02) at the start; from zero the model adds time as it finds it useful.
+    self.proj = nnx.Param(_param(nnx.initializers.zeros, ("time_features", "embed"))(
         rngs.params(), (t, cfg.d_model), cfg.params_dtype))
 
   def __call__(self, age_BxL: jax.Array, days_BxL: jax.Array | None) -> jax.Array:
@@ -243,7 +245,7 @@ class TimeEmbedding(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """Token (+ time) embedding, `num_layers` blocks, final norm, logits over the padded vocabulary."""
+  """Token (+ time) embedding, `num_layers` blocks, final norm, logits over the padded vocab."""
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -266,7 +268,10 @@ class Transformer(nnx.Module):
   def embed(self, tokens_BxL: jax.Array, age_BxL: jax.Array | None = None,
             days_BxL: jax.Array | None = None) -> jax.Array:
     dt = self.cfg.compute_dtype
-    x_BxLxD = jnp.take(self.embedding[...], tokens_BxL, axis=0).astype(dt)
+    # Gather from the whole table (all-gathered like any FSDP weight): a gather from vocabulary
+    # or width shards makes XLA fall back to replicating the table and its output.
+    table_VxD = sharding.constrain(self.embedding[...], (None, None))
+    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(dt)
     if self.cfg.time_embedding != "none":
       if age_BxL is None:
         raise ValueError(f"time_embedding={self.cfg.time_embedding!r} needs `age`")

@@ -141,7 +141,6 @@ for _e, (_, _, _, _hrs) in ACUTE.items():
 JOINT_REPLACEMENT_RATE = 0.018  # among osteoarthritis patients 45+
 FATALITY = {"mi": 0.07, "stroke": 0.09, "pneumonia": 0.03, "sepsis": 0.16, "hip_fracture": 0.04,
             "joint_replacement": 0.002}
-ADMIT_P = {"pneumonia": 0.5, "stroke": 0.85}
 
 # Mortality: annual Gompertz baseline times hazard ratios of the latent state.
 MORT_A, MORT_B = -10.9, 0.094
@@ -256,13 +255,6 @@ def progress(st: State, years: float, rng: np.random.Generator) -> None:
   st.hf_sev = (st.hf_sev + hf_up).astype(np.int8)
 
 
-def remit(st: State, years: float, rng: np.random.Generator) -> None:
-  p = 1 - np.exp(-REMISSION * years)
-  off = st.present & (rng.random(st.present.shape, dtype=np.float32) < p)
-  st.present &= ~off
-  st.onset[off] = NEVER
-
-
 def new_population(n: int, first_year: int, rng: np.random.Generator) -> State:
   """People at January of first_year, with their disease history simulated by a yearly burn-in."""
   # Age mix of a US insured population (Census-like bands), then line of business by age.
@@ -306,10 +298,9 @@ def new_population(n: int, first_year: int, rng: np.random.Generator) -> State:
     st.last_mi[mi] = t_mid[mi]
     _remit_masked(st, active, rng)
     alive_save = st.alive
-    st.alive = active
+    st.alive = active   # progress() acts on the rows flagged alive: here, those this old already
     progress(st, 1.0, rng)
     st.alive = alive_save
-  # Cancers diagnosed long ago are mostly cured: the latent flag stays (history), coded as such.
   # Enrollment: most members are covered from the start, others join later.
   join = np.where(rng.random(n) < 0.75, 0, rng.integers(1, 84, n)).astype(np.int32)
   st.join_mi = join

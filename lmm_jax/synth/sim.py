@@ -63,6 +63,14 @@ class Sink:
     claim_bits = np.bitwise_or.reduce(C.CONDITION_BITS[codes_MxW], axis=1)
     np.bitwise_or.at(self.bits[y], pidx, claim_bits)
     if self.emit:
+      # A code is listed once per claim (a principal diagnosis may also be drawn as a secondary).
+      order = np.argsort(codes_MxW, axis=1, kind="stable")
+      srt = np.take_along_axis(codes_MxW, order, axis=1)
+      dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+      if dup.any():
+        codes_MxW = codes_MxW.copy()
+        rows = np.nonzero(dup)[0]
+        codes_MxW[rows, order[:, 1:][dup]] = -1
       valid = codes_MxW >= 0
       self.parts.append((pidx.astype(np.int32), day.astype(np.int64),
                          np.full(len(pidx), ctype, np.int32), np.full(len(pidx), pos, np.int32),

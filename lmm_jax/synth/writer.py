@@ -207,16 +207,24 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
   for t in range(num_months):
     if t == t0:
       snap = _copy_state(st)
+    was_enrolled = st.enrolled.copy()
     sim.step(st, t, cal, rng, sink, members)
-    if t == t0:
-      enrolled_at_index = st.enrolled | (st.death_day > 0) & (st.death_day >= cal.start[t0])
     # A month counts as covered when the person was enrolled in it (including the month of death).
-    covered_months[t // 12] += (st.enrolled | ((st.death_day >= cal.start[t]) &
-                                               (st.death_day < cal.start[t] + cal.length[t])))
+    died_now = (st.death_day >= cal.start[t]) & (st.death_day < cal.start[t] + cal.length[t])
+    covered = st.enrolled | (died_now & was_enrolled)
+    covered_months[t // 12] += covered
+    if t == t0:
+      enrolled_at_index = covered
   subject_id = (k * task["patients_per_shard"] + np.arange(n) + 1).astype(np.int64)
+  # People never covered in the window (late joiners who died first) leave no trace in claims
+  # data: they are not written, and have no split and no oracle row.
+  ever = np.zeros(n, bool)
+  for p_idx, codes in zip(members.pidx, members.code):
+    ever[p_idx[np.isin(codes, C.ENROLL_START)]] = True
   table = _rows_table(subject_id, st, sink, members)
   u = np.random.default_rng(ss_split).random(n)
   split = np.where(u < 0.8, 0, np.where(u < 0.9, 1, 2))
+  split = np.where(ever, split, -1)
   row_split = split[(table.column("subject_id").to_numpy() - subject_id[0]).astype(np.int64)]
   rows_written = {}
   for j, name in enumerate(conv.SPLITS):
@@ -227,10 +235,10 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
     path = os.path.join(task["output_dir"], "data", name, f"{k}.parquet")
     pq.write_table(part, path, compression="zstd")
     rows_written[name] = part.num_rows
-  alive_idx = np.nonzero(snap.alive)[0]
+  alive_idx = np.nonzero(snap.alive & ever)[0]
   oracle = _oracle(snap, alive_idx, subject_id, t0, cal, task["rollouts"],
                    np.random.default_rng(ss_oracle), enrolled_at_index)
-  used_codes = set(pc.unique(table.column("code")).to_pylist())
+  used_codes = set(pc.unique(table.filter(pa.array(row_split >= 0)).column("code")).to_pylist())
   calib_year = num_years - 2 if num_years >= 2 else num_years - 1
   age_calib = ((12 * calib_year + 6 - st.birth_mi) / 12.0).astype(np.float32)
   calib = _calibration_stats(age_calib, sink, covered_months, calib_year)
@@ -238,9 +246,9 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
   full_last = covered_months[num_years - 1] == 12
   last_cost = sink.cost[num_years - 1]
   return {
-      "chunk": k, "oracle": oracle, "subject_id": subject_id, "split": split.astype(np.int8),
-      "rows": table.num_rows, "rows_by_split": rows_written, "used_codes": used_codes,
-      "calib": calib, "dropped_claims": sink.dropped,
+      "chunk": k, "oracle": oracle, "subject_id": subject_id[ever],
+      "split": split[ever].astype(np.int8), "rows": int(sum(rows_written.values())), "rows_by_split": rows_written, "used_codes": used_codes,
+      "calib": calib, "dropped_claims": sink.dropped, "num_patients": n,
       "last_year_cost": last_cost[alive_idx], "last_year_full": full_last[alive_idx],
       "prior_year_cost": sink.cost[num_years - 2][alive_idx] if num_years >= 2 else None,
   }
@@ -393,8 +401,9 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
     for s, v in res["rows_by_split"].items():
       totals["rows_by_split"][s] += v
     # Keep what the summary needs; drop the oracle table beyond a bounded number of patients.
-    kept.append(res if sum(len(r["subject_id"]) for r in kept) < 200_000 else None)
-    bar.update(len(res["subject_id"]))
+    if sum(r["num_patients"] for r in kept) < 200_000:
+      kept.append(res)
+    bar.update(res["num_patients"])
 
   try:
     if num_workers == 1:
@@ -422,14 +431,15 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
                "license": "CC0-1.0 (synthetic data)",
                "raw_source_id_columns": ["claim_id"]}, f, indent=2)
   summary = {
-      "patients": num_patients, "shards": num_chunks, "rows": totals["rows"],
+      "patients": num_patients, "subjects_written": int(len(ids)), "shards": num_chunks,
+      "rows": totals["rows"],
       "rows_by_split": totals["rows_by_split"],
       "subjects_by_split": {s: int(np.sum(names == s)) for s in conv.SPLITS},
       "missing_claims_dropped": totals["dropped_claims"], "seed": seed, "first_year": first_year,
       "last_year": last_year, "oracle_rollouts": oracle_rollouts,
       "index_date": f"{last_year}-01-01",
       "calibration_year": last_year - 1 if last_year > first_year else last_year,
-      **_summary_figures([r for r in kept if r is not None]),
+      **_summary_figures(kept),
   }
   summary["seconds"] = time.time() - start_time
   with open(os.path.join(output_dir, "ground_truth", "summary.json"), "w") as f:
@@ -442,7 +452,7 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
 GROUND_TRUTH_README = """# Ground truth of the synthetic claims world
 
 `oracle.parquet`: one row per person alive at the index date (January 1 of the last year, the
-dataset builder's default index date), whether or not enrolled then.
+dataset builder's default index date) who appears in the data, whether or not enrolled then.
 
 | column | meaning |
 |---|---|

@@ -8,6 +8,7 @@ left within the row, weighted 0 where the next token starts another segment or i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Iterable, Mapping
 
@@ -38,10 +39,12 @@ def load_vocab(data_dir: str) -> Any:
 
 def transformer_config(model_cfg: ml_collections.ConfigDict, vocab_size: int,
                        vocab_multiple: int) -> model_lib.TransformerConfig:
-  """The model's static config from config.model and the vocabulary size."""
+  """The model's static config from config.model (fields of TransformerConfig; other entries,
+  e.g. a fine-tuning head's, are left to their task) and the vocabulary size."""
   padded = int(np.ceil(vocab_size / vocab_multiple) * vocab_multiple)
-  return model_lib.TransformerConfig(vocab_size=vocab_size, padded_vocab_size=padded,
-                                     **model_cfg.to_dict())
+  fields = {f.name for f in dataclasses.fields(model_lib.TransformerConfig)}
+  kwargs = {k: v for k, v in model_cfg.to_dict().items() if k in fields}
+  return model_lib.TransformerConfig(vocab_size=vocab_size, padded_vocab_size=padded, **kwargs)
 
 
 def next_token_targets(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array

@@ -28,7 +28,6 @@ FloatingPointError before anything is saved, leaving the last good checkpoint in
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging as std_logging
 import math
 import os
@@ -69,9 +68,15 @@ _QUIET = _QuietLibraries()
 
 def _maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   if config.get("distributed", False) and not jax.distributed.is_initialized():
-    # Coordinator address, process count and id come from the environment (SLURM, TPU metadata,
-    # or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
-    jax.distributed.initialize()
+    # Explicit JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID, else jax's cluster
+    # auto-detection (SLURM, Open MPI, Cloud TPU metadata, Kubernetes).
+    kwargs = {}
+    if "JAX_NUM_PROCESSES" in os.environ and "JAX_PROCESS_ID" in os.environ:
+      kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                    num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                    process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(**kwargs)
+    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
 def _logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
@@ -133,7 +138,7 @@ class Trainer:
     abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0), self.vocab_multiple))
     self.graphdef, abstract_vars = nnx.split(abstract_model)
     self.logical_axes = _logical_axes(abstract_vars)
-    self.param_labels = task.param_labels(self.logical_axes_shapes(abstract_vars))
+    self.param_labels = task.param_labels(nnx.to_pure_dict(abstract_vars))
     self.tx, self.schedule = opt_lib.make_optimizer(config.optimizer, config.num_train_steps,
                                                     self.param_labels)
     self.abstract_state = jax.eval_shape(self._init_fn, jax.random.PRNGKey(0))
@@ -155,10 +160,6 @@ class Trainer:
     self._init_jit = jax.jit(self._init_fn, out_shardings=self.state_shardings)
     self._eval_jit = jax.jit(self._eval_step)
     self._compiled = None
-
-  @staticmethod
-  def logical_axes_shapes(abstract_vars: nnx.State) -> Any:
-    return nnx.to_pure_dict(abstract_vars)
 
   # ----------------------------------------------------------------------------------------------
   # Pure functions (traced under jit).
@@ -509,7 +510,8 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
       if done % config.checkpoint_every_steps == 0 or done == num_steps or stop:
         finish(pending)  # a checkpoint only after its step's loss was checked
         pending = None
-        checkpointer.save(done, state, data_iter.get_state())
+        checkpointer.save(done, state,
+                          data_iter.get_state() if hasattr(data_iter, "get_state") else None)
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done != num_steps:
         if pending is not None:
           finish(pending)

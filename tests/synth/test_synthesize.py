@@ -100,8 +100,15 @@ def test_meds_schema_and_layout(tiny_meds_dir):
     starts = np.nonzero(first)[0]
     assert np.array_equal(np.minimum.reduceat(ct, starts), np.maximum.reduceat(ct, starts))
     n_claims = int(first.sum())
+    pairs = pa.table({"c": claim.filter(pa.array(in_claim)),
+                      "k": table.column("code").filter(pa.array(in_claim))})
+    assert pairs.group_by(["c", "k"]).aggregate([]).num_rows == pairs.num_rows, "repeated line"
     assert int(is_cost.sum()) == n_claims
     assert int(np.char.startswith(code.astype(str), "CLAIM//").sum()) == n_claims
+  everything = _read_all(tiny_meds_dir)
+  starts = pc.starts_with(everything.column("code"), "ENROLLMENT//START//")
+  started = set(everything.filter(starts).column("subject_id").to_pylist())
+  assert started == seen_subjects, "every written subject has a coverage span"
   splits = pq.read_table(os.path.join(tiny_meds_dir, "metadata", "subject_splits.parquet"))
   meds.SubjectSplitSchema.validate(splits)
   assert set(splits.column("subject_id").to_pylist()) == seen_subjects
@@ -248,8 +255,6 @@ def test_oracle_beats_simple_predictors_on_held_out(calib_dir):
   r2 = lambda p: 1 - float(np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2))  # noqa: E731
   mean_pred = np.full(len(y), np.minimum(cost[train], conv.COST_CAP).mean())
   prior_pred = np.minimum(prior[held], conv.COST_CAP)
-  print({"oracle": (mae(pred), r2(pred)), "prior": (mae(prior_pred), r2(prior_pred)),
-         "mean": (mae(mean_pred), r2(mean_pred))})
   # The oracle is a conditional mean: it wins clearly on R^2 (squared error); on absolute error,
   # which a conditional median would minimize, it still beats both.
   assert r2(pred) > r2(prior_pred) + 0.1 and r2(pred) > 0.25, (r2(pred), r2(prior_pred))
@@ -260,3 +265,11 @@ def test_oracle_beats_simple_predictors_on_held_out(calib_dir):
   target = coded[held].astype(float)
   base = coded[train].mean(0)
   assert np.mean((p - target) ** 2) < 0.6 * np.mean((base - target) ** 2)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_patients=0), dict(first_year=2022, last_year=2021),
+                                    dict(oracle_rollouts=0)])
+def test_bad_arguments_fail_clearly(tmp_path, kwargs):
+  args = {**dict(num_patients=10, seed=0, progress=False), **kwargs}
+  with pytest.raises(ValueError):
+    synthesize(str(tmp_path), **args)

@@ -58,7 +58,8 @@ class RandomBatches:
   """An infinite, checkpointable iterator (get_state/set_state) of random packed batches."""
 
   def __init__(self, seed: int, batch_size: int, seq_len: int, vocab_size: int):
-    self.seed, self.batch_size, self.seq_len, self.vocab_size = seed, batch_size, seq_len, vocab_size
+    self.seed, self.batch_size = seed, batch_size
+    self.seq_len, self.vocab_size = seq_len, vocab_size
     self.index = 0
 
   def __iter__(self):

@@ -41,7 +41,8 @@ def test_pretrain_binary_writes_workdir(tiny_data_dir, tmp_path):
   assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
   assert "subject_id" not in open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8").read()
 
-  # Same workdir, more steps: resumes from step 8 instead of starting over.
-  proc = _run(tiny_data_dir, workdir, 10)
+  # The same command again resumes from the workdir (here: already done) instead of restarting.
+  proc = _run(tiny_data_dir, workdir, 8)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "starting at step 8" in proc.stderr
+  assert "starting at step 8" in proc.stderr and "already trained" in proc.stderr
+  assert [r["step"] for r in metrics_lib.read_metrics(workdir) if "train_loss" in r] == [2, 4, 6, 8]

@@ -11,7 +11,7 @@ from tests.train import helpers
 
 # Computed once with seed 0 on the tiny preset (vocabulary 100 padded to 128) and the first
 # RandomBatches batch of seed 0; see test_golden_one_step_loss.
-GOLDEN_STEP0_LOSS = 4.62417
+GOLDEN_STEP0_LOSS = 4.61471
 
 
 def _trainer(mesh_shape, devices=None, **overrides):

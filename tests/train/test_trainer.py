@@ -48,6 +48,17 @@ def test_exact_resume_after_kill(tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path / "preempted")
+  worker = [sys.executable, "-m", "tests.train.resume_worker"]
+  proc = subprocess.run(worker + [workdir, "5", "4", "15"], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # The signal arrived while fetching batch 5 (step 6): that step ran, then a save and exit.
+  assert "stopped at step 6" in proc.stdout
+  assert ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 6
+
+
 class _NaNBatches(helpers.RandomBatches):
 
   def __next__(self):
@@ -64,8 +75,9 @@ class _NaNTask(helpers.RandomPretrainTask):
 
 
 def test_nan_loss_aborts_and_keeps_last_good_checkpoint(tmp_path):
+  # NaN elapsed days (read by the 'age_and_days' time embedding) poison the loss from step 7.
   config = helpers.tiny_config(num_train_steps=12, checkpoint_every_steps=4, eval_batches=0,
-                               mesh_shape=(2, 2, 2))
+                               mesh_shape=(2, 2, 2), **{"model.time_embedding": "age_and_days"})
   workdir = str(tmp_path / "nan")
   with pytest.raises(FloatingPointError, match="non-finite training loss .* step 7"):
     trainer.train_and_evaluate(config, workdir, _NaNTask(config))
@@ -102,7 +114,8 @@ def test_config_is_locked_and_has_required_keys():
   with pytest.raises(KeyError):
     helpers.tiny_config(**{"modle.d_model": 3})
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.pretrain", "--config=experiments/configs/pretrain.py:tiny",
-       "--workdir=/tmp/unused", "--config.modle.d_model=1"],
+      [sys.executable, "-m", "experiments.pretrain",
+       "--config=experiments/configs/pretrain.py:tiny", "--workdir=/tmp/unused",
+       "--config.modle.d_model=1"],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode != 0 and "modle" in proc.stderr
