@@ -1,9 +1,11 @@
 r"""Fine-tunes the pretrained lmm_jax transformer for next-year cost or chronic conditions.
 
   python -m experiments.finetune --config=experiments/configs/cost.py:demo \
-      --workdir=/tmp/lmm/cost --config.data_dir=/tmp/lmm/records --config.init_from=/tmp/lmm/pretrain
+      --workdir=/tmp/lmm/cost --config.data_dir=/tmp/lmm/records \
+      --config.init_from=/tmp/lmm/pretrain
   python -m experiments.finetune --config=experiments/configs/chronic.py:demo \
-      --workdir=/tmp/lmm/chronic --config.data_dir=/tmp/lmm/records --config.init_from=/tmp/lmm/pretrain
+      --workdir=/tmp/lmm/chronic --config.data_dir=/tmp/lmm/records \
+      --config.init_from=/tmp/lmm/pretrain
 
 Without --config.init_from the transformer trains from scratch (the "no pretraining" comparison:
 add --config.model_name=transformer_scratch). Restarting with the same --workdir resumes. At the

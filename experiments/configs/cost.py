@@ -9,8 +9,9 @@ same name, so its checkpoint loads):
 
 Without --config.init_from the same transformer trains from scratch; name it apart:
   --config.init_from='' --config.model_name=transformer_scratch
-Options: --config.cost.loss=tweedie|poisson|huber_log1p|mse, --config.optimizer.freeze_backbone=True,
---config.optimizer.backbone_lr_multiplier=0.1, --config.head.pooling=mean.
+Options: --config.cost.loss=tweedie|poisson|huber_log1p|mse,
+--config.optimizer.freeze_backbone=True, --config.optimizer.backbone_lr_multiplier=0.1,
+--config.head.pooling=mean, --config.cost.point_estimate=p50.
 
 Writes WORKDIR/predictions/cost/MODEL_NAME.parquet (held-out members, dollars) and eval metrics
 (eval_nmae, eval_mae, eval_r2, eval_cpm, ..._capped) on the tuning split. See docs/finetuning.md

@@ -25,6 +25,15 @@ import pyarrow.parquet as pq
 from lmm_jax import conventions
 
 REQUIRED_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+# The MEDS data schema of our claims convention (writers: the synthesizer, synthetic patients):
+# the four MEDS columns plus the extra column grouping the lines of one claim.
+CLAIMS_SCHEMA = pa.schema([
+    pa.field("subject_id", pa.int64(), nullable=False),
+    pa.field("time", pa.timestamp("us")),
+    pa.field("code", pa.string(), nullable=False),
+    pa.field("numeric_value", pa.float32()),
+    pa.field("claim_id", pa.int64()),
+])
 US_PER_DAY = 86_400_000_000
 NULL_TIME = np.iinfo(np.int64).min
 _TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M",

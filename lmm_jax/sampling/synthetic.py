@@ -39,13 +39,7 @@ from lmm_jax.data import records
 from lmm_jax.sampling import decode
 
 DATASET_NAME = "lmm_jax_model_synthetic"
-DATA_SCHEMA = pa.schema([
-    pa.field("subject_id", pa.int64(), nullable=False),
-    pa.field("time", pa.timestamp("us")),
-    pa.field("code", pa.string(), nullable=False),
-    pa.field("numeric_value", pa.float32()),
-    pa.field("claim_id", pa.int64()),
-])
+DATA_SCHEMA = meds_io.CLAIMS_SCHEMA
 
 
 def sample_prefixes(data_dir: str, num: int, seed: int) -> list[decode.History]:

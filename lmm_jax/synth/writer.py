@@ -22,6 +22,7 @@ import threadpoolctl
 
 from lmm_jax import conditions as cond_lib
 from lmm_jax import conventions as conv
+from lmm_jax.data import meds_io
 from lmm_jax.synth import codes as C
 from lmm_jax.synth import model as M
 from lmm_jax.synth import sim
@@ -33,13 +34,7 @@ MEDS_VERSION = "0.4.1"
 AGE_BANDS = ((0, 18), (18, 45), (45, 65), (65, 75), (75, 85), (85, 200))
 _US_PER_DAY = 86_400 * 1_000_000
 
-DATA_SCHEMA = pa.schema([
-    pa.field("subject_id", pa.int64(), nullable=False),
-    pa.field("time", pa.timestamp("us")),
-    pa.field("code", pa.string(), nullable=False),
-    pa.field("numeric_value", pa.float32()),
-    pa.field("claim_id", pa.int64()),
-])
+DATA_SCHEMA = meds_io.CLAIMS_SCHEMA
 
 
 def _oracle_schema() -> pa.Schema:

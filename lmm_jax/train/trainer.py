@@ -493,36 +493,40 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
     if is_main:
       metrics_lib.console(res.step, num_steps, m, _CONSOLE_KEYS)
 
-  with _Preemption() as preemption:
-    for step in range(start_step, num_steps):
-      batch_np = next(data_iter)
-      batch = trainer.device_batch(batch_np)
-      if trainer._compiled is None:  # pylint: disable=protected-access
-        trainer.compile(batch)
-        window["t"] = time.time()
-      tokens = task.tokens_in_batch(batch_np) * pcount
-      state, out = trainer.train_step(state, batch)          # dispatched, not awaited
-      if pending is not None:
-        finish(pending)                                       # step t-1 while t runs
-      done = step + 1
-      pending = StepResult(done, out, tokens, config.batch_size)
-      stop = preemption.requested
-      if done % config.checkpoint_every_steps == 0 or done == num_steps or stop:
-        finish(pending)  # a checkpoint only after its step's loss was checked
-        pending = None
-        checkpointer.save(done, state,
-                          data_iter.get_state() if hasattr(data_iter, "get_state") else None)
-      if config.eval_every_steps and done % config.eval_every_steps == 0 and done != num_steps:
+  try:
+    with _Preemption() as preemption:
+      for step in range(start_step, num_steps):
+        batch_np = next(data_iter)
+        batch = trainer.device_batch(batch_np)
+        if trainer._compiled is None:  # pylint: disable=protected-access
+          trainer.compile(batch)
+          window["t"] = time.time()
+        tokens = task.tokens_in_batch(batch_np) * pcount
+        state, out = trainer.train_step(state, batch)  # dispatched, not awaited
         if pending is not None:
-          finish(pending)
+          finish(pending)  # step t-1 while step t runs
+        done = step + 1
+        pending = StepResult(done, out, tokens, config.batch_size)
+        stop = preemption.requested
+        if done % config.checkpoint_every_steps == 0 or done == num_steps or stop:
+          finish(pending)  # a checkpoint only after its step's loss was checked
           pending = None
-        final.update(run_eval(state["params"], done))
-        window["t"] = time.time()
-      if stop:
-        logging.warning("preempted at step %d; checkpoint saved", done)
-        break
-    if pending is not None:
-      finish(pending)
+          checkpointer.save(done, state,
+                            data_iter.get_state() if hasattr(data_iter, "get_state") else None)
+        if config.eval_every_steps and done % config.eval_every_steps == 0 and done != num_steps:
+          if pending is not None:
+            finish(pending)
+            pending = None
+          final.update(run_eval(state["params"], done))
+          window["t"] = time.time()
+        if stop:
+          logging.warning("preempted at step %d; checkpoint saved", done)
+          break
+      if pending is not None:
+        finish(pending)
+  finally:
+    if hasattr(data_iter, "close"):
+      data_iter.close()  # grain worker processes, if any
   if progress is not None:
     progress.close()
   step = int(state["step"])
@@ -530,6 +534,4 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
     final.update(run_eval(state["params"], step))
   final.update(last_train)
   final["step"] = step
-  if hasattr(data_iter, "close"):
-    data_iter.close()
   return final

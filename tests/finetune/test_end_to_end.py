@@ -1,4 +1,4 @@
-"""Tiny pretrain -> fine-tune (cost, chronic) -> held-out predictions, on the shared tiny dataset."""
+"""Tiny pretrain -> fine-tune (cost, chronic) -> held-out predictions on the shared tiny data."""
 
 import json
 import os

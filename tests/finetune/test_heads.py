@@ -53,8 +53,8 @@ def _cost_task(loss: str) -> finetune.CostTask:
 def test_tweedie_and_poisson_match_hand_computed_values():
   eta, y = jnp.array([math.log(2.0)]), jnp.array([3.0])
   # -3 * 2^-0.5 / -0.5 + 2^0.5 / 0.5 = 6 / sqrt(2) + 2 sqrt(2)
-  np.testing.assert_allclose(finetune.tweedie_nll(eta, y, 1.5), [6 / math.sqrt(2) + 2 * math.sqrt(2)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(finetune.tweedie_nll(eta, y, 1.5),
+                             [6 / math.sqrt(2) + 2 * math.sqrt(2)], rtol=1e-6)
   np.testing.assert_allclose(finetune.poisson_nll(eta, y), [2.0 - 3.0 * math.log(2.0)], rtol=1e-6)
   np.testing.assert_allclose(finetune.huber(jnp.array([0.5, -3.0]), 1.0), [0.125, 2.5])
   np.testing.assert_allclose(finetune.pinball(jnp.array([1.0, 1.0]), jnp.array([0.0, 2.0]), 0.9),
@@ -125,12 +125,13 @@ def test_cost_head_outputs_positive_dollars_and_ignores_padding(loss):
 def test_mean_prediction_is_positive_dollars(loss):
   task = _cost_task(loss)
   o = jnp.array([-1e4, -3.0, 0.0, 3.0, 1e4])
-  p = np.asarray(task._mean_prediction(o, task.scale, task.z_mean))  # pylint: disable=protected-access
+  predict = task._mean_prediction  # pylint: disable=protected-access
+  p = np.asarray(predict(o, task.scale, task.z_mean))
   assert np.all(np.isfinite(p)) and np.all(p >= 0) and np.all(np.diff(p) >= 0)
   # The initial bias predicts the train mean.
   b = task.output_bias()[task.col["mean"]]
-  np.testing.assert_allclose(task._mean_prediction(jnp.array([b]), task.scale, task.z_mean),  # pylint: disable=protected-access
-                             [task.scale], rtol=1e-5)
+  np.testing.assert_allclose(predict(jnp.array([b]), task.scale, task.z_mean), [task.scale],
+                             rtol=1e-5)
 
 
 def test_chronic_head_starts_at_train_prevalence_and_finalizes_new_onset_metrics():
