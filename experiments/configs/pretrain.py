@@ -15,6 +15,11 @@ Presets (parameter counts for a vocabulary of 4,096 tokens; the exact count is p
   large  24 layers, d 2048   1.15B   several GPU nodes or a TPU slice; bf16, remat, fsdp
 
 The config is locked: a misspelled override (`--config.modle.d_model=1`) is an error.
+
+Sweep (learning rate x time embedding, ranked by the tuning loss):
+
+  python -m experiments.sweep --config=experiments/configs/pretrain.py:demo --workdir=DIR \
+      -- --config.data_dir=/tmp/lmm/records
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import ml_collections
 from lmm_jax import sharding
 
 PRESETS = ("tiny", "demo", "small", "base", "large")
+BINARY = "experiments.pretrain"
+SWEEP_METRIC = ("eval_loss", "min")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -137,3 +144,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   apply_preset(c, arg or "demo")
   c.lock()
   return c
+
+
+def sweep(arg: str | None = None):
+  """Learning rate x time embedding (the age/elapsed-time choice of docs/training.md)."""
+  rates = (1e-3, 3e-3) if arg == "tiny" else (3e-4, 1e-3, 3e-3)
+  for lr in rates:
+    for time_embedding in ("none", "age", "age_and_days"):
+      yield {"optimizer.learning_rate": lr, "model.time_embedding": time_embedding}

@@ -129,22 +129,6 @@ def finetune_config(finetune_workdir: str, data_dir: str | None = None):
   return config
 
 
-def _cost_outputs(task, out_BxO: jax.Array) -> dict[str, jax.Array]:
-  """Predicted mean cost in dollars and its log, from the cost head's raw outputs."""
-  o_B = out_BxO[:, task.col["mean"]]
-  if task.loss_name in ("tweedie", "poisson"):
-    log_B = jnp.log(task.scale) + jnp.minimum(o_B, 30.0)
-    dollars_B = jnp.exp(log_B)
-  elif task.loss_name == "huber_log1p":
-    # log1p dollars before Duan's smearing (a constant factor: it changes no ranking).
-    log_B = o_B + task.z_mean
-    dollars_B = jnp.expm1(jnp.maximum(jnp.minimum(log_B, 30.0), 0.0))
-  else:
-    dollars_B = task.scale * jax.nn.softplus(o_B)
-    log_B = jnp.log(jnp.maximum(dollars_B, 1e-6))
-  return {"cost": dollars_B, "log_cost": log_B}
-
-
 def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
                    step: int | None = None) -> tuple[Predictor, Any, Any]:
   """(Predictor, task, config) of a fine-tuning run's latest (or given) checkpoint.
@@ -163,15 +147,8 @@ def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
   # The trainer rebuilds the run's exact parameter shapes (padded vocabulary included).
   tr = trainer_lib.Trainer(config, task)
   graphdef = tr.graphdef
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(os.path.abspath(finetune_workdir)),
-                               read_only=True)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {finetune_workdir}: fine-tune first")
-    params = ckpt.restore_params(step, tr.abstract_state["params"])
-  finally:
-    ckpt.close()
+  params, _ = ckpt_lib.restore_latest_params(finetune_workdir, tr.abstract_state["params"], step,
+                                             hint="fine-tune first")
   # One device: the insights run many small batches, where cross-device traffic only costs.
   params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
 
@@ -188,7 +165,8 @@ def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
                             model.head_cfg.pooling)
     out_BxO = model.head(pooled_BxD)
     if is_cost:
-      return _cost_outputs(task, out_BxO)
+      dollars_B, log_B = task.mean_prediction(out_BxO[:, task.col["mean"]])
+      return {"cost": dollars_B, "log_cost": log_B}
     return {"chronic_logit": out_BxO, "chronic_prob": jax.nn.sigmoid(out_BxO)}
 
   vocab_size = task.vocab.size

@@ -13,13 +13,12 @@ import os
 from typing import Any, Sequence
 
 from flax import nnx
-from flax import traverse_util
 import jax
-import orbax.checkpoint as ocp
 
 from lmm_jax import sharding
 from lmm_jax.model import transformer
 from lmm_jax.train import checkpoint as ckpt_lib
+from lmm_jax.train import trainer as trainer_lib
 
 CONFIG_FILE = "config.json"
 
@@ -42,48 +41,30 @@ def _shape(meta: Any) -> tuple[int, ...]:
   return tuple(int(s) for s in shape)
 
 
-def _params_metadata(ckpt_dir: str, step: int) -> Any:
-  """The saved parameter tree's metadata (shapes), read without restoring arrays."""
-  meta = ocp.StandardCheckpointer().metadata(os.path.join(ckpt_dir, str(step), "params"))
-  tree = getattr(meta, "item_metadata", meta)
-  if tree is None or "embedding" not in tree:
-    raise ValueError(f"{ckpt_dir}/{step}/params: no 'embedding' parameter in the checkpoint")
-  return tree
-
-
-def logical_axes(abstract_model: nnx.Module) -> dict[str, Any]:
-  flat = {}
-  for path, var in nnx.to_flat_state(nnx.state(abstract_model, nnx.Param)):
-    names = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
-    flat[tuple(map(str, path))] = tuple(names)
-  return traverse_util.unflatten_dict(flat)
-
-
 def load_pretrained(workdir: str, vocab_size: int, mesh: jax.sharding.Mesh,
                     rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES
                     ) -> tuple[transformer.Transformer, int, dict[str, Any]]:
   """(model with restored parameters, parameter count, the training config dict)."""
   train_cfg = read_train_config(workdir)
-  src = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), read_only=True)
-  try:
-    step = src.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"init_from={workdir!r} holds no checkpoint")
-    padded = _shape(_params_metadata(src.directory, step)["embedding"])[0]
-    if padded < vocab_size:
-      raise ValueError(f"checkpoint embedding has {padded} rows < vocabulary size {vocab_size}: "
-                       "data_dir is not the dataset the model was trained on")
-    cfg = transformer.TransformerConfig(vocab_size=vocab_size, padded_vocab_size=padded,
-                                        **train_cfg["model"])
-    abstract = nnx.eval_shape(lambda: transformer.Transformer(cfg, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract)
-    abstract_params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
-    shardings = sharding.tree_shardings(abstract_params, logical_axes(abstract), mesh, rules)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract_params, shardings)
-    params = src.restore_params(step, target)
-  finally:
-    src.close()
+  where = f"init_from={workdir!r}"
+  saved, step = ckpt_lib.read_params_structure(workdir, hint=where)
+  if "embedding" not in saved:
+    raise ValueError(f"{where}: no 'embedding' parameter in the checkpoint of step {step}")
+  padded = _shape(saved["embedding"])[0]
+  if padded < vocab_size:
+    raise ValueError(f"checkpoint embedding has {padded} rows < vocabulary size {vocab_size}: "
+                     "data_dir is not the dataset the model was trained on")
+  cfg = transformer.TransformerConfig(vocab_size=vocab_size, padded_vocab_size=padded,
+                                      **train_cfg["model"])
+  abstract = nnx.eval_shape(lambda: transformer.Transformer(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_state = nnx.split(abstract)
+  param_state = nnx.state(abstract, nnx.Param)
+  abstract_params = nnx.to_pure_dict(param_state)
+  shardings = sharding.tree_shardings(abstract_params, trainer_lib.logical_axes(param_state),
+                                      mesh, rules)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_params, shardings)
+  params, _ = ckpt_lib.restore_latest_params(workdir, target, step, hint=where)
   nnx.replace_by_pure_dict(abstract_state, params)
   model = nnx.merge(graphdef, abstract_state)
   return model, transformer.count_params(model), dict(train_cfg, restored_step=int(step))

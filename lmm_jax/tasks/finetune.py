@@ -286,6 +286,19 @@ class CostTask(FinetuneTask):
       return o_B + z_mean
     return scale * jax.nn.softplus(o_B)
 
+  def mean_prediction(self, o_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(predicted mean cost in dollars, its log) from the mean column's raw outputs.
+
+    huber_log1p: dollars before Duan's smearing (a constant factor: it changes no ranking), and
+    the log is log1p dollars.
+    """
+    p_B = self._mean_prediction(o_B, self.scale, self.z_mean)
+    if self.loss_name == "huber_log1p":
+      return jnp.expm1(jnp.clip(p_B, 0.0, 30.0)), p_B
+    if self.loss_name in ("tweedie", "poisson"):
+      return p_B, jnp.log(self.scale) + jnp.minimum(o_B, 30.0)
+    return p_B, jnp.log(jnp.maximum(p_B, 1e-6))
+
   def _quantiles(self, out_BxO: jax.Array) -> dict[str, jax.Array]:
     q50 = out_BxO[:, self.col["q50"]]
     return {"p10": q50 - jax.nn.softplus(out_BxO[:, self.col["q_low"]]), "p50": q50,
@@ -621,12 +634,8 @@ def predict_and_write(config: ml_collections.ConfigDict, workdir: str,
   from lmm_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   task = task if task is not None else make_task(config)
   tr = trainer_lib.Trainer(config, task)
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(os.path.abspath(workdir)), read_only=True)
-  step = ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}: train before predicting")
-  params = ckpt.restore_params(step, tr.abstract_state["params"])
-  ckpt.close()
+  params, step = ckpt_lib.restore_latest_params(workdir, tr.abstract_state["params"],
+                                                hint="train before predicting")
   pcount, pindex = jax.process_count(), jax.process_index()
   local = max(config.eval_batch_size // pcount, 1)
   progress = config.get("progress", True)

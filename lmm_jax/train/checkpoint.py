@@ -7,12 +7,18 @@ Layout: WORKDIR/checkpoints/<step>/ with the items
   data       the grain iterator state (JSON), taken synchronously at save time so that the
              asynchronous write cannot race the loop advancing the iterator.
 Saves are asynchronous; the last `max_to_keep` are kept.
+
+Reading another run's checkpoints (one way for every caller):
+  params, step = restore_latest_params(workdir, abstract_params)   # into given shardings
+  structure, step = read_params_structure(workdir)                  # shapes, no arrays read
+  params, step = load_params(workdir)                               # host numpy, as saved
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -39,9 +45,13 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    # Read-only managers keep nothing and save nothing (set here, orbax warns when it overrides).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+        max_to_keep=None if read_only else max_to_keep,
+        save_interval_steps=0 if read_only else 1, create=not read_only, read_only=read_only,
         enable_async_checkpointing=async_save)
+    # Every item's handler is registered, so restoring or reading some items never finds the
+    # others unrestorable (orbax warns per unregistered item).
     handlers = {name: ocp.PyTreeCheckpointHandler() for name in ("params", "opt_state", "train")}
     handlers["data"] = ocp.JsonCheckpointHandler()
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -80,7 +90,9 @@ class Checkpointer:
 
   def params_structure(self, step: int) -> Any:
     """The saved parameter tree's metadata (shapes, dtypes), without reading arrays."""
-    meta = self.manager.item_metadata(step)["params"]
+    meta = self.manager.item_metadata(step).get("params")
+    if meta is None:
+      raise FileNotFoundError(f"{self.directory}/{step}: no readable 'params' item")
     return meta.tree if hasattr(meta, "tree") else meta
 
   def wait(self) -> None:
@@ -96,18 +108,47 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def load_params(workdir_or_dir: str, step: int | None = None) -> tuple[Any, int]:
-  """(parameters as host numpy arrays, step) of a run's latest (or given) checkpoint."""
+@contextlib.contextmanager
+def reading(workdir_or_dir: str, step: int | None = None, *, hint: str = ""
+            ) -> Iterator[tuple[Checkpointer, int]]:
+  """A read-only Checkpointer on a run's checkpoints and the step to read (latest unless given).
+
+  Raises FileNotFoundError naming the directory (and `hint`, e.g. what to run first) when there
+  is no checkpoint.
+  """
   ckpt = Checkpointer(checkpoint_dir(workdir_or_dir), read_only=True)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"no checkpoint under {workdir_or_dir}")
-    meta = ckpt.params_structure(step)
-    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                          meta)
-    out = ckpt.manager.restore(step, args=ocp.args.Composite(params=_restore_args(target)))
-    return jax.tree.map(np.asarray, jax.device_get(out["params"])), step
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}" + (f": {hint}" if hint else ""))
+    yield ckpt, step
   finally:
     ckpt.close()
+
+
+def restore_latest_params(workdir_or_dir: str, abstract_params: Any, step: int | None = None, *,
+                          hint: str = "") -> tuple[Any, int]:
+  """(parameters, step) of a run's latest (or given) checkpoint.
+
+  The parameters take abstract_params' shapes and shardings (ShapeDtypeStructs); saved
+  parameters outside abstract_params are skipped.
+  """
+  with reading(workdir_or_dir, step, hint=hint) as (ckpt, step):
+    return ckpt.restore_params(step, abstract_params), step
+
+
+def read_params_structure(workdir_or_dir: str, step: int | None = None, *, hint: str = ""
+                          ) -> tuple[Any, int]:
+  """(saved parameter tree's metadata with .shape/.dtype leaves, step), reading no arrays."""
+  with reading(workdir_or_dir, step, hint=hint) as (ckpt, step):
+    return ckpt.params_structure(step), step
+
+
+def load_params(workdir_or_dir: str, step: int | None = None) -> tuple[Any, int]:
+  """(parameters as host numpy arrays, step) of a run's latest (or given) checkpoint."""
+  with reading(workdir_or_dir, step) as (ckpt, step):
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                          ckpt.params_structure(step))
+    params = ckpt.restore_params(step, target)
+  return jax.tree.map(np.asarray, jax.device_get(params)), step

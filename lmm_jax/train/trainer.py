@@ -79,8 +79,8 @@ def _maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
-def _logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
-  """Pure dict of the logical axis names of every parameter."""
+def logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
+  """Pure dict of the logical axis names of every parameter (for sharding.tree_shardings)."""
   flat = {}
   for path, var in nnx.to_flat_state(abstract_state):
     if not isinstance(var, nnx.Param):
@@ -137,7 +137,7 @@ class Trainer:
     # Shapes first: the model under eval_shape gives the graph, shapes and logical axes.
     abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0), self.vocab_multiple))
     self.graphdef, abstract_vars = nnx.split(abstract_model)
-    self.logical_axes = _logical_axes(abstract_vars)
+    self.logical_axes = logical_axes(abstract_vars)
     self.param_labels = task.param_labels(nnx.to_pure_dict(abstract_vars))
     self.tx, self.schedule = opt_lib.make_optimizer(config.optimizer, config.num_train_steps,
                                                     self.param_labels)
@@ -294,12 +294,9 @@ class Trainer:
       state, data = checkpointer.restore(step, self.abstract_state)
       return state, data, f"checkpoint step {step} in {checkpointer.directory}"
     if c.resume_from:
-      src = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(c.resume_from), read_only=True)
-      step = src.latest_step()
-      if step is None:
-        raise FileNotFoundError(f"config.resume_from={c.resume_from!r} holds no checkpoint")
-      state, data = src.restore(step, self.abstract_state)
-      src.close()
+      with ckpt_lib.reading(c.resume_from, hint=f"config.resume_from={c.resume_from!r}"
+                            ) as (src, step):
+        state, data = src.restore(step, self.abstract_state)
       return state, data, f"resume_from {c.resume_from} step {step}"
     state = self.init_state(c.seed)
     if c.init_from:
@@ -309,24 +306,20 @@ class Trainer:
 
   def load_backbone(self, params: dict[str, Any], init_from: str) -> dict[str, Any]:
     """params with the backbone subtree replaced by the latest checkpoint of `init_from`."""
-    src = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(init_from), read_only=True)
-    step = src.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"config.init_from={init_from!r} holds no checkpoint")
     key = self.task.backbone_key
     target = params if key is None else params[key]
     abstract = ckpt_lib.abstract_like(target)
-    saved = src.params_structure(step)
-    saved_keys = set(saved.keys()) if hasattr(saved, "keys") else set()
-    # A pretraining checkpoint holds the backbone at the top; a fine-tuning one under `key`.
-    nested = key is not None and key in saved_keys and not set(abstract) <= saved_keys
-    request = {key: abstract} if nested else abstract
-    missing = set(request) - saved_keys
-    if missing:
-      raise ValueError(f"init_from {init_from}: checkpoint params lack {sorted(missing)}; "
-                       f"has {sorted(saved_keys)}")
-    restored = src.restore_params(step, request)
-    src.close()
+    with ckpt_lib.reading(init_from, hint=f"config.init_from={init_from!r}") as (src, step):
+      saved = src.params_structure(step)
+      saved_keys = set(saved.keys()) if hasattr(saved, "keys") else set()
+      # A pretraining checkpoint holds the backbone at the top; a fine-tuning one under `key`.
+      nested = key is not None and key in saved_keys and not set(abstract) <= saved_keys
+      request = {key: abstract} if nested else abstract
+      missing = set(request) - saved_keys
+      if missing:
+        raise ValueError(f"init_from {init_from}: checkpoint params lack {sorted(missing)}; "
+                         f"has {sorted(saved_keys)}")
+      restored = src.restore_params(step, request)
     restored = restored[key] if nested else restored
     _check_same_shapes(restored, target, init_from)
     if key is None:

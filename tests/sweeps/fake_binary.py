@@ -1,0 +1,27 @@
+"""A stand-in for an experiment binary: writes metrics.jsonl as the trainer does, fast.
+
+eval_loss = (log10(lr) + 3)^2 + width / 1000, so lr=1e-3 is best; counts its runs in runs.txt.
+"""
+
+import json
+import math
+import os
+import sys
+
+
+def main(argv: list[str]) -> None:
+  flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+  workdir = flags["workdir"]
+  lr = float(flags.get("config.optimizer.learning_rate", "1e-3"))
+  width = int(flags.get("config.model.d_model", "64"))
+  if flags.get("config.fail") == "True":
+    sys.exit(3)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"step": 1, "train_loss": 5.0}) + "\n")
+    f.write(json.dumps({"step": 2, "eval_loss": (math.log10(lr) + 3) ** 2 + width / 1000}) + "\n")
+  with open(os.path.join(os.path.dirname(os.path.dirname(workdir)), "runs.txt"), "a") as f:
+    f.write(workdir + "\n")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,89 @@
+"""The sweep runner: expansion, ranking, skipping finished points, failures."""
+
+import json
+import os
+import textwrap
+
+import pytest
+
+from lmm_jax import sweeps
+
+_CONFIG = textwrap.dedent('''
+    BINARY = "tests.sweeps.fake_binary"
+    SWEEP_METRIC = ("eval_loss", "min")
+
+    def get_config(arg="tiny"):
+      return None
+
+    def sweep(arg=None):
+      for lr in (1e-4, 1e-3, 1e-2):
+        for width in (64, 128):
+          yield {"optimizer.learning_rate": lr, "model.d_model": width}
+    ''')
+
+
+@pytest.fixture
+def config_path(tmp_path):
+  path = tmp_path / "config.py"
+  path.write_text(_CONFIG)
+  return str(path)
+
+
+def test_expand_names_points_uniquely(config_path):
+  points = sweeps.expand(sweeps.load_config_module(config_path + ":tiny"), "tiny")
+  assert len(points) == 6
+  assert len({p.name for p in points}) == 6
+  assert "learning_rate=0.001" in {n for p in points for n in p.name.split(",")}
+
+
+def test_runs_ranks_and_skips_finished_points(config_path, tmp_path, monkeypatch):
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  workdir = str(tmp_path / "sweep")
+  results = sweeps.run_sweep(config_path + ":tiny", workdir, parallel=2)
+  best = results[0]
+  assert best["overrides"] == {"optimizer.learning_rate": 1e-3, "model.d_model": 64}
+  losses = [r["metrics"]["eval_loss"] for r in results]
+  assert losses == sorted(losses)
+  with open(os.path.join(workdir, "sweep_results.json")) as f:
+    assert json.load(f)["best_overrides"] == best["overrides"]
+  table = open(os.path.join(workdir, "sweep_results.md")).read()
+  assert "--config.model.d_model=64 --config.optimizer.learning_rate=0.001" in table
+  with open(os.path.join(workdir, "runs.txt")) as f:
+    assert len(f.read().splitlines()) == 6
+  # A restart skips every finished point: the binary does not run again.
+  again = sweeps.run_sweep(config_path + ":tiny", workdir)
+  assert all(r["skipped"] for r in again)
+  with open(os.path.join(workdir, "runs.txt")) as f:
+    assert len(f.read().splitlines()) == 6
+
+
+def test_failed_point_names_its_log(config_path, tmp_path, monkeypatch):
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  with pytest.raises(RuntimeError, match="stdout.log"):
+    sweeps.run_sweep(config_path + ":tiny", str(tmp_path / "s"), extra_flags=["--config.fail=True"])
+
+
+def test_config_without_sweep_is_rejected(tmp_path):
+  path = tmp_path / "plain.py"
+  path.write_text("def get_config(arg=None):\n  return None\n")
+  with pytest.raises(AttributeError, match="sweep"):
+    sweeps.load_config_module(str(path))
+
+
+@pytest.mark.parametrize("name", ["pretrain", "cost", "chronic"])
+def test_experiment_sweeps_override_existing_keys(name):
+  """Every override of every declared sweep names a key of the preset's (locked) config."""
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs", f"{name}.py")
+  module = sweeps.load_config_module(path)
+  for preset in ("tiny", "demo"):
+    config = module.get_config(preset)
+    points = sweeps.expand(module, preset)
+    assert len(points) >= 2
+    for point in points:
+      for key, value in point.overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+          node = node[parent]
+        assert leaf in node, f"{name}.py:{preset} sweep overrides missing key {key}"
+        node[leaf] = value  # type-checked by ml_collections
