@@ -179,6 +179,15 @@ class FinetuneTask(Task):
     return model(batch["tokens"], batch["segment_ids"], batch["positions"], batch.get("age"),
                  batch.get("days"), batch["length"], dropout_rng=rng)
 
+  @abc.abstractmethod
+  def _losses(self, out_BxO: jax.Array, batch: Mapping[str, jax.Array]
+              ) -> tuple[jax.Array, Metrics]:
+    """(mean loss, metrics) of the head's raw outputs on a batch."""
+
+  def loss_fn(self, model: nnx.Module, batch: Mapping[str, jax.Array], *, train: bool,
+              rng: jax.Array | None) -> tuple[jax.Array, Metrics]:
+    return self._losses(self.forward(model, batch, rng if train else None), batch)
+
   def flops_per_token(self, num_params: int) -> float | None:
     cfg = getattr(self, "_model_cfg", None)
     if cfg is None:
@@ -330,10 +339,6 @@ class CostTask(FinetuneTask):
     metrics["loss"] = (loss_sum, n)
     return loss_sum / jnp.maximum(n, 1.0), metrics
 
-  def loss_fn(self, model: nnx.Module, batch: Mapping[str, jax.Array], *, train: bool,
-              rng: jax.Array | None) -> tuple[jax.Array, Metrics]:
-    return self._losses(self.forward(model, batch, rng if train else None), batch)
-
   def eval_step(self, model: nnx.Module, batch: Mapping[str, jax.Array]
                 ) -> tuple[Metrics, dict[str, jax.Array]]:
     out_BxO = self.forward(model, batch, None)
@@ -466,10 +471,6 @@ class ChronicTask(FinetuneTask):
     metrics: Metrics = {"loss": (loss_sum, n),
                         "loss/new_onset": ((bce_BxC * new_BxC).sum(), new_BxC.sum())}
     return loss_sum / jnp.maximum(n, 1.0), metrics
-
-  def loss_fn(self, model: nnx.Module, batch: Mapping[str, jax.Array], *, train: bool,
-              rng: jax.Array | None) -> tuple[jax.Array, Metrics]:
-    return self._losses(self.forward(model, batch, rng if train else None), batch)
 
   def eval_step(self, model: nnx.Module, batch: Mapping[str, jax.Array]
                 ) -> tuple[Metrics, dict[str, jax.Array]]:
