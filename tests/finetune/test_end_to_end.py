@@ -43,12 +43,7 @@ def _config(module, data_dir: str, init_from: str, **overrides):
     config.checkpoint_every_steps = 2
     config.log_every_steps = 1
     config.progress = False
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+  config.update_from_flattened_dict(overrides)  # dotted keys; unknown ones fail (locked)
   return config
 
 

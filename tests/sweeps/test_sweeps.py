@@ -80,10 +80,5 @@ def test_experiment_sweeps_override_existing_keys(name):
     points = sweeps.expand(module, preset)
     assert len(points) >= 2
     for point in points:
-      for key, value in point.overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-          node = node[parent]
-        assert leaf in node, f"{name}.py:{preset} sweep overrides missing key {key}"
-        node[leaf] = value  # type-checked by ml_collections
+      # A locked config refuses unknown keys and values of the wrong type.
+      config.update_from_flattened_dict(point.overrides)

@@ -97,12 +97,7 @@ def tiny_config(**overrides):
   from experiments.configs import pretrain as pretrain_config  # pylint: disable=g-import-not-at-top
   c = pretrain_config.get_config("tiny")
   c.progress = False
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)  # dotted keys; unknown ones fail (locked)
   return c
 
 
