@@ -112,7 +112,8 @@ def tree_shardings(abstract_tree: Any, logical_tree: Any, mesh: jax.sharding.Mes
           isinstance(n, (str, type(None))) for n in x))
 
 
-def _path_keys(path) -> tuple[str, ...]:
+def path_keys(path) -> tuple[str, ...]:
+  """The string keys of a jax.tree path (dict keys, attribute names, sequence indices)."""
   keys = []
   for k in path:
     for attr in ("key", "name", "idx"):
@@ -132,11 +133,11 @@ def mirror_shardings(abstract_tree: Any, params_abstract: Any, params_shardings:
   by_path = {}
   for (path, a), s in zip(jax.tree_util.tree_flatten_with_path(params_abstract)[0],
                           jax.tree.leaves(params_shardings)):
-    by_path[_path_keys(path)] = (tuple(a.shape), s)
+    by_path[path_keys(path)] = (tuple(a.shape), s)
   replicated = NamedSharding(mesh, P())
 
   def pick(path, leaf):
-    keys = _path_keys(path)
+    keys = path_keys(path)
     for start in range(len(keys)):
       hit = by_path.get(keys[start:])
       if hit is not None and hit[0] == tuple(getattr(leaf, "shape", ())):

@@ -10,6 +10,8 @@ import jax
 import ml_collections
 import optax
 
+from lmm_jax import sharding
+
 
 def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to learning_rate, then cosine decay to learning_rate * min_lr_ratio."""
@@ -21,13 +23,7 @@ def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax
 
 
 def path_str(path) -> str:
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-  return "/".join(parts)
+  return "/".join(sharding.path_keys(path))
 
 
 def decay_mask_fn(no_decay_patterns: Sequence[str]):

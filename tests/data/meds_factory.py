@@ -114,3 +114,14 @@ def claims_world(num_patients: int, seed: int = 0, *, start_year: int = 2019, ye
           rows.append({**base, "code": "LAB//GLUCOSE", "numeric_value": float(rng.normal(110, 20))})
       rows.append({**base, "code": "COST//ALLOWED", "numeric_value": cost})
   return rows
+
+
+def build_config(**overrides):
+  """The builder's default config for tests: one worker, no progress bars, then the overrides."""
+  from lmm_jax.data import build  # pylint: disable=g-import-not-at-top
+  c = build.default_config()
+  c.num_workers = 1
+  c.progress = False
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c

@@ -23,13 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _config(**overrides):
-  c = build.default_config()
-  c.num_workers = 1
-  c.progress = False
-  c.min_code_count = 3
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
+  return mf.build_config(**{"min_code_count": 3, **overrides})
 
 
 def _splits(rows, held_out_every=5, tuning_every=7):

@@ -18,13 +18,7 @@ from tests.data import meds_factory as mf
 
 
 def _config(**overrides):
-  c = build.default_config()
-  c.num_workers = 1
-  c.progress = False
-  c.min_code_count = 1
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
+  return mf.build_config(**{"min_code_count": 1, **overrides})
 
 
 @pytest.mark.parametrize("code,system,key", [
