@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from lmm_jax.tasks import finetune
+from lmm_jax.train import predict
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Fine-tuning config (file:preset), e.g. experiments/configs/cost.py:demo.",
@@ -29,7 +29,7 @@ flags.mark_flag_as_required("config")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  metrics = finetune.run(_CONFIG.value, _WORKDIR.value)
+  metrics = predict.train_and_predict(_CONFIG.value, _WORKDIR.value)
   summary = {k: v for k, v in metrics.items()
              if k.startswith("eval_") and "/" not in k or k in ("step", "train_loss")}
   print("final:", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from lmm_jax import tasks
 from lmm_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,7 +23,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, met
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  metrics = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  config = _CONFIG.value
+  metrics = trainer.train_and_evaluate(config, _WORKDIR.value, tasks.make_task(config))
   summary = {k: v for k, v in metrics.items()
              if "/" not in k and (k.startswith("eval_") or k in ("step", "train_loss"))}
   print("final:", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

@@ -12,10 +12,10 @@ paper tables at the end; tables and plots in WORKDIR/tables/.
 from absl import app
 from absl import flags
 
-from lmm_jax import reproduce
+from experiments import main_job
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the whole run.", required=True)
-_SIZE = flags.DEFINE_enum("size", "demo", list(reproduce.SIZES), "How big the run is.")
+_SIZE = flags.DEFINE_enum("size", "demo", list(main_job.SIZES), "The preset of every stage (experiments/configs/main_job.py).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic world and of every stage.")
 _NUM_PATIENTS = flags.DEFINE_integer("num_patients", None,
                                      "Synthetic patients (default: the size's own).")
@@ -26,9 +26,9 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  reproduce.run(_WORKDIR.value, size=_SIZE.value, seed=_SEED.value,
-                num_patients=_NUM_PATIENTS.value, force=tuple(_FORCE.value),
-                progress=_PROGRESS.value)
+  main_job.run(_WORKDIR.value, size=_SIZE.value, seed=_SEED.value,
+               num_patients=_NUM_PATIENTS.value, force=tuple(_FORCE.value),
+               progress=_PROGRESS.value)
 
 
 if __name__ == "__main__":

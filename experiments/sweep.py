@@ -11,7 +11,7 @@ with the best point's overrides).
 from absl import app
 from absl import flags
 
-from lmm_jax import sweeps
+from experiments import sweeps
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file with preset, e.g. "
                               "experiments/configs/cost.py:demo.", required=True)

@@ -20,6 +20,8 @@ import threading
 from typing import Any, Iterable, Sequence
 
 from absl import logging
+from flax import nnx
+from flax import traverse_util
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
@@ -101,6 +103,23 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules,
     used.update(axes)
     spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
   return P(*spec)
+
+
+def logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
+  """Pure dict of the logical axis names of every parameter (for tree_shardings)."""
+  flat = {}
+  for path, var in nnx.to_flat_state(abstract_state):
+    if not isinstance(var, nnx.Param):
+      raise TypeError(f"model variable {'/'.join(map(str, path))} is a {type(var).__name__}; the "
+                      "trainer supports models whose only state is nnx.Param")
+    if not all(isinstance(k, str) for k in path):
+      raise TypeError(f"parameter path {path} has non-string keys; name submodules with strings "
+                      "(setattr(self, f'layer_{i}', ...)) so checkpoints keep their structure")
+    names = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
+    if len(names) != len(var.shape):
+      raise ValueError(f"parameter {'/'.join(path)} of shape {var.shape} has logical axes {names}")
+    flat[path] = tuple(names)
+  return traverse_util.unflatten_dict(flat)
 
 
 def tree_shardings(abstract_tree: Any, logical_tree: Any, mesh: jax.sharding.Mesh,

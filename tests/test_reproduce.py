@@ -3,7 +3,7 @@
 import json
 import os
 
-from lmm_jax import reproduce
+from experiments import main_job as reproduce
 
 
 def test_tiny_main_job_end_to_end_and_resume(tmp_path, capsys):

@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import pretrain
-from lmm_jax.tasks import finetune
+from experiments.configs import common
 
 BINARY = "experiments.finetune"
 SWEEP_METRIC = ("eval_macro_auroc", "max")
 
 
-def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-  c = finetune.finetune_config(pretrain.get_config(arg or "demo"), finetune.CHRONIC)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = common.finetune_config(common.preset_name(arg), "chronic")
   c.lock()
   return c
 

@@ -25,15 +25,25 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import pretrain
-from lmm_jax.tasks import finetune
+from experiments.configs import common
+from lmm_jax.tasks import cost
 
 BINARY = "experiments.finetune"
 SWEEP_METRIC = ("eval_nmae", "min")
 
 
-def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-  c = finetune.finetune_config(pretrain.get_config(arg or "demo"), finetune.COST)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = common.finetune_config(common.preset_name(arg), "cost")
+  c.cost = ml_collections.ConfigDict()
+  c.cost.loss = "tweedie"         # one of lmm_jax.tasks.cost.COST_LOSSES
+  c.cost.tweedie_power = 1.5
+  c.cost.huber_delta = 1.0        # on log1p(dollars)
+  c.cost.scale = 0.0              # dollars dividing the target; 0: the train mean
+  c.cost.capped_output = True     # a second output for the $250k-capped target
+  c.cost.quantiles = True         # P10/P50/P90 outputs (pinball loss on log1p cost)
+  c.cost.quantile_weight = 0.5
+  c.cost.point_estimate = "mean"  # y_pred: 'mean' (unbiased totals) or 'p50' (lowest MAE)
+  c.cost.calibration_examples = 2048  # train members for huber_log1p's smearing factor
   c.lock()
   return c
 
@@ -43,7 +53,7 @@ def sweep(arg: str | None = None):
   if arg == "tiny":
     rates, losses = (1e-3, 3e-3), ("tweedie", "huber_log1p")
   else:
-    rates, losses = (3e-4, 1e-3, 3e-3), finetune.COST_LOSSES
+    rates, losses = (3e-4, 1e-3, 3e-3), cost.COST_LOSSES
   for lr in rates:
     for loss in losses:
       yield {"optimizer.learning_rate": lr, "cost.loss": loss}

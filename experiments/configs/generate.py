@@ -1,6 +1,7 @@
 r"""Generative simulation: zero-shot predictions from sampled futures, synthetic patients + audit.
 
-Launch (PRESET in tiny, demo, full; MODE in zero_shot, synthesize, all):
+Launch (PRESET in tiny, demo, small, base, large: the pretraining preset of the model; MODE in
+zero_shot, synthesize, all):
 
   python -m experiments.generate --config=experiments/configs/generate.py:demo \
       --workdir=/tmp/lmm/generate --config.init_from=/tmp/lmm/pretrain \
@@ -13,23 +14,39 @@ when the audit fails (thresholds below). Presets:
   tiny   unit tests: 4 futures, 48 new tokens, a few members
   demo   the README main job (2-core CPU): 50 futures (curve N = 1, 5, 20, 50), 160 new tokens,
          the first 40 held-out members; 32 synthetic patients
-  full   a GPU: every held-out member, 50 futures, 512 new tokens; 1000 synthetic patients
+  small, base, large   GPUs: every held-out member, 50 futures, 512 new tokens; 1000 synthetic
+         patients
 The config is locked: a misspelled override is an error.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
+from experiments.configs import common
 from lmm_jax import sharding
 
-PRESETS = ("tiny", "demo", "full")
 MODES = ("zero_shot", "synthesize", "all")
 
+_GPU = {"sampling.max_new_tokens": 512, "sampling.batch_patients": 64,
+        "sampling.max_patients": 0, "synth.num_patients": 1000, "synth.max_new_tokens": 1024,
+        "audit.reference_patients": 20_000}
+PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
+    "tiny": {"sampling.num_samples": 4, "sampling.curve_ns": (1, 2, 4),
+             "sampling.max_new_tokens": 48, "sampling.batch_patients": 8,
+             "sampling.max_patients": 16, "synth.num_patients": 8, "synth.max_new_tokens": 48,
+             "audit.ngram": 12, "audit.reference_patients": 200, "progress": False},
+    "demo": {"sampling.max_new_tokens": 160, "sampling.batch_patients": 20,
+             "sampling.max_patients": 40, "synth.num_patients": 32},
+    "small": _GPU, "base": _GPU, "large": _GPU,
+}
 
-def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.preset = arg or "demo"
+  c.preset = common.preset_name(arg)
   c.mode = "all"
   c.init_from = ""                 # the pretraining workdir (config.json + checkpoints/)
   c.data_dir = ""                  # the dataset builder output the model was trained on
@@ -72,20 +89,6 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.mesh_axes = sharding.MESH_AXES
   c.logical_rules = sharding.DEFAULT_RULES
 
-  if c.preset == "tiny":
-    c.sampling.num_samples, c.sampling.curve_ns, c.sampling.max_new_tokens = 4, (1, 2, 4), 48
-    c.sampling.batch_patients, c.sampling.max_patients = 8, 16
-    c.synth.num_patients, c.synth.max_new_tokens = 8, 48
-    c.audit.ngram, c.audit.reference_patients = 12, 200
-    c.progress = False
-  elif c.preset == "demo":
-    c.sampling.max_new_tokens, c.sampling.batch_patients, c.sampling.max_patients = 160, 20, 40
-    c.synth.num_patients = 32
-  elif c.preset == "full":
-    c.sampling.max_new_tokens, c.sampling.batch_patients, c.sampling.max_patients = 512, 64, 0
-    c.synth.num_patients, c.synth.max_new_tokens = 1000, 1024
-    c.audit.reference_patients = 20_000
-  else:
-    raise ValueError(f"unknown preset {c.preset!r}: expected one of {PRESETS}")
+  common.apply(c, PRESET_OVERRIDES, c.preset)
   c.lock()
   return c

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Any, Callable, Iterator, Mapping
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lmm_jax import conditions
+from lmm_jax import runs
 from lmm_jax.data import pipeline
 from lmm_jax.data import records
+from lmm_jax.model import heads
+from lmm_jax.tasks.finetune import FinetuneTask
 
 ROW_SCALARS_F32 = ("age_at_index", "cost_next", "cost_next_capped", "cost_prior")
 ROW_SCALARS_I32 = ("sex", "lob")
@@ -108,51 +110,24 @@ class Predictor:
 
 
 # ------------------------------------------------------------------------------------------------
-# A fine-tuned model (lmm_jax.tasks.finetune) as a Predictor.
-
-
-def finetune_config(finetune_workdir: str, data_dir: str | None = None):
-  """The run's config (its config.json), with data_dir overridden when given."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from lmm_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(finetune_workdir, trainer_lib.CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no {trainer_lib.CONFIG_FILE} in {finetune_workdir}: is it a "
-                            "fine-tuning workdir (experiments.finetune --workdir)?")
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.get("task") not in ("cost", "chronic"):
-    raise ValueError(f"{path}: task={config.get('task')!r}; expected a fine-tuning run "
-                     "('cost' or 'chronic')")
-  if data_dir:
-    config.data_dir = data_dir
-  return config
+# A fine-tuned run as a Predictor.
 
 
 def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
-                   step: int | None = None) -> tuple[Predictor, Any, Any]:
+                   step: int | None = None) -> tuple[Predictor, FinetuneTask, Any]:
   """(Predictor, task, config) of a fine-tuning run's latest (or given) checkpoint.
 
-  Outputs: cost runs give 'cost' (predicted mean dollars) and 'log_cost'; chronic runs give
-  'chronic_logit' and 'chronic_prob' [B, C]. Parameters live on the first device.
+  Outputs are the task's `named_outputs`: cost runs give 'cost' (predicted mean dollars) and
+  'log_cost'; chronic runs give 'chronic_logit' and 'chronic_prob' [B, C]. Parameters live on the
+  first device: the insights run many small batches, where cross-device traffic only costs.
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from lmm_jax.model import heads  # pylint: disable=g-import-not-at-top
-  from lmm_jax.tasks import finetune  # pylint: disable=g-import-not-at-top
-  from lmm_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from lmm_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-
-  config = finetune_config(finetune_workdir, data_dir)
-  task = finetune.make_task(config)
-  # The trainer rebuilds the run's exact parameter shapes (padded vocabulary included).
-  tr = trainer_lib.Trainer(config, task)
-  graphdef = tr.graphdef
-  params, _ = ckpt_lib.restore_latest_params(finetune_workdir, tr.abstract_state["params"], step,
-                                             hint="fine-tune first")
-  # One device: the insights run many small batches, where cross-device traffic only costs.
-  params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-
-  is_cost = isinstance(task, finetune.CostTask)
+  run = runs.load_run(finetune_workdir, data_dir=data_dir, step=step, hint=(
+      f"fine-tuning run {finetune_workdir}"))
+  task = run.task
+  if not isinstance(task, FinetuneTask):
+    raise ValueError(f"{finetune_workdir}: task={run.config.task!r}; expected a fine-tuning run "
+                     "(experiments.finetune --workdir)")
+  graphdef = run.graphdef
 
   def embed_fn(p, batch):
     model = nnx.merge(graphdef, p)
@@ -163,14 +138,9 @@ def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
     h_BxLxD = model.backbone.forward_embeddings(x_BxLxD, batch["segment_ids"], batch["positions"])
     pooled_BxD = heads.pool(h_BxLxD, batch["segment_ids"], batch["length"],
                             model.head_cfg.pooling)
-    out_BxO = model.head(pooled_BxD)
-    if is_cost:
-      dollars_B, log_B = task.mean_prediction(out_BxO[:, task.col["mean"]])
-      return {"cost": dollars_B, "log_cost": log_B}
-    return {"chronic_logit": out_BxO, "chronic_prob": jax.nn.sigmoid(out_BxO)}
+    return task.named_outputs(model.head(pooled_BxD))
 
-  vocab_size = task.vocab.size
-  emb = np.asarray(params["backbone"]["embedding"], np.float32)[:vocab_size]
-  predictor = Predictor(params=params, embed_fn=embed_fn, outputs_fn=outputs_fn,
+  emb = np.asarray(run.params[task.backbone_key]["embedding"], np.float32)[:task.vocab.size]
+  predictor = Predictor(params=run.params, embed_fn=embed_fn, outputs_fn=outputs_fn,
                         embedding_matrix_VxD=emb, pad_id=int(task.vocab.pad_id))
-  return predictor, task, config
+  return predictor, task, run.config

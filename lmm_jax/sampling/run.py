@@ -17,21 +17,21 @@ import jax
 import ml_collections
 
 from lmm_jax import conventions as conv
+from lmm_jax import runs
 from lmm_jax import sharding
 from lmm_jax.sampling import audit as audit_lib
 from lmm_jax.sampling import decode
-from lmm_jax.sampling import loading
 from lmm_jax.sampling import synthetic
 from lmm_jax.sampling import zero_shot
-from lmm_jax.tasks.pretrain import load_vocab
+from lmm_jax.tasks.pretrain import PretrainTask
 
 MODES = ("zero_shot", "synthesize", "all")
 
 
-def _context_len(config: ml_collections.ConfigDict, train_cfg: dict[str, Any]) -> int:
+def _context_len(config: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict) -> int:
   if config.sampling.context_len > 0:
     return int(config.sampling.context_len)
-  seq = int(train_cfg.get("seq_len", 512))
+  seq = int(train_cfg.seq_len)
   # Keep history + future within the positions seen in training where possible.
   return max(seq - int(config.sampling.max_new_tokens), seq // 2)
 
@@ -43,14 +43,17 @@ def generate_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     raise ValueError("config.init_from is empty: pass --config.init_from=<pretraining workdir>")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  vocab = load_vocab(config.data_dir)
+  runs.write_config(workdir, config)
   mesh = sharding.make_mesh(config.mesh_shape, config.mesh_axes)
   rules = tuple(tuple(r) for r in config.logical_rules)
-  model, num_params, train_cfg = loading.load_pretrained(config.init_from, vocab.size, mesh, rules)
+  run = runs.load_run(config.init_from, data_dir=config.data_dir, mesh=mesh, rules=rules,
+                      hint=f"config.init_from={config.init_from!r}")
+  if not isinstance(run.task, PretrainTask):
+    raise ValueError(f"config.init_from={config.init_from!r} is a {run.config.task!r} run; "
+                     "sampling needs a pretraining run (its language-model head)")
+  vocab, model, num_params, train_cfg = run.task.vocab, run.model, run.num_params, run.config
   logging.info("restored %s parameters from %s (step %d); mesh %s", f"{num_params:,}",
-               config.init_from, train_cfg["restored_step"], dict(mesh.shape))
+               config.init_from, run.step, dict(mesh.shape))
   s = config.sampling
   out: dict[str, Any] = {"zero_shot": None, "synthetic": None, "audit": None, "passed": True}
 
@@ -61,7 +64,7 @@ def generate_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
                              context_len=_context_len(config, train_cfg), mesh=mesh, rules=rules)
     desc = (f"zero-shot: mean of {s.num_samples} sampled 12-month futures (T={s.temperature}, "
             f"top_k={s.top_k}, top_p={s.top_p}) of the pretrained model at step "
-            f"{train_cfg['restored_step']}")
+            f"{run.step}")
     out["zero_shot"] = zero_shot.run(
         sampler, vocab, data_dir=config.data_dir, split=config.split, workdir=workdir,
         model_name=config.model_name, num_params=num_params, description=desc,

@@ -20,15 +20,16 @@ import numpy as np
 
 from lmm_jax import model as model_lib
 from lmm_jax.conventions import TOKEN_KIND_NAMES
+from lmm_jax.data import pipeline
 from lmm_jax.data import records
+from lmm_jax.data.vocab import Vocabulary
 from lmm_jax.train.task import Metrics, Task
 
 NUM_KINDS = len(TOKEN_KIND_NAMES)
 SEQUENCE_KEYS = ("tokens", "segment_ids", "positions", "age", "days")
 
 
-def load_vocab(data_dir: str) -> Any:
-  from lmm_jax.data.vocab import Vocabulary  # pylint: disable=g-import-not-at-top
+def load_vocab(data_dir: str) -> Vocabulary:
   if not data_dir:
     raise ValueError("config.data_dir is empty: pass --config.data_dir=<dataset builder output>")
   path = os.path.join(data_dir, records.VOCAB_FILE)
@@ -37,10 +38,10 @@ def load_vocab(data_dir: str) -> Any:
   return Vocabulary.load(path)
 
 
-def transformer_config(model_cfg: ml_collections.ConfigDict, vocab_size: int,
-                       vocab_multiple: int) -> model_lib.TransformerConfig:
-  """The model's static config from config.model (fields of TransformerConfig; other entries,
-  e.g. a fine-tuning head's, are left to their task) and the vocabulary size."""
+def backbone_config(model_cfg: ml_collections.ConfigDict, vocab_size: int,
+                    vocab_multiple: int) -> model_lib.TransformerConfig:
+  """The backbone's static config from config.model (fields of TransformerConfig; other entries,
+  e.g. the registry name, are not its fields) and the vocabulary size."""
   padded = int(np.ceil(vocab_size / vocab_multiple) * vocab_multiple)
   fields = {f.name for f in dataclasses.fields(model_lib.TransformerConfig)}
   kwargs = {k: v for k, v in model_cfg.to_dict().items() if k in fields}
@@ -97,7 +98,7 @@ class PretrainTask(Task):
     self.kinds = np.asarray(self.vocab.kinds, np.int32)
 
   def model_config(self, vocab_multiple: int) -> model_lib.TransformerConfig:
-    return transformer_config(self.config.model, self.vocab.size, vocab_multiple)
+    return backbone_config(self.config.model, self.vocab.size, vocab_multiple)
 
   def build_model(self, rngs: nnx.Rngs, vocab_multiple: int) -> nnx.Module:
     cfg = self.model_config(vocab_multiple)
@@ -105,7 +106,6 @@ class PretrainTask(Task):
     return model_lib.Transformer(cfg, rngs=rngs)
 
   def train_dataset(self, *, batch_size: int, shard_index: int, shard_count: int) -> Any:
-    from lmm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     c = self.config
     return pipeline.make_dataset(
         c.data_dir, records.TIMELINE, "train", seq_len=c.seq_len, batch_size=batch_size,
@@ -114,7 +114,6 @@ class PretrainTask(Task):
 
   def eval_dataset(self, *, batch_size: int, shard_index: int,
                    shard_count: int) -> Iterable[Mapping[str, np.ndarray]]:
-    from lmm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     c = self.config
     return pipeline.iterate_eval_batches(c.data_dir, records.TIMELINE, c.eval_split,
                                          seq_len=c.seq_len, batch_size=batch_size,

@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from lmm_jax import runs
 from lmm_jax import sharding
 from lmm_jax.model import transformer
 from lmm_jax.train import checkpoint as ckpt_lib
@@ -52,7 +53,6 @@ from lmm_jax.train import metrics as metrics_lib
 from lmm_jax.train import optimizer as opt_lib
 from lmm_jax.train.task import Task
 
-CONFIG_FILE = "config.json"
 _CONSOLE_KEYS = ("train_loss", "grad_norm", "lr", "tokens_per_s", "eval_loss", "eval_acc1")
 
 
@@ -77,23 +77,6 @@ def _maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
                     process_id=int(os.environ["JAX_PROCESS_ID"]))
     jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
-
-
-def logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
-  """Pure dict of the logical axis names of every parameter (for sharding.tree_shardings)."""
-  flat = {}
-  for path, var in nnx.to_flat_state(abstract_state):
-    if not isinstance(var, nnx.Param):
-      raise TypeError(f"model variable {'/'.join(map(str, path))} is a {type(var).__name__}; the "
-                      "trainer supports models whose only state is nnx.Param")
-    if not all(isinstance(k, str) for k in path):
-      raise TypeError(f"parameter path {path} has non-string keys; name submodules with strings "
-                      "(setattr(self, f'layer_{i}', ...)) so checkpoints keep their structure")
-    names = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
-    if len(names) != len(var.shape):
-      raise ValueError(f"parameter {'/'.join(path)} of shape {var.shape} has logical axes {names}")
-    flat[path] = tuple(names)
-  return traverse_util.unflatten_dict(flat)
 
 
 def _host_means(sums: Mapping[str, Any], weights: Mapping[str, Any], prefix: str
@@ -137,7 +120,7 @@ class Trainer:
     # Shapes first: the model under eval_shape gives the graph, shapes and logical axes.
     abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0), self.vocab_multiple))
     self.graphdef, abstract_vars = nnx.split(abstract_model)
-    self.logical_axes = logical_axes(abstract_vars)
+    self.logical_axes = sharding.logical_axes(abstract_vars)
     self.param_labels = task.param_labels(nnx.to_pure_dict(abstract_vars))
     self.tx, self.schedule = opt_lib.make_optimizer(config.optimizer, config.num_train_steps,
                                                     self.param_labels)
@@ -260,6 +243,11 @@ class Trainer:
       self.compile(batch)
     return self._compiled(state, batch)
 
+  def eval_outputs(self, params: Any, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """The task's per-example eval outputs on one host batch (the compiled eval step)."""
+    with sharding.activation_rules(self.mesh, self.rules):
+      return self._eval_jit(params, self.device_batch(batch))[2]
+
   def evaluate(self, params: Any, batches: Iterable[Mapping[str, np.ndarray]],
                max_batches: int = -1) -> dict[str, float]:
     """Aggregated eval metrics over the batches ('eval_' prefix is added by the caller)."""
@@ -305,22 +293,11 @@ class Trainer:
     return state, None, "scratch"
 
   def load_backbone(self, params: dict[str, Any], init_from: str) -> dict[str, Any]:
-    """params with the backbone subtree replaced by the latest checkpoint of `init_from`."""
+    """params with the backbone subtree replaced by the latest parameters of run `init_from`."""
     key = self.task.backbone_key
     target = params if key is None else params[key]
-    abstract = ckpt_lib.abstract_like(target)
-    with ckpt_lib.reading(init_from, hint=f"config.init_from={init_from!r}") as (src, step):
-      saved = src.params_structure(step)
-      saved_keys = set(saved.keys()) if hasattr(saved, "keys") else set()
-      # A pretraining checkpoint holds the backbone at the top; a fine-tuning one under `key`.
-      nested = key is not None and key in saved_keys and not set(abstract) <= saved_keys
-      request = {key: abstract} if nested else abstract
-      missing = set(request) - saved_keys
-      if missing:
-        raise ValueError(f"init_from {init_from}: checkpoint params lack {sorted(missing)}; "
-                         f"has {sorted(saved_keys)}")
-      restored = src.restore_params(step, request)
-    restored = restored[key] if nested else restored
+    restored = runs.load_backbone(init_from, target, data_dir=self.config.data_dir,
+                                  nested_key=key, hint=f"config.init_from={init_from!r}")
     _check_same_shapes(restored, target, init_from)
     if key is None:
       return restored
@@ -366,26 +343,17 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       task: Task | None = None) -> dict[str, float]:
+                       task: Task) -> dict[str, float]:
   """Trains (resuming when possible), evaluates, checkpoints; returns the final metrics."""
   _maybe_initialize_distributed(config)
   if _QUIET not in logging.get_absl_logger().filters:
     logging.get_absl_logger().addFilter(_QUIET)
-  if task is None:
-    from lmm_jax.tasks.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
-    task = PretrainTask(config)
   workdir = os.path.abspath(workdir)
-  write_config(config, workdir)
   is_main = jax.process_index() == 0
   trainer = Trainer(config, task)
+  runs.record_run(workdir, config, vocab_size=task.vocab.size,
+                  vocab_multiple=trainer.vocab_multiple, num_params=trainer.num_params)
   logging.info("task: %s", task.describe())
   logging.info("mesh %s over %d devices (%d processes); model parameters: %s",
                dict(trainer.mesh.shape), jax.device_count(), jax.process_count(),

@@ -13,10 +13,11 @@ from experiments.configs import chronic as chronic_config
 from experiments.configs import cost as cost_config
 from experiments.configs import pretrain as pretrain_config
 from lmm_jax import conditions
+from lmm_jax import tasks
 from lmm_jax.data import records
 from lmm_jax.eval import predictions
-from lmm_jax.tasks import finetune
 from lmm_jax.train import checkpoint as ckpt_lib
+from lmm_jax.train import predict
 from lmm_jax.train import trainer as trainer_lib
 
 
@@ -24,26 +25,18 @@ from lmm_jax.train import trainer as trainer_lib
 def pretrained(tiny_data_dir, tmp_path_factory) -> str:
   workdir = str(tmp_path_factory.mktemp("pretrain"))
   config = pretrain_config.get_config("tiny")
-  with config.unlocked():
-    config.data_dir = tiny_data_dir
-    config.num_train_steps = 2
-    config.checkpoint_every_steps = 2
-    config.eval_batches = 1
-    config.progress = False
-  trainer_lib.train_and_evaluate(config, workdir)
+  config.update_from_flattened_dict({"data_dir": tiny_data_dir, "num_train_steps": 2,
+                                     "checkpoint_every_steps": 2, "eval_batches": 1,
+                                     "progress": False})
+  trainer_lib.train_and_evaluate(config, workdir, tasks.make_task(config))
   return workdir
 
 
 def _config(module, data_dir: str, init_from: str, **overrides):
   config = module.get_config("tiny")
-  with config.unlocked():
-    config.data_dir = data_dir
-    config.init_from = init_from
-    config.num_train_steps = 2
-    config.checkpoint_every_steps = 2
-    config.log_every_steps = 1
-    config.progress = False
-  config.update_from_flattened_dict(overrides)  # dotted keys; unknown ones fail (locked)
+  config.update_from_flattened_dict({  # dotted keys; unknown ones fail (locked)
+      "data_dir": data_dir, "init_from": init_from, "num_train_steps": 2,
+      "checkpoint_every_steps": 2, "log_every_steps": 1, "progress": False, **overrides})
   return config
 
 
@@ -60,7 +53,7 @@ def _held_out_ids(data_dir: str) -> list[int]:
 def test_init_from_restores_the_backbone_exactly_and_heads_fresh(tiny_data_dir, pretrained,
                                                                   tmp_path):
   config = _config(cost_config, tiny_data_dir, pretrained)
-  task = finetune.make_task(config)
+  task = tasks.make_task(config)
   tr = trainer_lib.Trainer(config, task)
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
   state, _, source = tr.restore_or_init(ckpt)
@@ -83,7 +76,7 @@ def test_cost_end_to_end_writes_one_prediction_per_held_out_member(tiny_data_dir
                                                                    tmp_path):
   workdir = str(tmp_path / "cost")
   config = _config(cost_config, tiny_data_dir, pretrained)
-  final = finetune.run(config, workdir)
+  final = predict.train_and_predict(config, workdir)
   for key in ("eval_nmae", "eval_mae", "eval_r2", "eval_cpm", "eval_nmae_capped"):
     assert np.isfinite(final[key]), key
   path = final["predictions"]
@@ -107,7 +100,7 @@ def test_chronic_end_to_end_frozen_backbone_new_onset_metrics(tiny_data_dir, pre
   workdir = str(tmp_path / "chronic")
   config = _config(chronic_config, tiny_data_dir, pretrained,
                    **{"optimizer.freeze_backbone": True, "model_name": "lmm_frozen"})
-  final = finetune.run(config, workdir)
+  final = predict.train_and_predict(config, workdir)
   assert 0.0 <= final["eval_macro_auroc"] <= 1.0
   assert 0.0 <= final["eval_macro_auroc_new_onset"] <= 1.0
   assert "eval_brier" in final and final["step"] == 2
@@ -116,7 +109,7 @@ def test_chronic_end_to_end_frozen_backbone_new_onset_metrics(tiny_data_dir, pre
   after = _saved_params(workdir)
   for k, v in before.items():
     np.testing.assert_array_equal(after[("backbone",) + k], v, err_msg="/".join(k))
-  initial_bias = np.asarray(finetune.make_task(config).output_bias(), np.float32)
+  initial_bias = np.asarray(tasks.make_task(config).output_bias(), np.float32)
   assert not np.array_equal(after[("head", "out_bias")], initial_bias)
   preds = predictions.read_chronic_predictions(final["predictions"])
   assert preds.model == "lmm_frozen"

@@ -12,8 +12,10 @@ import pytest
 from experiments.configs import chronic as chronic_config
 from experiments.configs import cost as cost_config
 from lmm_jax import conditions
+from experiments import sweeps
+from lmm_jax import tasks
 from lmm_jax.model import heads
-from lmm_jax.tasks import finetune
+from lmm_jax.tasks import losses
 
 
 class _Vocab:
@@ -42,30 +44,28 @@ def _batch(rng: np.random.Generator, b: int = 4, l: int = 12) -> dict:
           "calib": np.zeros(b, np.int32)}
 
 
-def _cost_task(loss: str) -> finetune.CostTask:
+def _cost_task(loss: str) -> tasks.CostTask:
   config = cost_config.get_config("tiny")
-  with config.unlocked():
-    config.cost.loss = loss
-    config.model.num_layers = 1
-  return finetune.CostTask(config, vocab=_Vocab(), stats=_stats())
+  config.update_from_flattened_dict({"cost.loss": loss, "model.num_layers": 1})
+  return tasks.CostTask(config, vocab=_Vocab(), stats=_stats())
 
 
 def test_tweedie_and_poisson_match_hand_computed_values():
   eta, y = jnp.array([math.log(2.0)]), jnp.array([3.0])
   # -3 * 2^-0.5 / -0.5 + 2^0.5 / 0.5 = 6 / sqrt(2) + 2 sqrt(2)
-  np.testing.assert_allclose(finetune.tweedie_nll(eta, y, 1.5),
+  np.testing.assert_allclose(losses.tweedie_nll(eta, y, 1.5),
                              [6 / math.sqrt(2) + 2 * math.sqrt(2)], rtol=1e-6)
-  np.testing.assert_allclose(finetune.poisson_nll(eta, y), [2.0 - 3.0 * math.log(2.0)], rtol=1e-6)
-  np.testing.assert_allclose(finetune.huber(jnp.array([0.5, -3.0]), 1.0), [0.125, 2.5])
-  np.testing.assert_allclose(finetune.pinball(jnp.array([1.0, 1.0]), jnp.array([0.0, 2.0]), 0.9),
+  np.testing.assert_allclose(losses.poisson_nll(eta, y), [2.0 - 3.0 * math.log(2.0)], rtol=1e-6)
+  np.testing.assert_allclose(losses.huber(jnp.array([0.5, -3.0]), 1.0), [0.125, 2.5])
+  np.testing.assert_allclose(losses.pinball(jnp.array([1.0, 1.0]), jnp.array([0.0, 2.0]), 0.9),
                              [0.9, 0.1], rtol=1e-6)
   # The Tweedie and Poisson minimizers over a constant are the mean of y.
   ys = jnp.array([0.0, 1.0, 5.0])
-  for f in (lambda e: finetune.tweedie_nll(e, ys, 1.5).mean(),
-            lambda e: finetune.poisson_nll(e, ys).mean()):
+  for f in (lambda e: losses.tweedie_nll(e, ys, 1.5).mean(),
+            lambda e: losses.poisson_nll(e, ys).mean()):
     np.testing.assert_allclose(jax.grad(f)(jnp.log(2.0)), 0.0, atol=1e-6)
   with pytest.raises(ValueError, match="power"):
-    finetune.tweedie_nll(eta, y, 2.5)
+    losses.tweedie_nll(eta, y, 2.5)
 
 
 def test_pool_last_reads_the_last_real_token():
@@ -136,10 +136,9 @@ def test_mean_prediction_is_positive_dollars(loss):
 
 def test_chronic_head_starts_at_train_prevalence_and_finalizes_new_onset_metrics():
   config = chronic_config.get_config("tiny")
-  with config.unlocked():
-    config.model.num_layers = 1
+  config.model.num_layers = 1
   stats = _stats(200)
-  task = finetune.ChronicTask(config, vocab=_Vocab(), stats=stats)
+  task = tasks.ChronicTask(config, vocab=_Vocab(), stats=stats)
   model = task.build_model(nnx.Rngs(0), 8)
   state, eval_fn, _ = _jitted_eval(task, model)
   rng = np.random.default_rng(2)
@@ -182,7 +181,6 @@ def test_configs_are_locked_and_sweeps_name_real_keys():
 
 
 def test_sweep_runner_expands_the_declared_points():
-  from lmm_jax import sweeps  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   for name, n in (("cost", 4), ("chronic", 4)):
     module = sweeps.load_config_module(os.path.join(root, "experiments", "configs", f"{name}.py"))
@@ -192,16 +190,14 @@ def test_sweep_runner_expands_the_declared_points():
 
 def test_point_estimate_p50_uses_the_median_output():
   config = cost_config.get_config("tiny")
-  with config.unlocked():
-    config.cost.point_estimate = "p50"
-  task = finetune.CostTask(config, vocab=_Vocab(), stats=_stats())
+  config.cost.point_estimate = "p50"
+  task = tasks.CostTask(config, vocab=_Vocab(), stats=_stats())
   z = np.log1p(np.array([100.0, 5000.0, 1e6]))
   out = {"pred": np.array([1.0, 2.0, 3.0]), "pred_capped": np.array([1.0, 2.0, 3.0]),
          "p10": z - 1, "p50": z, "p90": z + 1}
   dollars = task.dollars(out, {})
   np.testing.assert_allclose(dollars["y_pred"], [100.0, 5000.0, 1e6], rtol=1e-9)
   np.testing.assert_allclose(dollars["y_pred_capped"], [100.0, 5000.0, 250_000.0], rtol=1e-9)
-  with config.unlocked():
-    config.cost.quantiles = False
+  config.cost.quantiles = False
   with pytest.raises(ValueError, match="p50"):
-    finetune.CostTask(config, vocab=_Vocab(), stats=_stats())
+    tasks.CostTask(config, vocab=_Vocab(), stats=_stats())

@@ -4,21 +4,18 @@ import os
 
 import numpy as np
 
+from experiments.configs import chronic
+from lmm_jax import tasks
 from lmm_jax.insights import report
+from lmm_jax.train import trainer
 
 
 def _finetune(data_dir: str, workdir: str) -> str:
-  from experiments.configs import chronic  # pylint: disable=g-import-not-at-top
-  from lmm_jax.tasks import finetune  # pylint: disable=g-import-not-at-top
-  from lmm_jax.train import trainer  # pylint: disable=g-import-not-at-top
   config = chronic.get_config("tiny")
-  config.unlock()
-  config.data_dir = data_dir
-  config.init_from = ""
-  config.num_train_steps = 3
-  config.eval_batches = 1
-  config.stats_examples = 64
-  trainer.train_and_evaluate(config, workdir, finetune.make_task(config))
+  config.update_from_flattened_dict({"data_dir": data_dir, "init_from": "",
+                                     "num_train_steps": 3, "eval_batches": 1,
+                                     "stats_examples": 64})
+  trainer.train_and_evaluate(config, workdir, tasks.make_task(config))
   return workdir
 
 

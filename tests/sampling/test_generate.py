@@ -10,15 +10,17 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lmm_jax import conditions
+from lmm_jax import runs
 from lmm_jax.data import build
 from lmm_jax.data import meds_io
 from lmm_jax.eval import predictions as pred_lib
 from lmm_jax.model import Transformer
+from lmm_jax.model import transformer
 from lmm_jax.sampling import audit as audit_lib
 from lmm_jax.sampling import decode
 from lmm_jax.sampling import run
 from lmm_jax.sampling import zero_shot
-from lmm_jax.tasks.pretrain import load_vocab, transformer_config
+from lmm_jax.tasks.pretrain import backbone_config, load_vocab
 
 from experiments.configs import generate as generate_config
 from experiments.configs import pretrain as pretrain_config
@@ -26,14 +28,16 @@ from experiments.configs import pretrain as pretrain_config
 
 @pytest.fixture(scope="module")
 def pretrain_dir(tiny_data_dir, tmp_path_factory) -> str:
-  """A pretraining workdir (config.json + orbax params) of a randomly initialized tiny model."""
+  """A pretraining workdir (config.json, run.json, orbax params) of a randomly initialized tiny
+  model."""
   out = str(tmp_path_factory.mktemp("pretrain"))
   cfg = pretrain_config.get_config("tiny")
+  cfg.data_dir = tiny_data_dir
   vocab = load_vocab(tiny_data_dir)
-  model = Transformer(transformer_config(cfg.model, vocab.size, cfg.vocab_multiple),
+  model = Transformer(backbone_config(cfg.model, vocab.size, cfg.vocab_multiple),
                       rngs=nnx.Rngs(0))
-  with open(os.path.join(out, "config.json"), "w") as f:
-    f.write(cfg.to_json_best_effort())
+  runs.record_run(out, cfg, vocab_size=vocab.size, vocab_multiple=cfg.vocab_multiple,
+                  num_params=transformer.count_params(model))
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   mgr = ocp.CheckpointManager(os.path.join(out, "checkpoints"))
   mgr.save(3, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
@@ -44,9 +48,8 @@ def pretrain_dir(tiny_data_dir, tmp_path_factory) -> str:
 
 def test_zero_shot_synthesize_and_audit(tiny_data_dir, pretrain_dir, tmp_path):
   cfg = generate_config.get_config("tiny")
-  with cfg.unlocked():
-    cfg.init_from, cfg.data_dir = pretrain_dir, tiny_data_dir
-    cfg.sampling.max_patients = 12
+  cfg.update_from_flattened_dict({"init_from": pretrain_dir, "data_dir": tiny_data_dir,
+                                  "sampling.max_patients": 12})
   wd = str(tmp_path / "gen")
   result = run.generate_and_evaluate(cfg, wd)
 

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from lmm_jax import sweeps
+from experiments import sweeps
 
 _CONFIG = textwrap.dedent('''
     BINARY = "tests.sweeps.fake_binary"

@@ -1,15 +1,15 @@
 """The main job: synthesize -> build records -> pretrain -> fine-tune -> baselines -> zero-shot and
 synthetic cohort -> insights -> paper tables, on the embedded synthetic world.
 
-Each stage runs the same library entry point as its binary, in `WORKDIR/<stage>/`, and records
+Each stage runs the same library entry point as its binary, in `WORKDIR/<stage>/`, with the config
+of its own experiment file at the size's preset (experiments/configs/main_job.py), and records
 `WORKDIR/stages/<stage>.json` when it finishes, so a rerun skips finished stages (delete the file or
-pass --force to redo one). Sizes come from one of SIZES: 'demo' fits a 2-core laptop CPU in about
-twenty minutes; the larger ones run the identical chain on GPUs or TPUs.
+pass --force to redo one). 'demo' fits a 2-core laptop CPU; the larger sizes run the identical
+chain on GPUs or TPUs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -18,67 +18,56 @@ from typing import Any, Callable
 from absl import logging
 import ml_collections
 
+from experiments.configs import chronic as chronic_cfg
+from experiments.configs import common
+from experiments.configs import cost as cost_cfg
+from experiments.configs import generate as generate_cfg
+from experiments.configs import main_job as main_job_cfg
+from experiments.configs import pretrain as pretrain_cfg
+from lmm_jax import tasks
+from lmm_jax.baselines import runner as baselines_runner
+from lmm_jax.data import build
+from lmm_jax.insights import report as insights_report
+from lmm_jax.report import tables as report_tables
+from lmm_jax.sampling import run as sampling_run
+from lmm_jax.synth import synthesize as synthesize_world
+from lmm_jax.train import predict
+from lmm_jax.train import trainer
 
-@dataclasses.dataclass(frozen=True)
-class Size:
-  """How big the main job is: the synthetic world, the model preset and the sampling effort."""
-  num_patients: int
-  model_preset: str          # experiments/configs/pretrain.py preset (cost/chronic derive from it)
-  generate_preset: str       # experiments/configs/generate.py preset
-  pretrain_steps: int | None = None   # None: the preset's own
-  finetune_steps: int | None = None
-  zero_shot_patients: int | None = None  # None: the generate preset's own; 0: every member
-  # Futures per member (None: the preset's own). The demo size samples 20 futures for every
-  # held-out member, so the zero-shot rows cover the same members as the other rows of the tables;
-  # the accuracy-vs-N curve then stops at 20 (the generate preset alone goes to 50 on 40 members).
-  zero_shot_samples: int | None = None
-
-
-SIZES = {
-    "tiny": Size(num_patients=400, model_preset="tiny", generate_preset="tiny",
-                 pretrain_steps=20, finetune_steps=10),
-    "demo": Size(num_patients=8_000, model_preset="demo", generate_preset="demo",
-                 zero_shot_patients=0, zero_shot_samples=20),
-    "small": Size(num_patients=200_000, model_preset="small", generate_preset="full"),
-    "base": Size(num_patients=1_000_000, model_preset="base", generate_preset="full"),
-    "large": Size(num_patients=5_000_000, model_preset="large", generate_preset="full"),
-}
-
+SIZES = common.PRESETS
 STAGES = ("synthesize", "build_dataset", "pretrain", "finetune_cost", "finetune_chronic",
           "scratch_cost", "scratch_chronic", "baselines", "generate", "insights", "paper_tables")
 
 
-def _configs(size: Size, workdir: str) -> dict[str, ml_collections.ConfigDict]:
-  from experiments.configs import chronic as chronic_cfg  # pylint: disable=g-import-not-at-top
-  from experiments.configs import cost as cost_cfg  # pylint: disable=g-import-not-at-top
-  from experiments.configs import generate as generate_cfg  # pylint: disable=g-import-not-at-top
-  from experiments.configs import pretrain as pretrain_cfg  # pylint: disable=g-import-not-at-top
+def stage_configs(job: ml_collections.ConfigDict, workdir: str
+                  ) -> dict[str, ml_collections.ConfigDict]:
+  """The config of every training and sampling stage of the main job at job.preset."""
   data_dir = os.path.join(workdir, "records")
   pretrain_dir = os.path.join(workdir, "pretrain")
-  out = {}
-  out["pretrain"] = pretrain_cfg.get_config(size.model_preset)
+  out = {"pretrain": pretrain_cfg.get_config(job.preset)}
+  if job.pretrain_steps:
+    out["pretrain"].num_train_steps = job.pretrain_steps
   for name, module, init_from, model_name in (
       ("finetune_cost", cost_cfg, pretrain_dir, "lmm_finetuned"),
       ("finetune_chronic", chronic_cfg, pretrain_dir, "lmm_finetuned"),
       ("scratch_cost", cost_cfg, "", "transformer_scratch"),
       ("scratch_chronic", chronic_cfg, "", "transformer_scratch")):
-    c = module.get_config(size.model_preset)
+    c = module.get_config(job.preset)
     c.init_from, c.model_name = init_from, model_name
-    if size.finetune_steps:
-      c.num_train_steps = size.finetune_steps
+    if job.finetune_steps:
+      c.num_train_steps = job.finetune_steps
     out[name] = c
-  if size.pretrain_steps:
-    out["pretrain"].num_train_steps = size.pretrain_steps
-  g = generate_cfg.get_config(size.generate_preset)
+  g = generate_cfg.get_config(job.preset)
   g.init_from = pretrain_dir
-  if size.zero_shot_patients is not None:
-    g.sampling.max_patients = size.zero_shot_patients
-  if size.zero_shot_samples is not None:
-    g.sampling.num_samples = size.zero_shot_samples
-    g.sampling.curve_ns = tuple(n for n in g.sampling.curve_ns if n <= size.zero_shot_samples)
+  if job.zero_shot_patients >= 0:
+    g.sampling.max_patients = job.zero_shot_patients
+  if job.zero_shot_samples:
+    g.sampling.num_samples = job.zero_shot_samples
+    g.sampling.curve_ns = tuple(n for n in g.sampling.curve_ns if n <= job.zero_shot_samples)
   out["generate"] = g
   for c in out.values():
     c.data_dir = data_dir
+    c.seed, c.progress = job.seed, job.progress
   return out
 
 
@@ -86,26 +75,25 @@ def run(workdir: str, *, size: str = "demo", seed: int = 0, num_patients: int | 
         force: tuple[str, ...] = (), progress: bool = True) -> dict[str, Any]:
   """Runs (or resumes) the whole chain; returns {stage: result summary}."""
   if size not in SIZES:
-    raise ValueError(f"size={size!r}: expected one of {sorted(SIZES)}")
+    raise ValueError(f"size={size!r}: expected one of {list(SIZES)}")
   unknown = [s for s in force if s not in STAGES]
   if unknown:
     raise ValueError(f"--force names unknown stages {unknown}; stages: {list(STAGES)}")
-  spec = SIZES[size]
+  job = main_job_cfg.get_config(size)
+  job.seed, job.progress = seed, progress
+  if num_patients:
+    job.num_patients = num_patients
   workdir = os.path.abspath(workdir)
   meds_dir = os.path.join(workdir, "meds")
   data_dir = os.path.join(workdir, "records")
   tables_dir = os.path.join(workdir, "tables")
-  configs = _configs(spec, workdir)
-  for c in configs.values():
-    c.seed, c.progress = seed, progress
-  n = num_patients or spec.num_patients
+  configs = stage_configs(job, workdir)
+  n = job.num_patients
 
   def synthesize() -> dict[str, Any]:
-    from lmm_jax.synth import synthesize as synth  # pylint: disable=g-import-not-at-top
-    return synth(meds_dir, num_patients=n, seed=seed, progress=progress)
+    return synthesize_world(meds_dir, num_patients=n, seed=seed, progress=progress)
 
   def build_dataset() -> dict[str, Any]:
-    from lmm_jax.data import build  # pylint: disable=g-import-not-at-top
     config = build.default_config()
     config.progress = progress
     report = build.build_dataset(meds_dir, data_dir, config)
@@ -116,19 +104,16 @@ def run(workdir: str, *, size: str = "demo", seed: int = 0, num_patients: int | 
     def fn() -> dict[str, Any]:
       config = configs[stage]
       if stage == "pretrain":
-        from lmm_jax.train import trainer  # pylint: disable=g-import-not-at-top
-        return trainer.train_and_evaluate(config, os.path.join(workdir, stage))
-      from lmm_jax.tasks import finetune  # pylint: disable=g-import-not-at-top
-      return finetune.run(config, os.path.join(workdir, stage))
+        return trainer.train_and_evaluate(config, os.path.join(workdir, stage),
+                                          tasks.make_task(config))
+      return predict.train_and_predict(config, os.path.join(workdir, stage))
     return fn
 
   def baselines() -> dict[str, Any]:
-    from lmm_jax.baselines import runner  # pylint: disable=g-import-not-at-top
-    return runner.run_baselines(data_dir, os.path.join(workdir, "baselines"), seed=seed,
-                                progress=progress)
+    return baselines_runner.run_baselines(data_dir, os.path.join(workdir, "baselines"),
+                                          seed=seed, progress=progress)
 
   def generate() -> dict[str, Any]:
-    from lmm_jax.sampling import run as sampling_run  # pylint: disable=g-import-not-at-top
     out = sampling_run.generate_and_evaluate(configs["generate"], os.path.join(workdir, "generate"))
     if not out["passed"]:
       raise RuntimeError("the memorization audit of the synthetic cohort failed: see "
@@ -136,15 +121,13 @@ def run(workdir: str, *, size: str = "demo", seed: int = 0, num_patients: int | 
     return {"curve": (out.get("zero_shot") or {}).get("curve"), "audit_passed": out["passed"]}
 
   def insights() -> dict[str, Any]:
-    from lmm_jax.insights import report  # pylint: disable=g-import-not-at-top
-    path = report.write_insights_report(
+    path = insights_report.write_insights_report(
         os.path.join(workdir, "insights"), os.path.join(workdir, "finetune_cost"), data_dir,
         chronic_workdir=os.path.join(workdir, "finetune_chronic"), progress=progress)
     return {"report": path}
 
   def paper_tables() -> dict[str, Any]:
-    from lmm_jax.report import tables  # pylint: disable=g-import-not-at-top
-    out = tables.build_report(workdir, tables_dir, seed=seed, progress=progress)
+    out = report_tables.build_report(workdir, tables_dir, seed=seed, progress=progress)
     return {"files": out["files"]}
 
   stage_fns = {"synthesize": synthesize, "build_dataset": build_dataset,
