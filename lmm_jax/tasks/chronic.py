@@ -19,9 +19,11 @@ from lmm_jax.eval import metrics as eval_metrics
 from lmm_jax.eval import predictions as predictions_lib
 from lmm_jax.tasks.finetune import FinetuneTask
 from lmm_jax.tasks.losses import binary_cross_entropy
+from lmm_jax.tasks import registry
 from lmm_jax.train.task import Metrics
 
 
+@registry.register("chronic")
 class ChronicTask(FinetuneTask):
   """Multi-label: which of the chronic conditions are coded in the 12 months after the index."""
 

@@ -29,6 +29,7 @@ from lmm_jax.eval import metrics as eval_metrics
 from lmm_jax.eval import predictions as predictions_lib
 from lmm_jax.tasks.finetune import Collect, FinetuneTask
 from lmm_jax.tasks.losses import huber, pinball, poisson_nll, tweedie_nll
+from lmm_jax.tasks import registry
 from lmm_jax.train.task import Metrics
 
 COST_LOSSES = ("tweedie", "poisson", "huber_log1p", "mse")
@@ -47,6 +48,7 @@ def _add_calib(batch: dict[str, np.ndarray], value: int = 0) -> dict[str, np.nda
   return out
 
 
+@registry.register("cost")
 class CostTask(FinetuneTask):
   """Total allowed cost in the 12 months after the index date, in dollars."""
 

@@ -23,6 +23,7 @@ from lmm_jax.conventions import TOKEN_KIND_NAMES
 from lmm_jax.data import pipeline
 from lmm_jax.data import records
 from lmm_jax.data.vocab import Vocabulary
+from lmm_jax.tasks import registry
 from lmm_jax.train.task import Metrics, Task
 
 NUM_KINDS = len(TOKEN_KIND_NAMES)
@@ -85,6 +86,7 @@ def next_token_metrics(logits_BxLxV: jax.Array, tokens_BxL: jax.Array, segment_i
   return loss_sum / jnp.maximum(n, 1.0), metrics
 
 
+@registry.register("pretrain")
 class PretrainTask(Task):
   """Next-token prediction on the TIMELINE records."""
 
