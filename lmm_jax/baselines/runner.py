@@ -16,6 +16,7 @@ from typing import Sequence
 
 from absl import logging
 import numpy as np
+import threadpoolctl
 
 from lmm_jax import conventions
 from lmm_jax.baselines import chronic as chronic_lib
@@ -23,6 +24,7 @@ from lmm_jax.baselines import cost as cost_lib
 from lmm_jax.baselines import features
 from lmm_jax.baselines import hcc as hcc_lib
 from lmm_jax.baselines import oracle as oracle_lib
+from lmm_jax.data.vocab import Vocabulary
 from lmm_jax.eval import metrics
 from lmm_jax.eval import predictions as preds_io
 
@@ -66,7 +68,6 @@ def run_baselines(data_dir: str, workdir: str, *, split: str = conventions.HELD_
 
   `data` may hold already loaded splits (train, tuning, and `split`), e.g. for benchmarks.
   """
-  import threadpoolctl  # pylint: disable=g-import-not-at-top
   # BLAS threads fight each other (and other processes) on small problems: one per thread of ours.
   with threadpoolctl.threadpool_limits(limits=num_threads if num_threads > 0 else None):
     return _run(data_dir, workdir, split=split, models=models, seed=seed, max_tokens=max_tokens,
@@ -76,7 +77,6 @@ def run_baselines(data_dir: str, workdir: str, *, split: str = conventions.HELD_
 def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | None, seed: int,
          max_tokens: int, num_threads: int, progress: bool,
          data: dict[str, features.TaskData] | None) -> dict:
-  from lmm_jax.data.vocab import Vocabulary  # pylint: disable=g-import-not-at-top
   cost_models, chronic_models, with_oracle = _check_models(models)
   timer = _Timer()
   data_dir = os.path.abspath(data_dir)

@@ -14,8 +14,12 @@ import os
 from typing import Sequence
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
 from lmm_jax.conventions import TokenKind
+from lmm_jax.data import terminology
+from lmm_jax.report import plots
 
 CODED_KINDS = (TokenKind.DIAGNOSIS, TokenKind.PROCEDURE, TokenKind.DRUG)
 
@@ -95,7 +99,6 @@ def seen_coded_tokens(vocab, min_count: int = 1) -> np.ndarray:
 
 @functools.lru_cache(maxsize=200_000)
 def _icd_chapter(code: str) -> str:
-  from lmm_jax.data import terminology  # pylint: disable=g-import-not-at-top
   if code.isdigit():          # a chapter token itself
     return code
   dotted = terminology.icd10cm_valid(code)
@@ -122,10 +125,8 @@ def project_2d(emb_NxD: np.ndarray, method: str = "pca", seed: int = 0) -> np.nd
   x = np.asarray(emb_NxD, np.float64)
   x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # cosine geometry
   if method == "pca":
-    from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
     return PCA(n_components=2, random_state=seed).fit_transform(x)
   if method == "tsne":
-    from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
     perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3.0)))
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                 metric="cosine").fit_transform(x)
@@ -135,14 +136,11 @@ def project_2d(emb_NxD: np.ndarray, method: str = "pca", seed: int = 0) -> np.nd
 def plot_map(coords_Nx2: np.ndarray, groups: Sequence[str], path: str, *,
              labels: dict[int, str] | None = None, title: str = "") -> str:
   """Scatter of the 2-D map, one colour per group (the 12 largest; the rest grey)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   groups = np.asarray(groups)
   names, counts = np.unique(groups, return_counts=True)
   top = list(names[np.argsort(-counts, kind="stable")][:12])
-  cmap = plt.get_cmap("tab20")
-  fig, ax = plt.subplots(figsize=(8, 6.5))
+  cmap = plots.colormap("tab20")
+  fig, ax = plots.subplots(figsize=(8, 6.5))
   other = ~np.isin(groups, top)
   if other.any():
     ax.scatter(coords_Nx2[other, 0], coords_Nx2[other, 1], s=6, c="lightgrey", label="other")
@@ -154,8 +152,5 @@ def plot_map(coords_Nx2: np.ndarray, groups: Sequence[str], path: str, *,
     ax.annotate(text, coords_Nx2[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
   ax.set_title(title or "Code embeddings (2-D projection)")
   ax.legend(fontsize=6, markerscale=1.5, loc="best")
-  fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return plots.save_png(fig, path)

@@ -23,9 +23,12 @@ import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from sklearn import metrics
+import tqdm
 
 from lmm_jax import conditions
 from lmm_jax.conventions import TokenKind
+from lmm_jax.synth import model as synth_model
 
 Row = Mapping[str, np.ndarray]
 
@@ -162,7 +165,6 @@ def counterfactual_lift(prob_fn: Callable[[Sequence[Row]], np.ndarray], rows: Se
   count = np.zeros((c, c), np.int64)
   items = [(a, t) for a, t in sorted(insert.items()) if len(t)]
   if progress:
-    import tqdm  # pylint: disable=g-import-not-at-top
     items = tqdm.tqdm(items, desc="counterfactual lift", unit="condition")
   for a, tokens in items:
     idx = np.flatnonzero(~prior_NxC[:, a])
@@ -232,7 +234,6 @@ def true_link_matrix(links: Sequence[tuple[str, str, float]] | None = None,
                      names: Sequence[str] = conditions.CONDITION_NAMES) -> np.ndarray:
   """bool[C, C]: the directed true links between target conditions (others are left out)."""
   if links is None:
-    from lmm_jax.synth import model as synth_model  # pylint: disable=g-import-not-at-top
     links = synth_model.TRUE_COMORBIDITY_LINKS
   index = {n: i for i, n in enumerate(names)}
   out = np.zeros((len(names), len(names)), bool)
@@ -250,7 +251,6 @@ def recovery(score_CxC: np.ndarray, truth_CxC: np.ndarray, *, threshold: float
   measured count as missed. Also reported: precision at k = number of true links (ranking by
   score; equal to recall at k when every true link was measured) and the average precision.
   """
-  from sklearn import metrics  # pylint: disable=g-import-not-at-top
   score = np.asarray(score_CxC, np.float64)
   truth = np.asarray(truth_CxC, bool)
   off = ~np.eye(score.shape[0], dtype=bool)

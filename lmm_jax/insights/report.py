@@ -18,6 +18,7 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
+import tqdm
 
 from lmm_jax import conditions
 from lmm_jax.data import records
@@ -25,6 +26,7 @@ from lmm_jax.insights import attribution
 from lmm_jax.insights import embeddings as emb_lib
 from lmm_jax.insights import loading
 from lmm_jax.insights import relationships as rel
+from lmm_jax.report import plots
 
 REPORT_NAME = "insights.md"
 SYNTHETIC_DATASET_NAME = "lmm_jax_synthetic_claims"
@@ -38,7 +40,6 @@ class _Progress:
   def bar(self, iterable, desc: str, total: int | None = None):
     if not self.enabled:
       return iterable
-    import tqdm  # pylint: disable=g-import-not-at-top
     return tqdm.tqdm(iterable, desc=desc, total=total)
 
 
@@ -165,10 +166,7 @@ def _explanations(predictor, task, rows, workdir, progress, *, num_members: int,
 
 
 def _event_plot(top: Sequence[attribution.EventContribution], path: str, title: str) -> str:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(top), 2) + 1.2))
+  fig, ax = plots.subplots(figsize=(8, 0.45 * max(len(top), 2) + 1.2))
   labels = [e.text[:70] for e in top][::-1]
   vals = [e.contribution for e in top][::-1]
   ax.barh(range(len(vals)), vals, color=["tab:red" if v > 0 else "tab:blue" for v in vals])
@@ -177,10 +175,7 @@ def _event_plot(top: Sequence[attribution.EventContribution], path: str, title: 
   ax.axvline(0, color="grey", linewidth=0.8)
   ax.set_xlabel("integrated-gradients attribution")
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return plots.save_png(fig, path, dpi=110)
 
 
 def _embedding_section(predictor, vocab, workdir, *, method: str, k: int = 8) -> list[str]:
@@ -275,11 +270,8 @@ def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, pro
 
 
 def _lift_scatter(model_CxC, emp_CxC, truth_CxC, path: str) -> str:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   ok = np.isfinite(model_CxC) & np.isfinite(emp_CxC) & (model_CxC > 0) & (emp_CxC > 0)
-  fig, ax = plt.subplots(figsize=(6, 5))
+  fig, ax = plots.subplots(figsize=(6, 5))
   if truth_CxC is None:
     ax.scatter(emp_CxC[ok], model_CxC[ok], s=10)
   else:
@@ -294,10 +286,7 @@ def _lift_scatter(model_CxC, emp_CxC, truth_CxC, path: str) -> str:
   ax.set_xlabel("empirical lift of new B given prevalent A")
   ax.set_ylabel("model lift (add A to the history)")
   ax.set_title("Condition pairs (A -> B)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return plots.save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------

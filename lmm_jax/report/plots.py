@@ -1,15 +1,18 @@
-"""PNG plots of the paper tables (matplotlib, Agg backend: no display needed)."""
+"""PNG plots: the paper tables' here, and the figure helpers every other plot uses.
+
+Figures are `matplotlib.figure.Figure` objects rendered straight to PNG: no pyplot state and no
+backend switch, so importing the library never changes a notebook's backend and no display is
+needed.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+import numpy as np
 
 _ORACLE_STYLE = {"linestyle": "--", "color": "black"}
 
@@ -18,16 +21,31 @@ def _label(row) -> str:
   return row.name + (" (oracle)" if row.is_oracle else "")
 
 
-def _save(fig, output_dir: str, name: str) -> str:
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+  """(figure, axes) like pyplot.subplots, on a standalone Figure (figsize= etc. go to Figure)."""
+  fig_kw = {k: kwargs.pop(k) for k in ("figsize", "dpi") if k in kwargs}
+  fig = Figure(**fig_kw)
+  return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save_png(fig: Figure, path: str, dpi: int = 120) -> str:
   fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, name), dpi=120)
-  plt.close(fig)
+  fig.savefig(path, dpi=dpi)
+  return path
+
+
+def colormap(name: str):
+  return colormaps[name]
+
+
+def _save(fig: Figure, output_dir: str, name: str) -> str:
+  save_png(fig, os.path.join(output_dir, name))
   return name
 
 
 def predictive_ratio_plot(rows: Sequence, output_dir: str) -> str:
   """Predictive ratio sum(yhat)/sum(y) by decile of predicted cost, one line per model."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = subplots(figsize=(7, 4.5))
   for r in rows:
     pr = r.ratios
     ax.plot(pr["group"], pr["ratio"], marker="o", label=_label(r),
@@ -43,7 +61,7 @@ def predictive_ratio_plot(rows: Sequence, output_dir: str) -> str:
 
 def calibration_plot(rows: Sequence, output_dir: str) -> str:
   """Reliability curves pooled over all member-condition pairs, one line per model."""
-  fig, ax = plt.subplots(figsize=(5.5, 5))
+  fig, ax = subplots(figsize=(5.5, 5))
   ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
   for r in rows:
     c = r.calibration
@@ -62,7 +80,7 @@ def auroc_plot(rows: Sequence, output_dir: str) -> str:
   """Per-condition AUROC of each model, on all members and on new onsets."""
   conds = list(dict.fromkeys(c for r in rows for c in r.conditions))
   x = np.arange(len(conds))
-  fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.45 * len(conds) + 3), 8), sharex=True)
+  fig, axes = subplots(2, 1, figsize=(max(8, 0.45 * len(conds) + 3), 8), sharex=True)
   for ax, (pop, title) in zip(axes, (("all", "all members"), ("new_onset", "new onsets"))):
     for r in rows:
       per = {c["condition"]: c["auroc"] for c in r.populations[pop]["metrics"]["per_condition"]}

@@ -23,6 +23,7 @@ import tqdm
 
 from lmm_jax.eval import metrics
 from lmm_jax.eval import predictions as preds_io
+from lmm_jax.report import plots as plots_lib
 
 ORACLE_MARK = " †"
 NUM_RATIO_GROUPS = 10  # deciles of predicted cost
@@ -356,7 +357,6 @@ def build_report(runs_dir: str, output_dir: str, *,
 
   Returns {"cost": markdown or "", "chronic": markdown or "", "files": [...] written}.
   """
-  from lmm_jax.report import plots as plots_lib  # pylint: disable=g-import-not-at-top
   found = preds_io.find_predictions(runs_dir)
   if not found["cost"] and not found["chronic"]:
     raise FileNotFoundError(f"no predictions/{{cost,chronic}}/*.parquet below {runs_dir!r}")

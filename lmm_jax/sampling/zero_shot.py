@@ -22,6 +22,7 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+import tqdm
 
 from lmm_jax import conditions
 from lmm_jax import conventions
@@ -29,6 +30,7 @@ from lmm_jax.data import pipeline
 from lmm_jax.data import records
 from lmm_jax.eval import metrics as metrics_lib
 from lmm_jax.eval import predictions as pred_lib
+from lmm_jax.report import plots
 from lmm_jax.sampling import decode
 
 CURVE_FILE = "zero_shot_vs_n"
@@ -88,7 +90,6 @@ def simulate(sampler: decode.Sampler, task_records: Sequence[dict[str, Any]], vo
   gen_tokens = 0
   bar = None
   if progress:
-    import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=num, desc="zero-shot futures", unit="patient")
   t0 = time.time()
   for lo in range(0, num, batch_patients):
@@ -148,11 +149,8 @@ def write_curve(rows: Sequence[dict[str, float]], workdir: str, title: str) -> d
     for r in rows:
       f.write(f"| {r['n']} | {r['nmae']:.3f} | {r['nmae_capped']:.3f} | {r['r2']:.3f} | "
               f"{r['macro_auroc']:.3f} | {r['macro_auroc_new_onset']:.3f} |\n")
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   ns = [r["n"] for r in rows]
-  fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+  fig, (a1, a2) = plots.subplots(1, 2, figsize=(9, 3.6))
   a1.plot(ns, [r["nmae"] for r in rows], "o-", label="uncapped")
   a1.plot(ns, [r["nmae_capped"] for r in rows], "s--", label="$250k cap")
   a1.set(xscale="log", xlabel="sampled futures N", ylabel="NMAE (lower is better)", title="cost")
@@ -162,10 +160,7 @@ def write_curve(rows: Sequence[dict[str, float]], workdir: str, title: str) -> d
   a2.set(xscale="log", xlabel="sampled futures N", ylabel="macro AUROC", title="chronic conditions")
   a2.legend()
   fig.suptitle(title)
-  fig.tight_layout()
-  png_path = os.path.join(workdir, CURVE_FILE + ".png")
-  fig.savefig(png_path, dpi=120)
-  plt.close(fig)
+  png_path = plots.save_png(fig, os.path.join(workdir, CURVE_FILE + ".png"))
   return {"csv": csv_path, "md": md_path, "png": png_path}
 
 
