@@ -137,7 +137,6 @@ def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
   'chronic_logit' and 'chronic_prob' [B, C]. Parameters live on the first device.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from lmm_jax.model import heads  # pylint: disable=g-import-not-at-top
   from lmm_jax.tasks import finetune  # pylint: disable=g-import-not-at-top
   from lmm_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from lmm_jax.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -160,10 +159,8 @@ def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
 
   def outputs_fn(p, x_BxLxD, batch):
     model = nnx.merge(graphdef, p)
-    h_BxLxD = model.backbone.forward_embeddings(x_BxLxD, batch["segment_ids"], batch["positions"])
-    pooled_BxD = heads.pool(h_BxLxD, batch["segment_ids"], batch["length"],
-                            model.head_cfg.pooling)
-    out_BxO = model.head(pooled_BxD)
+    out_BxO = model.from_embeddings(x_BxLxD, batch["segment_ids"], batch["positions"],
+                                    batch["length"])
     if is_cost:
       dollars_B, log_B = task.mean_prediction(out_BxO[:, task.col["mean"]])
       return {"cost": dollars_B, "log_cost": log_B}

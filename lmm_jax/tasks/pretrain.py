@@ -127,9 +127,8 @@ class PretrainTask(Task):
 
   def _forward(self, model: nnx.Module, batch: Mapping[str, jax.Array],
                rng: jax.Array | None) -> jax.Array:
-    logits_BxLxV, _ = model(batch["tokens"], batch["segment_ids"], batch["positions"],
-                            batch.get("age"), batch.get("days"), dropout_rng=rng)
-    return logits_BxLxV
+    return model(batch["tokens"], batch["segment_ids"], batch["positions"], batch.get("age"),
+                 batch.get("days"), dropout_rng=rng).logits
 
   def loss_fn(self, model: nnx.Module, batch: Mapping[str, jax.Array], *, train: bool,
               rng: jax.Array | None) -> tuple[jax.Array, Metrics]:
