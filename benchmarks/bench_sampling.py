@@ -27,9 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.configs import pretrain as pretrain_config
-from lmm_jax.model import Transformer
+from lmm_jax.model import registry
 from lmm_jax.sampling import decode
-from lmm_jax.tasks.pretrain import backbone_config
 
 VOCAB = 5000
 
@@ -69,7 +68,8 @@ def main() -> None:
   with cfg.unlocked():
     cfg.model.dtype = "float32" if jax.default_backend() == "cpu" else cfg.model.dtype
     cfg.model.attention_impl = "xla"
-  model = Transformer(backbone_config(cfg.model, VOCAB, 128), rngs=nnx.Rngs(0))
+  padded = -(-VOCAB // 128) * 128
+  model = registry.build(registry.make_config(cfg.model, VOCAB, padded), nnx.Rngs(0))
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   gap = np.zeros(VOCAB, np.float32)
   dev = jax.devices()[0]

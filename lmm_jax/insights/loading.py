@@ -28,7 +28,6 @@ from lmm_jax import conditions
 from lmm_jax import runs
 from lmm_jax.data import pipeline
 from lmm_jax.data import records
-from lmm_jax.model import heads
 from lmm_jax.tasks.finetune import FinetuneTask
 
 ROW_SCALARS_F32 = ("age_at_index", "cost_next", "cost_next_capped", "cost_prior")
@@ -135,10 +134,9 @@ def load_finetuned(finetune_workdir: str, data_dir: str | None = None, *,
 
   def outputs_fn(p, x_BxLxD, batch):
     model = nnx.merge(graphdef, p)
-    h_BxLxD = model.backbone.forward_embeddings(x_BxLxD, batch["segment_ids"], batch["positions"])
-    pooled_BxD = heads.pool(h_BxLxD, batch["segment_ids"], batch["length"],
-                            model.head_cfg.pooling)
-    return task.named_outputs(model.head(pooled_BxD))
+    out_BxO = model.from_embeddings(x_BxLxD, batch["segment_ids"], batch["positions"],
+                                    batch["length"])
+    return task.named_outputs(out_BxO)
 
   emb = np.asarray(run.params[task.backbone_key]["embedding"], np.float32)[:task.vocab.size]
   predictor = Predictor(params=run.params, embed_fn=embed_fn, outputs_fn=outputs_fn,

@@ -1,9 +1,12 @@
-"""Fine-tuning models: the pretrained transformer (params['backbone']) plus prediction heads.
+"""Fine-tuning models: a pretrained backbone (params['backbone']) plus a prediction head.
 
-    model = FinetuneModel(transformer_cfg, num_outputs, head_cfg, rngs=rngs)
+    model = FinetuneModel(backbone_cfg, HeadConfig(num_outputs=..., pooling="last"), rngs=rngs)
     out_BxO = model(tokens, segment_ids, positions, age, days, length)
+    out_BxO = model.from_embeddings(model.backbone.embed(tokens, age, days), segment_ids,
+                                    positions, length)            # the same; for attribution
 
-The patient representation is the backbone's final hidden state at the last real history token
+The backbone is the registered variant of backbone_cfg (`lmm_jax.model.registry`, e.g. a
+`TransformerConfig`). The patient representation is the backbone's final hidden state at the last real history token
 (`length - 1`, the token just before the index date) or, with pooling='mean', the mean over the
 history's tokens. A small MLP head (optional hidden layer) maps it to `num_outputs` raw outputs;
 the task gives them meaning (log-mean cost, quantiles, condition logits). Output biases start at
@@ -16,12 +19,14 @@ Dimension letters: B batch, L length, D model width, F head hidden width, O outp
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmm_jax.model import transformer
+from lmm_jax.model import registry
 
 POOLINGS = ("last", "mean")
 
@@ -72,42 +77,52 @@ class Head(nnx.Module):
         rngs.params(), (width, cfg.num_outputs), jnp.float32))
     bias = np.asarray(cfg.output_bias or np.zeros(cfg.num_outputs), np.float32)
     self.out_bias = nnx.Param(jnp.asarray(bias))
+    # The key comes at call time: the model state stays nnx.Param only (see transformer.py).
+    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=None)
 
   def __call__(self, x_BxD: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
     x = x_BxD.astype(jnp.float32)
     if self.cfg.hidden_dim:
       x = jax.nn.gelu(x @ self.hidden[...] + self.hidden_bias[...][None, :])
-    if dropout_rng is not None and self.cfg.dropout_rate > 0:
-      keep = jax.random.bernoulli(dropout_rng, 1.0 - self.cfg.dropout_rate, x.shape)
-      x = jnp.where(keep, x / (1.0 - self.cfg.dropout_rate), 0.0)
+    x = self.dropout(x, deterministic=dropout_rng is None, rngs=dropout_rng)
     return x @ self.out[...] + self.out_bias[...][None, :]
 
 
 class FinetuneModel(nnx.Module):
-  """A transformer backbone (same structure as pretraining's) with a head on its pooled output."""
+  """A backbone (same structure as pretraining's) with a head on its pooled output."""
 
-  def __init__(self, backbone_cfg: transformer.TransformerConfig, head_cfg: HeadConfig, *,
-               rngs: nnx.Rngs):
-    self.backbone = transformer.Transformer(backbone_cfg, rngs=rngs)
+  def __init__(self, backbone_cfg: Any, head_cfg: HeadConfig, *, rngs: nnx.Rngs):
+    self.backbone = registry.build(backbone_cfg, rngs)
     self.head = Head(backbone_cfg.d_model, head_cfg, rngs=rngs)
     self.head_cfg = head_cfg
+
+  def _pooled(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
+              length_B: jax.Array, dropout_rng: jax.Array | None) -> jax.Array:
+    h_BxLxD = self.backbone(None, segment_ids_BxL, positions_BxL, embeddings_BxLxD=x_BxLxD,
+                            dropout_rng=dropout_rng, return_logits=False).hidden
+    return pool(h_BxLxD, segment_ids_BxL, length_B, self.head_cfg.pooling)
 
   def represent(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
                 positions_BxL: jax.Array, age_BxL: jax.Array | None, days_BxL: jax.Array | None,
                 length_B: jax.Array, *, dropout_rng: jax.Array | None = None) -> jax.Array:
     """float32[B,D]: the pooled patient representation."""
-    _, h_BxLxD = self.backbone(tokens_BxL, segment_ids_BxL, positions_BxL, age_BxL, days_BxL,
-                               dropout_rng=dropout_rng, return_logits=False)
-    return pool(h_BxLxD, segment_ids_BxL, length_B, self.head_cfg.pooling)
+    x_BxLxD = self.backbone.embed(tokens_BxL, age_BxL, days_BxL)
+    return self._pooled(x_BxLxD, segment_ids_BxL, positions_BxL, length_B, dropout_rng)
+
+  def from_embeddings(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array,
+                      positions_BxL: jax.Array, length_B: jax.Array, *,
+                      dropout_rng: jax.Array | None = None) -> jax.Array:
+    """float32[B,O] raw head outputs from the backbone's input embeddings (`backbone.embed`)."""
+    rng_b = rng_h = None
+    if dropout_rng is not None:
+      rng_b, rng_h = jax.random.split(dropout_rng)
+    x_BxD = self._pooled(x_BxLxD, segment_ids_BxL, positions_BxL, length_B, rng_b)
+    return self.head(x_BxD, dropout_rng=rng_h)
 
   def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
                age_BxL: jax.Array | None, days_BxL: jax.Array | None, length_B: jax.Array, *,
                dropout_rng: jax.Array | None = None) -> jax.Array:
     """float32[B,O] raw head outputs."""
-    rng_b = rng_h = None
-    if dropout_rng is not None:
-      rng_b, rng_h = jax.random.split(dropout_rng)
-    x_BxD = self.represent(tokens_BxL, segment_ids_BxL, positions_BxL, age_BxL, days_BxL,
-                           length_B, dropout_rng=rng_b)
-    return self.head(x_BxD, dropout_rng=rng_h)
-
+    x_BxLxD = self.backbone.embed(tokens_BxL, age_BxL, days_BxL)
+    return self.from_embeddings(x_BxLxD, segment_ids_BxL, positions_BxL, length_B,
+                                dropout_rng=dropout_rng)

@@ -5,7 +5,9 @@ computed from each token's position within its packed segment, and an optional a
 of time: sinusoidal features of the age in years and of log1p(days since the segment's first
 event), projected to the model width. Every parameter carries logical axis names
 (`lmm_jax.sharding` maps them to mesh axes); compute runs in `dtype`, parameters are stored in
-`param_dtype`.
+`param_dtype`. One `Transformer.__call__` serves training, scoring, attribution (from given input
+embeddings) and KV-cache decoding (the attention reads and writes the cache); see
+`lmm_jax.model.backbone` for the calling convention.
 
 Dimension letters in tensor names: B batch, L (query) length, S (key) length, D model width,
 H query heads, K key/value heads, E head width, F MLP width, V padded vocabulary, T time features.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from flax import nnx
 import jax
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmm_jax import sharding
+from lmm_jax.model.backbone import ModelOutput, check_inputs
 
 TIME_EMBEDDINGS = ("none", "age", "age_and_days")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -123,15 +126,42 @@ def attend(q_BxLxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
                                       is_causal=is_causal, implementation=implementation)
 
 
-def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-  if rate <= 0.0 or rng is None:
-    return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+class LayerCache(NamedTuple):
+  """One layer's keys and values, [B,S,K,E] each; slot p holds the token at position p."""
+  k: jax.Array
+  v: jax.Array
+
+
+Cache = tuple[LayerCache, ...]  # one per layer
+
+
+def init_cache(cfg: TransformerConfig, batch: int, length: int) -> Cache:
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return tuple(LayerCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
+               for _ in range(cfg.num_layers))
+
+
+def cache_mask(positions_BxL: jax.Array, cache_len: int) -> jax.Array:
+  """bool[B,1,L,S]: a query at position p sees cache slots 0..p (its history and itself)."""
+  return (jnp.arange(cache_len, dtype=jnp.int32)[None, None, None, :]
+          <= positions_BxL[:, None, :, None])
+
+
+def _write(cache_BxSxKxE: jax.Array, new_BxLxKxE: jax.Array, start_B: jax.Array) -> jax.Array:
+  """Writes each row's L new entries at its own offset."""
+  upd = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (s, 0, 0)))
+  out = upd(cache_BxSxKxE, new_BxLxKxE.astype(cache_BxSxKxE.dtype), start_B)
+  return sharding.constrain(out, ("batch", "length", "kv_heads", "kv"))
+
+
+def _dropout(rate: float) -> nnx.Dropout:
+  # No Rngs: the key comes at call time (the trainer's fold_in(rng, step)), so the model's state
+  # stays nnx.Param only and `nnx.merge(graphdef, params)` rebuilds it inside jit.
+  return nnx.Dropout(rate, rngs=None)
 
 
 class Attention(nnx.Module):
-  """Multi-head (grouped-query) self-attention with rotary positions."""
+  """Multi-head (grouped-query) self-attention with rotary positions and an optional KV cache."""
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -158,12 +188,22 @@ class Attention(nnx.Module):
   def project_out(self, y_BxLxHxE: jax.Array) -> jax.Array:
     return jnp.einsum("blhe,hed->bld", y_BxLxHxE, self.o[...].astype(self.cfg.compute_dtype))
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
-               mask_Bx1xLxL: jax.Array) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, mask_Bx1xLxS: jax.Array,
+               cache: LayerCache | None = None) -> tuple[jax.Array, LayerCache | None]:
+    """(output [B,L,D], updated cache). Without a cache S = L and the mask is the segment mask
+    (causality added here); with one, the L new keys/values are written at slot positions[:, 0]
+    and the mask is `cache_mask` over the cache's S slots."""
     q, k, v = self.project_qkv(x_BxLxD, positions_BxL)
-    y_BxLxHxE = attend(q, k, v, mask_Bx1xLxL, is_causal=True,
-                       implementation=self.cfg.attention_impl)
-    return self.project_out(y_BxLxHxE)
+    if cache is None:
+      y_BxLxHxE = attend(q, k, v, mask_Bx1xLxS, is_causal=True,
+                         implementation=self.cfg.attention_impl)
+    else:
+      start_B = positions_BxL[:, 0]
+      cache = LayerCache(_write(cache.k, k, start_B), _write(cache.v, v, start_B))
+      # The cache mask is not causal-shaped (L < S), which the fused kernels do not take.
+      y_BxLxHxE = attend(q, cache.k, cache.v, mask_Bx1xLxS, is_causal=False,
+                         implementation="xla")
+    return self.project_out(y_BxLxHxE), cache
 
 
 class MLP(nnx.Module):
@@ -189,22 +229,23 @@ class Block(nnx.Module):
   """Pre-norm transformer block."""
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    self.dropout_rate = cfg.dropout_rate
     self.attn_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
     self.attn = Attention(cfg, rngs=rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
+    self.dropout = _dropout(cfg.dropout_rate)
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, mask_Bx1xLxL: jax.Array,
-               dropout_rng: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, mask_Bx1xLxS: jax.Array,
+               dropout_rng: jax.Array | None = None, cache: LayerCache | None = None
+               ) -> tuple[jax.Array, LayerCache | None]:
     rng_a = rng_m = None
     if dropout_rng is not None:
       rng_a, rng_m = jax.random.split(dropout_rng)
-    h = self.attn(self.attn_norm(x_BxLxD), positions_BxL, mask_Bx1xLxL)
-    x_BxLxD = x_BxLxD + _dropout(h, self.dropout_rate, rng_a)
+    h, cache = self.attn(self.attn_norm(x_BxLxD), positions_BxL, mask_Bx1xLxS, cache)
+    x_BxLxD = x_BxLxD + self.dropout(h, deterministic=rng_a is None, rngs=rng_a)
     h = self.mlp(self.mlp_norm(x_BxLxD))
-    x_BxLxD = x_BxLxD + _dropout(h, self.dropout_rate, rng_m)
-    return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed"))
+    x_BxLxD = x_BxLxD + self.dropout(h, deterministic=rng_m is None, rngs=rng_m)
+    return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed")), cache
 
 
 def sinusoid(x_BxL: jax.Array, num_features: int, min_period: float,
@@ -288,33 +329,41 @@ class Transformer(nnx.Module):
       logits_BxLxV = jnp.where(real_11V, logits_BxLxV, -1e9)
     return logits_BxLxV
 
-  def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
-               age_BxL: jax.Array | None = None, days_BxL: jax.Array | None = None, *,
-               dropout_rng: jax.Array | None = None, return_logits: bool = True
-               ) -> tuple[jax.Array | None, jax.Array]:
-    """Returns (float32 logits [B,L,V] or None, final hidden states [B,L,D]).
+  def init_cache(self, batch: int, length: int) -> Cache:
+    return init_cache(self.cfg, batch, length)
 
-    Position t attends to positions <= t of its own segment; dropout runs only with a
+  def __call__(self, tokens_BxL: jax.Array | None, segment_ids_BxL: jax.Array | None,
+               positions_BxL: jax.Array, age_BxL: jax.Array | None = None,
+               days_BxL: jax.Array | None = None, *, embeddings_BxLxD: jax.Array | None = None,
+               cache: Cache | None = None, dropout_rng: jax.Array | None = None,
+               return_logits: bool = True) -> ModelOutput:
+    """ModelOutput(float32 logits [B,L,V] or None, final hidden states [B,L,D], cache or None).
+
+    Without a cache, position t attends to positions <= t of its own segment. embeddings_BxLxD
+    (e.g. `embed(...)` for attribution) replaces tokens, age and days. With a cache (from
+    `init_cache`; segment_ids None), see `lmm_jax.model.backbone`. Dropout runs only with a
     dropout_rng (training).
     """
-    x_BxLxD = self.embed(tokens_BxL, age_BxL, days_BxL)
-    h_BxLxD = self.forward_embeddings(x_BxLxD, segment_ids_BxL, positions_BxL,
-                                      dropout_rng=dropout_rng)
-    return (self.logits(h_BxLxD) if return_logits else None), h_BxLxD
-
-  def forward_embeddings(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array,
-                         positions_BxL: jax.Array, *,
-                         dropout_rng: jax.Array | None = None) -> jax.Array:
-    """The blocks and final norm applied to input embeddings: final hidden states [B,L,D]."""
-    mask_Bx1xLxL = segment_mask(segment_ids_BxL, segment_ids_BxL)
+    check_inputs(tokens_BxL, segment_ids_BxL, age_BxL, days_BxL, embeddings_BxLxD, cache)
+    x_BxLxD = (self.embed(tokens_BxL, age_BxL, days_BxL) if embeddings_BxLxD is None
+               else embeddings_BxLxD)
+    if cache is None:
+      mask_Bx1xLxS = segment_mask(segment_ids_BxL, segment_ids_BxL)
+    else:
+      mask_Bx1xLxS = cache_mask(positions_BxL, cache[0].k.shape[1])
+    new_cache = []
     for i, block in enumerate(self.layers):
       rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+      layer_cache = None if cache is None else cache[i]
       if self.cfg.remat:
-        x_BxLxD = nnx.remat(lambda blk, *a: blk(*a))(block, x_BxLxD, positions_BxL,
-                                                      mask_Bx1xLxL, rng)
+        x_BxLxD, layer_cache = nnx.remat(lambda blk, *a: blk(*a))(
+            block, x_BxLxD, positions_BxL, mask_Bx1xLxS, rng, layer_cache)
       else:
-        x_BxLxD = block(x_BxLxD, positions_BxL, mask_Bx1xLxL, rng)
-    return self.final_norm(x_BxLxD)
+        x_BxLxD, layer_cache = block(x_BxLxD, positions_BxL, mask_Bx1xLxS, rng, layer_cache)
+      new_cache.append(layer_cache)
+    h_BxLxD = self.final_norm(x_BxLxD)
+    return ModelOutput(self.logits(h_BxLxD) if return_logits else None, h_BxLxD,
+                       None if cache is None else tuple(new_cache))
 
 
 def count_params(model_or_state: Any) -> int:

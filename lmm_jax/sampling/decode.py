@@ -1,11 +1,12 @@
 """Autoregressive sampling of patient futures with a KV cache (jit-compiled, static shapes).
 
-    sampler = Sampler(model, vocab, SamplingConfig(num_samples=20, max_new_tokens=256))
-    futures = sampler.generate(histories, horizon_days=...)
+    sc = SamplingConfig(num_samples=20, max_new_tokens=256)
+    sampler = Sampler(model, vocab.time_gap_days, vocab.eos_id, sc, context_len=512)
+    futures = sampler.generate([History(tokens, age, days, horizon_days=365.0)], seed=0)
 
-The cached forward reuses the model's own submodules (embed, attn_norm, attn.project_qkv,
-attn.project_out, mlp_norm, mlp, final_norm, logits), so weights and math are those of
-`lmm_jax.model.Transformer`; only the attention reads keys and values from a cache.
+Prefill and decode steps call the model itself with a cache (`model(..., cache=cache)`, see
+`lmm_jax.model.backbone`): the same forward pass as training, whose attention reads and writes the
+keys and values. Any registered backbone (`lmm_jax.model.registry`) samples the same way.
 
 One jit call handles a batch of patients: the histories are right-padded to a static prefill length
 P and prefilled once; the cache is then repeated N times (row = patient * N + sample), so the N
@@ -23,7 +24,7 @@ folds in the step, so a patient's futures do not depend on the batch it was put 
 or the mesh.
 
 Dimension letters: B rows (patients x samples), P prefill length, S cache length (P + T),
-T new tokens, V padded vocabulary, K kv heads, E head width, D model width.
+T new tokens, V padded vocabulary, D model width.
 """
 
 from __future__ import annotations
@@ -39,15 +40,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from lmm_jax import sharding
-from lmm_jax.model import transformer
+from lmm_jax.model.backbone import Backbone
+from lmm_jax.model.transformer import Cache, init_cache  # re-exported (lmm_jax.sampling)
 
 DAYS_PER_YEAR = 365.25
 NO_HORIZON = 1e9  # days: a horizon never reached
 STOP_BUDGET, STOP_HORIZON, STOP_EOS = 0, 1, 2
 STOP_REASONS = ("budget", "horizon", "eos")
-
-# (k, v) per layer, each [B, S, K, E].
-Cache = tuple[tuple[jax.Array, jax.Array], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,71 +69,30 @@ class SamplingConfig:
 
 
 # ------------------------------------------------------------------------------------------------
-# The cached forward pass.
+# The cached forward pass: the model's own, with a cache (slot p = position p).
 
 
-def init_cache(cfg: transformer.TransformerConfig, batch: int, length: int) -> Cache:
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-  return tuple((jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
-               for _ in range(cfg.num_layers))
+def prefill(model: Backbone, tokens_BxP: jax.Array, age_BxP: jax.Array, days_BxP: jax.Array,
+            lengths_B: jax.Array, cache_len: int) -> tuple[jax.Array, Any]:
+  """(logits [B,V] after each row's last history token, cache of length cache_len).
 
-
-def _write(cache_BxSxKxE: jax.Array, new_BxLxKxE: jax.Array, start_B: jax.Array) -> jax.Array:
-  """Writes each row's L new entries at its own offset."""
-  upd = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (s, 0, 0)))
-  out = upd(cache_BxSxKxE, new_BxLxKxE.astype(cache_BxSxKxE.dtype), start_B)
-  return sharding.constrain(out, ("batch", "length", "kv_heads", "kv"))
-
-
-def forward_with_cache(model: transformer.Transformer, tokens_BxL: jax.Array,
-                       age_BxL: jax.Array | None, days_BxL: jax.Array | None, cache: Cache,
-                       start_B: jax.Array) -> tuple[jax.Array, Cache]:
-  """Runs L new tokens per row at positions start_B + [0, L); returns (hidden [B,L,D], cache).
-
-  Token i of row b attends to cache entries 0..start_B[b]+i (its history and itself). Entries
-  beyond a row's history that the prefill filled with padding are overwritten before they become
-  visible, so right-padded prefill is exact.
+  Rows are right-padded histories; the padding's cache slots are overwritten by the decode steps
+  before they become visible, so the prefill is exact.
   """
-  cfg = model.cfg
-  l = tokens_BxL.shape[1]
-  s = cache[0][0].shape[1]
-  positions_BxL = start_B[:, None] + jnp.arange(l, dtype=jnp.int32)[None, :]
-  mask_Bx1xLxS = (jnp.arange(s, dtype=jnp.int32)[None, None, None, :]
-                  <= positions_BxL[:, None, :, None])
-  x_BxLxD = model.embed(tokens_BxL, age_BxL, days_BxL)
-  new_cache = []
-  for block, (k_cache, v_cache) in zip(model.layers, cache):
-    q_BxLxHxE, k_BxLxKxE, v_BxLxKxE = block.attn.project_qkv(block.attn_norm(x_BxLxD),
-                                                             positions_BxL)
-    k_cache = _write(k_cache, k_BxLxKxE, start_B)
-    v_cache = _write(v_cache, v_BxLxKxE, start_B)
-    y_BxLxHxE = transformer.attend(q_BxLxHxE, k_cache, v_cache, mask_Bx1xLxS, is_causal=False,
-                                   implementation="xla")
-    x_BxLxD = x_BxLxD + block.attn.project_out(y_BxLxHxE)
-    x_BxLxD = x_BxLxD + block.mlp(block.mlp_norm(x_BxLxD))
-    x_BxLxD = sharding.constrain(x_BxLxD, ("batch", "length", "act_embed"))
-    new_cache.append((k_cache, v_cache))
-  return model.final_norm(x_BxLxD), tuple(new_cache)
+  b, p = tokens_BxP.shape
+  positions_BxP = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None, :], (b, p))
+  out = model(tokens_BxP, None, positions_BxP, age_BxP, days_BxP,
+              cache=model.init_cache(b, cache_len), return_logits=False)
+  last_Bx1xD = jnp.take_along_axis(out.hidden, (lengths_B - 1)[:, None, None], axis=1)
+  return model.logits(last_Bx1xD)[:, 0], out.cache
 
 
-def prefill(model: transformer.Transformer, tokens_BxP: jax.Array, age_BxP: jax.Array,
-            days_BxP: jax.Array, lengths_B: jax.Array, cache_len: int
-            ) -> tuple[jax.Array, Cache]:
-  """(logits [B,V] after each row's last history token, cache of length cache_len)."""
-  b = tokens_BxP.shape[0]
-  cache = init_cache(model.cfg, b, cache_len)
-  h_BxPxD, cache = forward_with_cache(model, tokens_BxP, age_BxP, days_BxP, cache,
-                                      jnp.zeros((b,), jnp.int32))
-  last_BxD = jnp.take_along_axis(h_BxPxD, (lengths_B - 1)[:, None, None], axis=1)
-  return model.logits(last_BxD)[:, 0], cache
-
-
-def decode_step(model: transformer.Transformer, token_B: jax.Array, age_B: jax.Array,
-                days_B: jax.Array, pos_B: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+def decode_step(model: Backbone, token_B: jax.Array, age_B: jax.Array, days_B: jax.Array,
+                pos_B: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
   """One new token per row at position pos_B: (logits [B,V], updated cache)."""
-  h_Bx1xD, cache = forward_with_cache(model, token_B[:, None], age_B[:, None], days_B[:, None],
-                                      cache, pos_B)
-  return model.logits(h_Bx1xD)[:, 0], cache
+  out = model(token_B[:, None], None, pos_B.astype(jnp.int32)[:, None], age_B[:, None],
+              days_B[:, None], cache=cache)
+  return out.logits[:, 0], out.cache
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,7 +178,7 @@ def _last(x_BxP: jax.Array, lengths_B: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x_BxP, (lengths_B - 1)[:, None], axis=1)[:, 0]
 
 
-def generate_cached(model: transformer.Transformer, batch: Mapping[str, jax.Array],
+def generate_cached(model: Backbone, batch: Mapping[str, jax.Array],
                     gap_days_V: jax.Array, eos_id: int, seed: int | jax.Array,
                     sc: SamplingConfig) -> dict[str, jax.Array]:
   """Samples N futures per patient with one shared prefill (traceable; see `Sampler`).
@@ -249,7 +207,7 @@ def generate_cached(model: transformer.Transformer, batch: Mapping[str, jax.Arra
   return _sample_loop(step_fn, state0, keys_B, rep(batch["horizon"]), gap_days_V, eos_id, sc)
 
 
-def generate_uncached(model: transformer.Transformer, batch: Mapping[str, jax.Array],
+def generate_uncached(model: Backbone, batch: Mapping[str, jax.Array],
                       gap_days_V: jax.Array, eos_id: int, seed: int | jax.Array,
                       sc: SamplingConfig) -> dict[str, jax.Array]:
   """The same sampler without a cache: every token re-runs the full forward pass over [B, P+T].
@@ -268,7 +226,7 @@ def generate_uncached(model: transformer.Transformer, batch: Mapping[str, jax.Ar
 
   def logits_at(tokens_BxS, age_BxS, days_BxS, pos_B):
     seg_BxS = (positions < pos_B[:, None]).astype(jnp.int32)
-    logits_BxSxV, _ = model(tokens_BxS, seg_BxS, positions, age_BxS, days_BxS)
+    logits_BxSxV = model(tokens_BxS, seg_BxS, positions, age_BxS, days_BxS).logits
     return jnp.take_along_axis(logits_BxSxV, (pos_B - 1)[:, None, None], axis=1)[:, 0]
 
   sample_B = jnp.tile(jnp.arange(n, dtype=jnp.int32), b)
@@ -319,15 +277,17 @@ class Sampler:
   """Jitted, mesh-aware sampling of N futures per patient for a model and vocabulary tables.
 
   Args:
-    model: a `lmm_jax.model.Transformer` (parameters may be sharded; they are not copied).
+    model: a registered backbone, e.g. `lmm_jax.model.Transformer` (parameters may be sharded;
+      they are not copied).
     gap_days: float[V] days per time-gap token (vocab.time_gap_days), 0 for other tokens.
     eos_id: the end token.
     sc: sampling options.
     context_len: the longest prefill; histories are bucketed to powers of two up to it.
     mesh, rules: shard the rows over the 'batch' mesh axes (data parallel); None: one device.
+    use_cache: False runs `generate_uncached` (the reference; tests and the benchmark).
   """
 
-  def __init__(self, model: transformer.Transformer, gap_days: np.ndarray, eos_id: int,
+  def __init__(self, model: Backbone, gap_days: np.ndarray, eos_id: int,
                sc: SamplingConfig, *, context_len: int, mesh: jax.sharding.Mesh | None = None,
                rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES, use_cache: bool = True):
     self.cfg = model.cfg
@@ -397,13 +357,12 @@ class Sampler:
                    stop_reason=np.asarray(out["stop_reason"])[:r], num_samples=self.sc.num_samples)
 
 
-def replicate_params(model: transformer.Transformer, mesh: jax.sharding.Mesh) -> None:
+def replicate_params(model: nnx.Module, mesh: jax.sharding.Mesh) -> None:
   """Places every parameter replicated on the mesh (small models; data-parallel sampling)."""
   state = nnx.state(model)
   nnx.update(model, jax.device_put(state, NamedSharding(mesh, P())))
 
 
 __all__ = ["Cache", "Futures", "History", "NO_HORIZON", "STOP_REASONS", "Sampler",
-           "SamplingConfig", "decode_step", "filter_logits", "forward_with_cache",
-           "generate_cached", "generate_uncached", "init_cache", "prefill", "row_keys",
-           "sample_tokens"]
+           "SamplingConfig", "decode_step", "filter_logits", "generate_cached",
+           "generate_uncached", "init_cache", "prefill", "row_keys", "sample_tokens"]

@@ -8,7 +8,6 @@ left within the row, weighted 0 where the next token starts another segment or i
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Iterable, Mapping
 
@@ -19,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from lmm_jax import model as model_lib
+from lmm_jax.model import registry as model_registry
 from lmm_jax.conventions import TOKEN_KIND_NAMES
 from lmm_jax.data import pipeline
 from lmm_jax.data import records
@@ -40,13 +40,11 @@ def load_vocab(data_dir: str) -> Vocabulary:
 
 
 def backbone_config(model_cfg: ml_collections.ConfigDict, vocab_size: int,
-                    vocab_multiple: int) -> model_lib.TransformerConfig:
-  """The backbone's static config from config.model (fields of TransformerConfig; other entries,
-  e.g. the registry name, are not its fields) and the vocabulary size."""
+                    vocab_multiple: int) -> Any:
+  """The backbone's static config (the lmm_jax.model registry entry config.model.name names)
+  from config.model and the vocabulary size padded to vocab_multiple."""
   padded = int(np.ceil(vocab_size / vocab_multiple) * vocab_multiple)
-  fields = {f.name for f in dataclasses.fields(model_lib.TransformerConfig)}
-  kwargs = {k: v for k, v in model_cfg.to_dict().items() if k in fields}
-  return model_lib.TransformerConfig(vocab_size=vocab_size, padded_vocab_size=padded, **kwargs)
+  return model_registry.make_config(model_cfg, vocab_size, padded)
 
 
 def next_token_targets(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array
@@ -99,13 +97,13 @@ class PretrainTask(Task):
     self.vocab = vocab if vocab is not None else load_vocab(config.data_dir)
     self.kinds = np.asarray(self.vocab.kinds, np.int32)
 
-  def model_config(self, vocab_multiple: int) -> model_lib.TransformerConfig:
+  def model_config(self, vocab_multiple: int) -> Any:
     return backbone_config(self.config.model, self.vocab.size, vocab_multiple)
 
   def build_model(self, rngs: nnx.Rngs, vocab_multiple: int) -> nnx.Module:
     cfg = self.model_config(vocab_multiple)
     self._model_cfg = cfg
-    return model_lib.Transformer(cfg, rngs=rngs)
+    return model_registry.build(cfg, rngs)
 
   def train_dataset(self, *, batch_size: int, shard_index: int, shard_count: int) -> Any:
     c = self.config
@@ -128,9 +126,8 @@ class PretrainTask(Task):
 
   def _forward(self, model: nnx.Module, batch: Mapping[str, jax.Array],
                rng: jax.Array | None) -> jax.Array:
-    logits_BxLxV, _ = model(batch["tokens"], batch["segment_ids"], batch["positions"],
-                            batch.get("age"), batch.get("days"), dropout_rng=rng)
-    return logits_BxLxV
+    return model(batch["tokens"], batch["segment_ids"], batch["positions"], batch.get("age"),
+                 batch.get("days"), dropout_rng=rng).logits
 
   def loss_fn(self, model: nnx.Module, batch: Mapping[str, jax.Array], *, train: bool,
               rng: jax.Array | None) -> tuple[jax.Array, Metrics]:

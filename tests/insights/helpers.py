@@ -31,8 +31,7 @@ def tiny_predictor(seed: int = 0, pooling: str = "last") -> loading.Predictor:
 
   def outputs_fn(p, x, batch):
     m = nnx.merge(graphdef, p)
-    h = m.backbone.forward_embeddings(x, batch["segment_ids"], batch["positions"])
-    out = m.head(heads.pool(h, batch["segment_ids"], batch["length"], m.head_cfg.pooling))
+    out = m.from_embeddings(x, batch["segment_ids"], batch["positions"], batch["length"])
     return {"logit": out, "prob": jax.nn.sigmoid(out)}
 
   return loading.Predictor(params=params, embed_fn=embed_fn, outputs_fn=outputs_fn,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmm_jax.model import Transformer, TransformerConfig, count_params
+from lmm_jax.model import Transformer, TransformerConfig, count_params, heads
 
 B, L = 2, 12
 
@@ -40,7 +40,8 @@ def _run(model: Transformer, inp):
 
 def _hidden_fn(model: Transformer, inp):
   def f(x_BxLxD):
-    return model.forward_embeddings(x_BxLxD, inp["segment_ids"], inp["positions"])
+    return model(None, inp["segment_ids"], inp["positions"], embeddings_BxLxD=x_BxLxD,
+                 return_logits=False).hidden
   return f
 
 
@@ -73,15 +74,16 @@ def test_packed_segments_are_isolated():
   alone = {k: jnp.concatenate([v[:, 5:9], jnp.zeros_like(v[:, :8])], axis=1)
            for k, v in alone.items()}
   run = nnx.jit(_run)
-  h_packed = run(model, inp)[1][0, 5:9]
-  h_alone = run(model, alone)[1][0, :4]
+  h_packed = run(model, inp).hidden[0, 5:9]
+  h_alone = run(model, alone).hidden[0, :4]
   np.testing.assert_allclose(h_packed, h_alone, atol=1e-5)
 
 
 def test_padding_gives_finite_outputs_and_masks_padded_vocab():
   segs = np.array([[1] * 4 + [0] * 8, [0] * 12], np.int32)
   model = Transformer(_cfg(), rngs=nnx.Rngs(2))
-  logits, h = _run(model, _inputs(segs))
+  logits, h, cache = _run(model, _inputs(segs))
+  assert cache is None
   assert logits.shape == (B, L, 64) and h.shape == (B, L, 32)
   assert np.all(np.isfinite(np.asarray(h)))
   assert np.all(np.asarray(logits)[..., 50:] < -1e8)
@@ -102,7 +104,7 @@ def test_every_parameter_has_logical_axes():
 def test_time_embedding_modes(mode):
   model = Transformer(_cfg(time_embedding=mode), rngs=nnx.Rngs(0))
   inp = _inputs(np.ones((B, L), np.int32))
-  logits, _ = _run(model, inp)
+  logits = _run(model, inp).logits
   assert np.all(np.isfinite(np.asarray(logits)))
   n_time = {"none": 0, "age": 8 * 32, "age_and_days": 16 * 32}[mode]
   assert count_params(model) == count_params(Transformer(_cfg(time_embedding="none"),
@@ -110,9 +112,9 @@ def test_time_embedding_modes(mode):
   if mode != "none":  # the projection starts at zero; once trained, age changes the output
     proj = model.time_embed.proj
     proj[...] = jax.random.normal(jax.random.key(0), proj.shape) * 0.02
-    logits = _run(model, inp)[0]
+    logits = _run(model, inp).logits
     older = dict(inp, age=inp["age"] + 10.0)
-    assert not np.allclose(_run(model, older)[0], logits)
+    assert not np.allclose(_run(model, older).logits, logits)
 
 
 def test_remat_and_bf16_match_reference():
@@ -122,7 +124,7 @@ def test_remat_and_bf16_match_reference():
   params = nnx.state(ref, nnx.Param)
 
   def loss(model):
-    return jnp.mean(_run(model, inp)[0][..., :50] ** 2)
+    return jnp.mean(_run(model, inp).logits[..., :50] ** 2)
 
   remat = Transformer(dataclasses.replace(cfg, remat=True), rngs=nnx.Rngs(3))
   nnx.update(remat, params)
@@ -133,9 +135,9 @@ def test_remat_and_bf16_match_reference():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   bf16 = Transformer(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(3))
   nnx.update(bf16, params)
-  out = _run(bf16, inp)[0]
+  out = _run(bf16, inp).logits
   assert out.dtype == jnp.float32
-  np.testing.assert_allclose(out[..., :50], _run(ref, inp)[0][..., :50], atol=0.05)
+  np.testing.assert_allclose(out[..., :50], _run(ref, inp).logits[..., :50], atol=0.05)
 
 
 def test_config_validation():
@@ -143,3 +145,112 @@ def test_config_validation():
     _cfg(time_embedding="calendar")
   with pytest.raises(ValueError, match="num_kv_heads"):
     _cfg(num_heads=4, num_kv_heads=3)
+
+
+def test_cached_forward_matches_full_forward_on_logits():
+  # Right-padded prefill of rows of different lengths, then single-token steps and 2-token chunks
+  # at each row's own offset, against one full pass over the whole sequences.
+  model = Transformer(_cfg(time_embedding="age_and_days"), rngs=nnx.Rngs(4))
+  b, l, p = 3, 14, 6
+  inp = _inputs(np.ones((b, l), np.int32))
+  full_BxLxV = np.asarray(nnx.jit(_run)(model, inp).logits)
+  step = nnx.jit(lambda m, t, q, a, d, c: m(t, None, q, a, d, cache=c))
+  lengths = np.array([6, 3, 5])
+  live_BxP = jnp.asarray(np.arange(p)[None, :] < lengths[:, None])
+  pad = lambda x: jnp.where(live_BxP, x[:, :p], jnp.zeros_like(x[:, :p]))
+  positions_BxP = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None, :], (b, p))
+  out = step(model, pad(inp["tokens"]), positions_BxP, pad(inp["age"]), pad(inp["days"]),
+             model.init_cache(b, l))
+  assert out.cache[0].k.shape == (b, l, 2, 8)
+  for r in range(b):
+    np.testing.assert_allclose(out.logits[r, :lengths[r]], full_BxLxV[r, :lengths[r]],
+                               atol=2e-5, rtol=1e-4)
+  cache, cur = out.cache, lengths.copy()
+  for n in (1, 1, 1, 2, 2, 1):
+    idx_BxN = cur[:, None] + np.arange(n)[None, :]
+    take = lambda x: jnp.asarray(np.take_along_axis(np.asarray(x), idx_BxN, axis=1))
+    out = step(model, take(inp["tokens"]), jnp.asarray(idx_BxN, jnp.int32), take(inp["age"]),
+               take(inp["days"]), cache)
+    want = np.take_along_axis(full_BxLxV, idx_BxN[..., None], axis=1)
+    np.testing.assert_allclose(out.logits, want, atol=2e-5, rtol=1e-4)
+    cache, cur = out.cache, cur + n
+  assert cur.max() == l
+
+
+def test_from_embeddings_equals_call():
+  segs = np.array([[1] * 7 + [2] * 5, [1] * 9 + [0] * 3], np.int32)
+  cfg = _cfg(time_embedding="age_and_days")
+  inp = _inputs(segs)
+  model = Transformer(cfg, rngs=nnx.Rngs(5))
+  x = model.embed(inp["tokens"], inp["age"], inp["days"])
+  a = _run(model, inp)
+  b = model(None, inp["segment_ids"], inp["positions"], embeddings_BxLxD=x)
+  np.testing.assert_array_equal(a.logits, b.logits)
+  np.testing.assert_array_equal(a.hidden, b.hidden)
+
+  fm = heads.FinetuneModel(cfg, heads.HeadConfig(num_outputs=3, hidden_dim=8, dropout_rate=0.3),
+                           rngs=nnx.Rngs(6))
+  length = jnp.array([7, 9], jnp.int32)
+  args = (inp["segment_ids"], inp["positions"], length)
+  x = fm.backbone.embed(inp["tokens"], inp["age"], inp["days"])
+  call = nnx.jit(lambda m, rng: m(inp["tokens"], inp["segment_ids"], inp["positions"],
+                                  inp["age"], inp["days"], length, dropout_rng=rng))
+  from_emb = nnx.jit(lambda m, x, rng: m.from_embeddings(x, *args, dropout_rng=rng))
+  for rng in (None, jax.random.PRNGKey(2)):
+    out = call(fm, rng)
+    assert out.shape == (2, 3)
+    np.testing.assert_allclose(out, from_emb(fm, x, rng), rtol=1e-6, atol=1e-6)
+  # The representation is the backbone's hidden state at the last real token.
+  h = nnx.jit(lambda m: _run(m.backbone, inp).hidden)(fm)
+  rep = nnx.jit(lambda m: m.represent(inp["tokens"], inp["segment_ids"], inp["positions"],
+                                      inp["age"], inp["days"], length))(fm)
+  np.testing.assert_allclose(rep, np.stack([h[0, 6], h[1, 8]]), rtol=1e-6, atol=1e-6)
+  # Attribution differentiates the outputs w.r.t. the embeddings.
+  g = jax.jit(jax.grad(lambda x: fm.from_embeddings(x, *args)[:, 0].sum()))(x)
+  assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).sum() > 0
+
+
+def test_dropout_takes_the_key_at_call_time():
+  cfg = _cfg(dropout_rate=0.3)
+  model = Transformer(cfg, rngs=nnx.Rngs(7))
+  assert isinstance(model.layer_0.dropout, nnx.Dropout)
+  graphdef, state = nnx.split(model)
+  # No RNG state: the model is rebuilt from its parameters alone, as the trainer does under jit.
+  assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  inp = _inputs(np.ones((B, L), np.int32))
+  f = jax.jit(lambda p, k: _run_rng(nnx.merge(graphdef, p), inp, k))
+  no_dropout = Transformer(dataclasses.replace(cfg, dropout_rate=0.0), rngs=nnx.Rngs(7))
+  run = nnx.jit(_run)
+  off = np.asarray(run(no_dropout, inp).hidden)
+  np.testing.assert_array_equal(run(model, inp).hidden, off)  # no key: dropout off, bitwise
+  k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+  on1 = np.asarray(f(params, k1))
+  np.testing.assert_array_equal(on1, f(params, k1))
+  assert not np.allclose(on1, off) and not np.allclose(on1, f(params, k2))
+  # The head drops its hidden features with its own part of the key.
+  head = heads.Head(8, heads.HeadConfig(num_outputs=2, hidden_dim=64, dropout_rate=0.5),
+                    rngs=nnx.Rngs(0))
+  x_BxD = jnp.ones((4, 8))
+  assert not np.allclose(head(x_BxD, dropout_rng=k1), head(x_BxD))
+  np.testing.assert_array_equal(head(x_BxD, dropout_rng=None), head(x_BxD))
+
+
+def _run_rng(model: Transformer, inp, rng):
+  return model(inp["tokens"], inp["segment_ids"], inp["positions"], inp["age"], inp["days"],
+               dropout_rng=rng).hidden
+
+
+def test_call_argument_errors():
+  model = Transformer(_cfg(), rngs=nnx.Rngs(0))
+  inp = _inputs(np.ones((B, L), np.int32))
+  x = model.embed(inp["tokens"], inp["age"], inp["days"])
+  seg, pos = inp["segment_ids"], inp["positions"]
+  with pytest.raises(ValueError, match="pass tokens or embeddings"):
+    model(None, seg, pos)
+  with pytest.raises(ValueError, match="replaces tokens, age and days"):
+    model(inp["tokens"], seg, pos, embeddings_BxLxD=x)
+  with pytest.raises(ValueError, match="segment_ids must be None with a cache"):
+    model(inp["tokens"], seg, pos, inp["age"], cache=model.init_cache(B, L))
+  with pytest.raises(ValueError, match="segment_ids are required"):
+    model(inp["tokens"], None, pos, inp["age"])

@@ -45,8 +45,9 @@ def test_cached_logits_match_full_forward():
   age[2] = -1.0  # unknown birth date
   seg = np.ones((b, l), np.int32)
   pos = np.broadcast_to(np.arange(l, dtype=np.int32), (b, l))
-  full, _ = jax.jit(lambda *a: model(*a))(jnp.asarray(tokens), jnp.asarray(seg),
-                                           jnp.asarray(pos), jnp.asarray(age), jnp.asarray(days))
+  full = jax.jit(lambda *a: model(*a).logits)(jnp.asarray(tokens), jnp.asarray(seg),
+                                               jnp.asarray(pos), jnp.asarray(age),
+                                               jnp.asarray(days))
   lengths = np.array([p, p - 3, p - 1], np.int32)
   pad = lambda x: np.where(np.arange(p)[None] < lengths[:, None], x[:, :p], 0).astype(x.dtype)
   prefill = jax.jit(lambda *a: decode.prefill(model, *a, cache_len=l))

@@ -126,8 +126,8 @@ class RegressionTask(RandomPretrainTask):
 
   def loss_fn(self, model, batch, *, train, rng):
     del train, rng
-    _, h_BxLxD = model.backbone(batch["tokens"], batch["segment_ids"], batch["positions"],
-                                batch["age"], batch["days"], return_logits=False)
+    h_BxLxD = model.backbone(batch["tokens"], batch["segment_ids"], batch["positions"],
+                             batch["age"], batch["days"], return_logits=False).hidden
     w_BxL = (batch["segment_ids"] > 0).astype(jnp.float32)
     n_B = jnp.maximum(w_BxL.sum(axis=1), 1.0)
     pooled_BxD = (h_BxLxD * w_BxL[..., None]).sum(axis=1) / n_B[:, None]
