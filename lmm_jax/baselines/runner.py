@@ -9,10 +9,11 @@ metrics, timings, member counts and counts of fallbacks by reason; no identifier
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from absl import logging
 import numpy as np
@@ -28,10 +29,49 @@ from lmm_jax.data.vocab import Vocabulary
 from lmm_jax.eval import metrics
 from lmm_jax.eval import predictions as preds_io
 
-COST_MODELS = ("mean", "prior_cost", "age_sex", "cms_hcc_v28", "lightgbm_cost")
-CHRONIC_MODELS = ("prevalence_age_sex", "logistic", "lightgbm_chronic")
 ORACLE = "oracle"
 SUMMARY_FILE = "baselines_summary.json"
+
+
+@dataclasses.dataclass
+class Inputs:
+  """What a baseline may use: the splits, the HCC risk scores and the tabular features."""
+  train: features.TaskData
+  tuning: features.TaskData
+  test: features.TaskData
+  risk: dict[str, np.ndarray]      # CMS-HCC V28 risk score per split name
+  x: dict[str, np.ndarray]         # feature matrix per split name (baselines that need it)
+  split: str                       # the predicted split's name
+  seed: int
+  num_threads: int
+  progress: bool
+
+
+# name -> fit on train (and tuning for early stopping), predict the test split. A new baseline is
+# its fit/predict function in cost.py or chronic.py and one entry here.
+COST_BASELINES: dict[str, Callable[[Inputs], cost_lib.CostPrediction]] = {
+    "mean": lambda i: cost_lib.mean_model(i.train, i.test),
+    "prior_cost": lambda i: cost_lib.prior_cost_model(i.train, i.test),
+    "age_sex": lambda i: cost_lib.age_sex_model(i.train, i.test),
+    "cms_hcc_v28": lambda i: cost_lib.hcc_model(i.train, i.test, i.risk[conventions.TRAIN],
+                                                i.risk[i.split]),
+    "lightgbm_cost": lambda i: cost_lib.lightgbm_model(
+        i.train, i.tuning, i.test, i.x[conventions.TRAIN], i.x[conventions.TUNING], i.x[i.split],
+        seed=i.seed, num_threads=i.num_threads),
+}
+CHRONIC_BASELINES: dict[str, Callable[[Inputs], chronic_lib.ChronicPrediction]] = {
+    "prevalence_age_sex": lambda i: chronic_lib.prevalence_model(i.train, i.test),
+    "logistic": lambda i: chronic_lib.logistic_model(i.train, i.test, i.x[conventions.TRAIN],
+                                                     i.x[i.split], seed=i.seed,
+                                                     progress=i.progress),
+    "lightgbm_chronic": lambda i: chronic_lib.lightgbm_model(
+        i.train, i.tuning, i.x[conventions.TRAIN], i.x[conventions.TUNING], i.x[i.split],
+        seed=i.seed, num_threads=i.num_threads, progress=i.progress),
+}
+NEEDS_FEATURES = frozenset({"lightgbm_cost", "logistic", "lightgbm_chronic"})
+NEEDS_HCC = NEEDS_FEATURES | {"cms_hcc_v28"}
+COST_MODELS = tuple(COST_BASELINES)
+CHRONIC_MODELS = tuple(CHRONIC_BASELINES)
 
 
 class _Timer:
@@ -91,10 +131,9 @@ def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | Non
                split)
   notes: dict[str, dict[str, int]] = {}
 
-  need_x = bool({"lightgbm_cost"} & cost_models or {"logistic", "lightgbm_chronic"} &
-                chronic_models)
+  need_x = bool(NEEDS_FEATURES & (cost_models | chronic_models))
   scores = {}
-  if need_x or "cms_hcc_v28" in cost_models:
+  if NEEDS_HCC & (cost_models | chronic_models):
     with timer("cms_hcc_scoring"):
       scores = {s: hcc_lib.score(d, progress) for s, d in data.items()}
     for s, sc in scores.items():
@@ -114,40 +153,25 @@ def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | Non
     return {"kind": kind, "data_dir": data_dir, "split": split, "num_params": None,
             "description": description}
 
+  inputs = Inputs(train=train, tuning=tuning, test=test,
+                  risk={s: sc.risk_score for s, sc in scores.items()}, x=x, split=split,
+                  seed=seed, num_threads=num_threads, progress=progress)
   files, headline = [], {}
-  xtr, xtu, xte = (x.get(conventions.TRAIN), x.get(conventions.TUNING), x.get(split))
-  for name in COST_MODELS:
+  for name, fit_predict in COST_BASELINES.items():
     if name not in cost_models:
       continue
     with timer(name):
-      if name == "mean":
-        pred = cost_lib.mean_model(train, test)
-      elif name == "prior_cost":
-        pred = cost_lib.prior_cost_model(train, test)
-      elif name == "age_sex":
-        pred = cost_lib.age_sex_model(train, test)
-      elif name == "cms_hcc_v28":
-        pred = cost_lib.hcc_model(train, test, scores[conventions.TRAIN].risk_score,
-                                  scores[split].risk_score)
-      else:
-        pred = cost_lib.lightgbm_model(train, tuning, test, xtr, xtu, xte, seed=seed,
-                                       num_threads=num_threads)
+      pred = fit_predict(inputs)
     files.append(preds_io.write_cost_predictions(
         workdir, name, test.subject_id, test.cost_next, pred.y_pred,
         y_pred_capped=pred.y_pred_capped, meta=meta(pred.description)))
     headline[name] = {"nmae": metrics.cost_metrics(test.cost_next, pred.y_pred)["nmae"]}
 
-  for name in CHRONIC_MODELS:
+  for name, fit_predict in CHRONIC_BASELINES.items():
     if name not in chronic_models:
       continue
     with timer(name):
-      if name == "prevalence_age_sex":
-        pred = chronic_lib.prevalence_model(train, test)
-      elif name == "logistic":
-        pred = chronic_lib.logistic_model(train, test, xtr, xte, seed=seed, progress=progress)
-      else:
-        pred = chronic_lib.lightgbm_model(train, tuning, xtr, xtu, xte, seed=seed,
-                                          num_threads=num_threads, progress=progress)
+      pred = fit_predict(inputs)
     if pred.notes:
       notes[name] = pred.notes
     files.append(preds_io.write_chronic_predictions(
