@@ -5,8 +5,16 @@ Layout: WORKDIR/checkpoints/<step>/ with the items
   opt_state  the optimizer state
   train      {'step', 'rng'}
   data       the grain iterator state (JSON), taken synchronously at save time so that the
-             asynchronous write cannot race the loop advancing the iterator.
-Saves are asynchronous; the last `max_to_keep` are kept.
+             asynchronous write cannot race the loop advancing the iterator; one file per process
+             (`metadata` for a single process, `process_<i>-of-<n>.json` for several), since each
+             process reads its own slice of the data.
+Saves are asynchronous; the last `max_to_keep` are kept. The tree items go through orbax's
+StandardSave / StandardRestore; their on-disk format is PyTreeCheckpointHandler's, so checkpoints
+written earlier with PyTreeSave restore unchanged.
+
+Preemption: inside `with checkpointer.watch_preemption():`, `checkpointer.reached_preemption(step)`
+after every step is True at one agreed step on all processes (jax.distributed's preemption sync);
+the loop saves that step and stops.
 
 Reading another run's checkpoints (one way for every caller):
   params, step = restore_latest_params(workdir, abstract_params)   # into given shardings
@@ -18,13 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from typing import Any, Iterator
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
+_TREE_ITEMS = ("params", "opt_state", "train")
+DATA_ITEM = "data"
 
 
 def checkpoint_dir(workdir_or_dir: str) -> str:
@@ -33,10 +45,59 @@ def checkpoint_dir(workdir_or_dir: str) -> str:
   return sub if os.path.isdir(sub) else workdir_or_dir
 
 
-def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
-  return ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=partial)
+def _data_filename(process_index: int, process_count: int) -> str:
+  """This process's iterator-state file: orbax's JSON default for one process, as before."""
+  return "metadata" if process_count == 1 else f"process_{process_index}-of-{process_count}.json"
+
+
+def _leaf_paths(tree: Any) -> set[tuple[str, ...]]:
+  return {tuple(str(getattr(k, "key", k)) for k in path)
+          for path, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _preemption_service_running() -> bool:
+  """True when jax.distributed runs its preemption sync manager (it owns SIGTERM then)."""
+  return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for name in _TREE_ITEMS:
+    standard = ocp.StandardCheckpointHandler()
+    registry.add(name, ocp.args.StandardSave, standard)
+    registry.add(name, ocp.args.StandardRestore, standard)
+  # StandardRestore needs a target mirroring the saved tree (orbax 0.12.8 raises on a subtree and
+  # rejects PLACEHOLDER leaves), so taking a fine-tuning run's backbone out of its parameters
+  # needs PyTreeRestore(partial_restore=True); same on-disk format.
+  registry.add("params", ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
+  # Every process writes its own iterator state (primary_host=None: no primary-only write).
+  data = ocp.JsonCheckpointHandler(
+      _data_filename(jax.process_index(), jax.process_count()),
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None))
+  registry.add(DATA_ITEM, ocp.args.JsonSave, data)
+  registry.add(DATA_ITEM, ocp.args.JsonRestore, data)
+  return registry
+
+
+class _Manager(ocp.CheckpointManager):
+  """A CheckpointManager whose own reached_preemption(step) calls leave jax's agreement alone.
+
+  orbax asks reached_preemption(step) inside save() and, on the primary process, from its finalize
+  thread after an asynchronous save. Each ask records `step` as this process's position in jax's
+  preemption agreement, so the thread's late ask could report a stale step and this process would
+  miss the step that the others stop at (their collective save would then wait for it forever).
+  Only the loop asks jax (agree_on_preemption, once per step); orbax gets the loop's answer.
+  """
+
+  agreed_step: int | None = None
+
+  def reached_preemption(self, step: int) -> bool:
+    return step == self.agreed_step
+
+  def agree_on_preemption(self, step: int) -> bool:
+    if super().reached_preemption(step):
+      self.agreed_step = step
+    return step == self.agreed_step
 
 
 class Checkpointer:
@@ -52,41 +113,64 @@ class Checkpointer:
         enable_async_checkpointing=async_save)
     # Every item's handler is registered, so restoring or reading some items never finds the
     # others unrestorable (orbax warns per unregistered item).
-    handlers = {name: ocp.PyTreeCheckpointHandler() for name in ("params", "opt_state", "train")}
-    handlers["data"] = ocp.JsonCheckpointHandler()
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self.manager = _Manager(self.directory, options=options, handler_registry=_handler_registry())
+    self._sigterm_received = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: dict[str, Any], data_state: dict[str, Any] | None) -> None:
-    items = dict(params=ocp.args.PyTreeSave(state["params"]),
-                 opt_state=ocp.args.PyTreeSave(state["opt_state"]),
-                 train=ocp.args.PyTreeSave({"step": state["step"], "rng": state["rng"]}))
+    items = dict(params=ocp.args.StandardSave(state["params"]),
+                 opt_state=ocp.args.StandardSave(state["opt_state"]),
+                 train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}))
     if data_state is not None:
-      items["data"] = ocp.args.JsonSave(data_state)
+      items[DATA_ITEM] = ocp.args.JsonSave(data_state)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, step: int, abstract_state: dict[str, Any], with_data: bool = True
               ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The full state at `step` (sharded like abstract_state) and the iterator state."""
-    items = dict(params=_restore_args(abstract_state["params"]),
-                 opt_state=_restore_args(abstract_state["opt_state"]),
-                 train=_restore_args({"step": abstract_state["step"],
-                                      "rng": abstract_state["rng"]}))
-    has_data = with_data and os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    items = dict(params=ocp.args.StandardRestore(abstract_state["params"]),
+                 opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
+                 train=ocp.args.StandardRestore({"step": abstract_state["step"],
+                                                 "rng": abstract_state["rng"]}))
+    has_data = with_data and self._has_data_state(step)
     if has_data:
-      items["data"] = ocp.args.JsonRestore()
+      items[DATA_ITEM] = ocp.args.JsonRestore()
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
     state = {"params": out["params"], "opt_state": out["opt_state"],
              "step": out["train"]["step"], "rng": out["train"]["rng"]}
-    return state, (out["data"] if has_data else None)
+    return state, (out[DATA_ITEM] if has_data else None)
+
+  def _has_data_state(self, step: int) -> bool:
+    """Whether `step` holds this process's iterator state; an error if it holds other processes'."""
+    data_dir = os.path.join(self.directory, str(step), DATA_ITEM)
+    if not os.path.isdir(data_dir):
+      return False
+    pindex, pcount = jax.process_index(), jax.process_count()
+    if os.path.isfile(os.path.join(data_dir, _data_filename(pindex, pcount))):
+      return True
+    found = sorted(f for f in os.listdir(data_dir) if f != "commit_success.txt")
+    raise FileNotFoundError(
+        f"{data_dir}: no data iterator state for process {pindex} of {pcount} (found {found}); "
+        "each process's input position is saved separately, so resume with the number of "
+        "processes that saved it")
 
   def restore_params(self, step: int, abstract_params: Any) -> Any:
     """Only the parameters present in abstract_params (others in the checkpoint are skipped)."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=_restore_args(abstract_params, partial=True)))
-    return out["params"]
+    saved, wanted = _leaf_paths(self.params_structure(step)), _leaf_paths(abstract_params)
+    missing = sorted("/".join(p) for p in wanted - saved)
+    if missing:
+      raise ValueError(f"{self.directory}/{step}: checkpoint params lack {missing[:5]}"
+                       f"{' ...' if len(missing) > 5 else ''}")
+    if wanted == saved:
+      args = ocp.args.StandardRestore(abstract_params)
+    else:  # a subtree: see _handler_registry for why not StandardRestore
+      args = ocp.args.PyTreeRestore(
+          item=abstract_params,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
+          partial_restore=True)
+    return self.manager.restore(step, args=ocp.args.Composite(params=args))["params"]
 
   def params_structure(self, step: int) -> Any:
     """The saved parameter tree's metadata (shapes, dtypes), without reading arrays."""
@@ -94,6 +178,50 @@ class Checkpointer:
     if meta is None:
       raise FileNotFoundError(f"{self.directory}/{step}: no readable 'params' item")
     return meta.tree if hasattr(meta, "tree") else meta
+
+  @contextlib.contextmanager
+  def watch_preemption(self) -> Iterator[None]:
+    """Makes reached_preemption(step) answer a preemption notice (SIGTERM) while inside.
+
+    Under jax.distributed, jax's preemption sync manager catches SIGTERM on any process and the
+    processes agree on one step (orbax's reached_preemption): no Python handler is installed, it
+    would replace jax's. A single process without jax.distributed gets a handler setting a flag.
+    """
+    if _preemption_service_running():
+      yield
+      return
+    if jax.process_count() > 1:
+      logging.warning("jax.distributed's preemption service is off: a SIGTERM stops this process "
+                      "without a checkpoint (the processes could not agree on a step to save)")
+      yield
+      return
+    previous = None
+    try:
+      previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    except ValueError:  # not the main thread: no handler
+      pass
+    try:
+      yield
+    finally:
+      if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and exiting")
+    self._sigterm_received = True
+
+  def reached_preemption(self, step: int) -> bool:
+    """True at the step that every process saves and stops at after a preemption notice.
+
+    Call it after every step (consecutive steps, on every process), including once with the
+    starting step: jax's agreement takes the furthest step any process has reported, plus one.
+    """
+    if _preemption_service_running():
+      return self.manager.agree_on_preemption(step)
+    if self._sigterm_received:
+      self.manager.agreed_step = step
+    return self._sigterm_received
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

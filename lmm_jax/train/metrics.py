@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
+from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -49,7 +50,6 @@ class MetricWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       self._file = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:

@@ -21,17 +21,19 @@ Resume order (first that applies):
   4. scratch.
 
 Checkpoints are saved asynchronously every config.checkpoint_every_steps, at the end, and on
-SIGTERM (preemption), keeping the last config.keep_checkpoints. A NaN/Inf loss aborts with
-FloatingPointError before anything is saved, leaving the last good checkpoint intact.
+SIGTERM (preemption), keeping the last config.keep_checkpoints. A preemption notice reaching any
+one process stops all of them after the same step, saved together (Checkpointer.reached_preemption).
+A NaN/Inf loss aborts with FloatingPointError before anything is saved, leaving the last good
+checkpoint intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging as std_logging
 import math
 import os
-import signal
 import time
 from typing import Any, Iterable, Mapping
 
@@ -39,11 +41,13 @@ from absl import logging
 from flax import nnx
 from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 
 from lmm_jax import runs
 from lmm_jax import sharding
@@ -264,7 +268,6 @@ class Trainer:
         weights[k] = weights.get(k, 0.0) + float(w[k])
       for k, v in out.items():
         if jax.process_count() > 1:
-          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
           v = multihost_utils.process_allgather(v, tiled=True)
         outputs.setdefault(k, []).append(np.asarray(v))
     means = _host_means(sums, weights, "")
@@ -319,28 +322,6 @@ def _check_same_shapes(restored: Any, target: Any, where: str) -> None:
                        f"model expects {t[k].shape} (same model config needed)")
 
 
-class _Preemption:
-  """Sets a flag on SIGTERM so the loop saves a checkpoint and exits cleanly."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint and exiting")
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -413,7 +394,6 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
   flops_tok = task.flops_per_token(trainer.num_params)
   progress = None
   if is_main and config.get("progress", True):
-    import tqdm  # pylint: disable=g-import-not-at-top
     progress = tqdm.tqdm(total=num_steps, initial=start_step, desc=task.name, unit="step")
 
   pending: StepResult | None = None
@@ -454,40 +434,41 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
     if is_main:
       metrics_lib.console(res.step, num_steps, m, _CONSOLE_KEYS)
 
-  try:
-    with _Preemption() as preemption:
-      for step in range(start_step, num_steps):
-        batch_np = next(data_iter)
-        batch = trainer.device_batch(batch_np)
-        if trainer._compiled is None:  # pylint: disable=protected-access
-          trainer.compile(batch)
-          window["t"] = time.time()
-        tokens = task.tokens_in_batch(batch_np) * pcount
-        state, out = trainer.train_step(state, batch)  # dispatched, not awaited
-        if pending is not None:
-          finish(pending)  # step t-1 while step t runs
-        done = step + 1
-        pending = StepResult(done, out, tokens, config.batch_size)
-        stop = preemption.requested
-        if done % config.checkpoint_every_steps == 0 or done == num_steps or stop:
-          finish(pending)  # a checkpoint only after its step's loss was checked
-          pending = None
-          checkpointer.save(done, state,
-                            data_iter.get_state() if hasattr(data_iter, "get_state") else None)
-        if config.eval_every_steps and done % config.eval_every_steps == 0 and done != num_steps:
-          if pending is not None:
-            finish(pending)
-            pending = None
-          final.update(run_eval(state["params"], done))
-          window["t"] = time.time()
-        if stop:
-          logging.warning("preempted at step %d; checkpoint saved", done)
-          break
-      if pending is not None:
-        finish(pending)
-  finally:
+  with contextlib.ExitStack() as stack:
     if hasattr(data_iter, "close"):
-      data_iter.close()  # grain worker processes, if any
+      stack.callback(data_iter.close)  # grain worker processes, if any
+    stack.enter_context(checkpointer.watch_preemption())
+    # The agreement on a preemption step counts from the last step each process reported.
+    checkpointer.reached_preemption(start_step)
+    for step in range(start_step, num_steps):
+      batch_np = next(data_iter)
+      batch = trainer.device_batch(batch_np)
+      if trainer._compiled is None:  # pylint: disable=protected-access
+        trainer.compile(batch)
+        window["t"] = time.time()
+      tokens = task.tokens_in_batch(batch_np) * pcount
+      state, out = trainer.train_step(state, batch)  # dispatched, not awaited
+      if pending is not None:
+        finish(pending)  # step t-1 while step t runs
+      done = step + 1
+      pending = StepResult(done, out, tokens, config.batch_size)
+      stop = checkpointer.reached_preemption(done)  # the same answer on every process
+      if done % config.checkpoint_every_steps == 0 or done == num_steps or stop:
+        finish(pending)  # a checkpoint only after its step's loss was checked
+        pending = None
+        checkpointer.save(done, state,
+                          data_iter.get_state() if hasattr(data_iter, "get_state") else None)
+      if config.eval_every_steps and done % config.eval_every_steps == 0 and done != num_steps:
+        if pending is not None:
+          finish(pending)
+          pending = None
+        final.update(run_eval(state["params"], done))
+        window["t"] = time.time()
+      if stop:
+        logging.warning("preempted at step %d; checkpoint saved", done)
+        break
+    if pending is not None:
+      finish(pending)
   if progress is not None:
     progress.close()
   step = int(state["step"])

@@ -8,6 +8,7 @@ from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.configs import pretrain as pretrain_config
 from lmm_jax.conventions import TokenKind
 from lmm_jax.model import Transformer
 from lmm_jax.tasks.pretrain import PretrainTask
@@ -94,7 +95,6 @@ class RandomPretrainTask(PretrainTask):
 
 def tiny_config(**overrides):
   """The real `tiny` preset, with test overrides (unknown keys still fail)."""
-  from experiments.configs import pretrain as pretrain_config  # pylint: disable=g-import-not-at-top
   c = pretrain_config.get_config("tiny")
   c.progress = False
   c.update_from_flattened_dict(overrides)  # dotted keys; unknown ones fail (locked)
