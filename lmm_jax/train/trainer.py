@@ -80,7 +80,12 @@ def _maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
-  """Pure dict of the logical axis names of every parameter (for sharding.tree_shardings)."""
+  """Pure dict of the logical axis names of every parameter (for sharding.tree_shardings).
+
+  The names are each nnx.Param's `out_sharding` metadata (set by nnx.with_partitioning), read
+  directly rather than through nnx.get_partition_spec, which would translate them by whatever
+  flax logical-axis rules are in context and drop our replicate-if-indivisible policy.
+  """
   flat = {}
   for path, var in nnx.to_flat_state(abstract_state):
     if not isinstance(var, nnx.Param):
@@ -144,15 +149,15 @@ class Trainer:
     self.abstract_state = jax.eval_shape(self._init_fn, jax.random.PRNGKey(0))
     self.num_params = transformer.count_params(self.abstract_state["params"])
 
-    # Then shardings.
+    # Then shardings: parameters by their logical axes; the optimizer's params-shaped state
+    # (moments) by the parameters' shardings, its scalars replicated.
     params_sh = sharding.tree_shardings(self.abstract_state["params"], self.logical_axes,
                                         self.mesh, self.rules)
     replicated = NamedSharding(self.mesh, P())
     self.state_shardings = {
         "step": replicated, "rng": replicated, "params": params_sh,
-        "opt_state": sharding.mirror_shardings(self.abstract_state["opt_state"],
-                                               self.abstract_state["params"], params_sh,
-                                               self.mesh)}
+        "opt_state": opt_lib.opt_state_shardings(self.tx, self.abstract_state["opt_state"],
+                                                 params_sh, replicated)}
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         self.abstract_state, self.state_shardings)
