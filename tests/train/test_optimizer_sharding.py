@@ -83,3 +83,12 @@ def test_opt_state_shardings_of_accumulating_multisteps():
   assert out.acc_grads == params_sh
   assert out.mini_step == replicated and out.gradient_step == replicated
   assert _check(out.inner_opt_state, params_sh, replicated) == 2 * 3
+
+
+def test_decay_mask_matches_patterns_on_slash_paths():
+  x2, x1 = jnp.zeros((4, 4)), jnp.zeros((4,))
+  params = {"embedding": x2, "layer_0": {"mlp": {"gate": x2}, "norm": {"scale": x1}},
+            "head": {"w": x2, "v": x2}, "stack": [x2, x2]}
+  mask = opt_lib.decay_mask_fn(("embedding", r"^head/w$", r"^stack/1$"))(params)
+  assert mask == {"embedding": False, "layer_0": {"mlp": {"gate": True}, "norm": {"scale": False}},
+                  "head": {"w": False, "v": True}, "stack": [True, False]}

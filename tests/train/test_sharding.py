@@ -67,6 +67,10 @@ def test_rules_map_logical_names_and_drop_size_one_axes():
   assert sharding.logical_to_spec(("batch", "embed"), json_rules, _mesh((2, 2, 2))) == P(
       ("data", "fsdp"), None)  # fsdp is taken by the higher-priority 'batch' rule
   assert sharding.axis_size(_mesh((2, 2, 2)), "batch", json_rules) == 4
+  # A later rule for the same name is the fallback when the first one's mesh axis is taken.
+  fallback = (("heads", "tensor"), ("mlp", "tensor"), ("mlp", "fsdp"))
+  assert sharding.logical_to_spec(("heads", "mlp"), fallback, _mesh((2, 2, 2))) == P("tensor",
+                                                                                    "fsdp")
   assert sharding.vocab_multiple(128, _mesh((1, 1, 8)), rules) == 128
   assert sharding.vocab_multiple(12, _mesh((1, 1, 8)), rules) == 24
 
