@@ -8,8 +8,10 @@ data-parallel, fully-sharded (ZeRO-3 style) or tensor-parallel by changing two c
   config.mesh_shape = (-1, 1, 1)        # one axis may be -1: "all remaining devices"
   config.logical_rules = DEFAULT_RULES  # logical name -> mesh axis, tuple of axes, or None
 
-A dimension whose size the mapped mesh axes do not divide is replicated instead (and logged), so
-small test models run on any mesh.
+The names are translated by flax's logical-axis rules engine (`flax.linen.logical_to_mesh_axes`,
+with flax's `logical_axis_rules` context for activations); our one policy on top: a mesh axis of
+size 1 is dropped, and a dimension whose size the mapped mesh axes do not divide is replicated
+instead (logged once), so small test models run on any mesh.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterator, Sequence
 
 from absl import logging
+from flax import linen
 from flax import nnx
 from flax import traverse_util
 import jax
@@ -66,20 +69,34 @@ def make_mesh(mesh_shape: Sequence[int], mesh_axes: Sequence[str] = MESH_AXES,
   return jax.make_mesh(tuple(shape), tuple(mesh_axes), axis_types=axis_types, devices=devices)
 
 
-def _mesh_axes_of(name: str | None, rules: Rules) -> tuple[str, ...]:
-  if name is None:
+def normalize_rules(rules: Rules) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+  """Rules as flax wants them: mesh axes a str, a tuple or None (config.json turns tuples into
+  lists)."""
+  out = []
+  for rule in rules:
+    if len(rule) != 2:
+      raise ValueError(f"logical rule {rule!r} is not a (logical axis, mesh axes) pair")
+    logical, mesh_axes = rule
+    if mesh_axes is not None and not isinstance(mesh_axes, str):
+      mesh_axes = tuple(mesh_axes)
+    out.append((logical, mesh_axes))
+  return tuple(out)
+
+
+def _as_tuple(mesh_axes: str | Sequence[str] | None) -> tuple[str, ...]:
+  if mesh_axes is None:
     return ()
-  for logical, mesh_axes in rules:
-    if logical == name:
-      if mesh_axes is None:
-        return ()
-      return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-  return ()
+  return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
 
 
 def axis_size(mesh: jax.sharding.Mesh, logical: str, rules: Rules) -> int:
   """How many shards the rules split a logical axis into on this mesh."""
-  return math.prod(mesh.shape[a] for a in _mesh_axes_of(logical, rules))
+  (mesh_axes,) = linen.logical_to_mesh_axes((logical,), normalize_rules(rules))
+  return math.prod(mesh.shape[a] for a in _as_tuple(mesh_axes))
+
+
+# Each replicated (names, shape, mesh axes) is logged once, not on every trace of `constrain`.
+_LOGGED: set[tuple[Any, ...]] = set()
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules,
@@ -87,26 +104,37 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules,
                     shape: Sequence[int] | None = None) -> P:
   """PartitionSpec of an array whose dimensions carry these logical names.
 
-  With mesh and shape given, a dimension the mapped mesh axes do not divide is replicated, and a
-  mesh axis already used by an earlier dimension is not used twice.
+  Flax's rules engine (`flax.linen.logical_to_mesh_axes`: rules in order of priority, a mesh axis
+  used by one dimension only) maps names to mesh axes; on top, our policy: with a mesh, mesh axes
+  of size 1 are dropped, and with a shape too, a dimension the mapped mesh axes do not divide is
+  replicated (logged once), so small models run on any mesh.
   """
-  used: set[str] = set()
-  spec = []
-  for i, name in enumerate(logical_axes):
-    axes = tuple(a for a in _mesh_axes_of(name, rules) if a not in used)
-    if mesh is not None:
-      axes = tuple(a for a in axes if mesh.shape[a] > 1)
-      if shape is not None and axes and shape[i] % math.prod(mesh.shape[a] for a in axes):
+  if shape is not None and len(shape) != len(logical_axes):
+    raise ValueError(f"logical axes {tuple(logical_axes)} do not fit shape {tuple(shape)}")
+  spec = linen.logical_to_mesh_axes(tuple(logical_axes), normalize_rules(rules))
+  if mesh is None:
+    return spec
+  out = []
+  for i, mesh_axes in enumerate(spec):
+    axes = tuple(a for a in _as_tuple(mesh_axes) if mesh.shape[a] > 1)
+    if shape is not None and axes and shape[i] % math.prod(mesh.shape[a] for a in axes):
+      key = (tuple(logical_axes), tuple(shape), i, axes)
+      if key not in _LOGGED:
+        _LOGGED.add(key)
         logging.info("sharding: dim %d (%s) of shape %s not divisible by %s; replicated",
-                     i, name, tuple(shape), axes)
-        axes = ()
-    used.update(axes)
-    spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
-  return P(*spec)
+                     i, logical_axes[i], tuple(shape), axes)
+      axes = ()
+    out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return P(*out)
 
 
 def logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
-  """Pure dict of the logical axis names of every parameter (for tree_shardings)."""
+  """Pure dict of the logical axis names of every parameter (for tree_shardings).
+
+  The names are each nnx.Param's `out_sharding` metadata (set by nnx.with_partitioning), read
+  directly rather than through nnx.get_partition_spec, which would translate them by whatever
+  flax logical-axis rules are in context and drop our replicate-if-indivisible policy.
+  """
   flat = {}
   for path, var in nnx.to_flat_state(abstract_state):
     if not isinstance(var, nnx.Param):
@@ -124,46 +152,15 @@ def logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
 
 def tree_shardings(abstract_tree: Any, logical_tree: Any, mesh: jax.sharding.Mesh,
                    rules: Rules) -> Any:
-  """NamedShardings for a tree of arrays/ShapeDtypeStructs given a matching tree of logical axes."""
-  return jax.tree.map(
-      lambda a, names: NamedSharding(mesh, logical_to_spec(names, rules, mesh, a.shape)),
-      abstract_tree, logical_tree, is_leaf=lambda x: isinstance(x, tuple) and all(
-          isinstance(n, (str, type(None))) for n in x))
+  """NamedShardings for a tree of arrays/ShapeDtypeStructs given a matching tree of logical axes
+  (tuples of names, as `trainer.logical_axes` gives)."""
+  def one(path: jax.tree_util.KeyPath, a: Any, names: Sequence[str | None]) -> NamedSharding:
+    try:
+      return NamedSharding(mesh, logical_to_spec(names, rules, mesh, a.shape))
+    except ValueError as e:
+      raise ValueError(f"{jax.tree_util.keystr(path, simple=True, separator='/')}: {e}") from None
 
-
-def path_keys(path) -> tuple[str, ...]:
-  """The string keys of a jax.tree path (dict keys, attribute names, sequence indices)."""
-  keys = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        keys.append(str(getattr(k, attr)))
-        break
-  return tuple(keys)
-
-
-def mirror_shardings(abstract_tree: Any, params_abstract: Any, params_shardings: Any,
-                     mesh: jax.sharding.Mesh) -> Any:
-  """Shardings for a tree (optimizer state) whose leaves mirror parameters.
-
-  A leaf whose key path ends with a parameter's key path and has that parameter's shape gets the
-  parameter's sharding (Adam moments, accumulated gradients); anything else is replicated.
-  """
-  by_path = {}
-  for (path, a), s in zip(jax.tree_util.tree_flatten_with_path(params_abstract)[0],
-                          jax.tree.leaves(params_shardings)):
-    by_path[path_keys(path)] = (tuple(a.shape), s)
-  replicated = NamedSharding(mesh, P())
-
-  def pick(path, leaf):
-    keys = path_keys(path)
-    for start in range(len(keys)):
-      hit = by_path.get(keys[start:])
-      if hit is not None and hit[0] == tuple(getattr(leaf, "shape", ())):
-        return hit[1]
-    return replicated
-
-  return jax.tree_util.tree_map_with_path(pick, abstract_tree)
+  return jax.tree_util.tree_map_with_path(one, abstract_tree, logical_tree)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules, ndim: int) -> NamedSharding:
@@ -184,24 +181,28 @@ def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
 
 
 # Activation constraints: the trainer sets the mesh and rules while tracing; without them (unit
-# tests, single-device use) `constrain` does nothing.
-_CTX = threading.local()
+# tests, single-device use) `constrain` does nothing. The rules live in flax's logical-axis-rules
+# context, so flax's own helpers (nnx.get_partition_spec, nn.with_logical_constraint) see them too;
+# the mesh is ours (not jax.set_mesh, which would change how everything else is traced).
+_MESH = threading.local()
 
 
 @contextlib.contextmanager
-def activation_rules(mesh: jax.sharding.Mesh, rules: Rules) -> Iterable[None]:
-  prev = getattr(_CTX, "value", None)
-  _CTX.value = (mesh, tuple(rules))
+def activation_rules(mesh: jax.sharding.Mesh, rules: Rules) -> Iterator[None]:
+  prev = getattr(_MESH, "value", None)
+  _MESH.value = mesh
   try:
-    yield
+    with linen.logical_axis_rules(normalize_rules(rules)):
+      yield
   finally:
-    _CTX.value = prev
+    _MESH.value = prev
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
-  ctx = getattr(_CTX, "value", None)
-  if ctx is None:
+  """x constrained to the sharding its logical axes map to (inside `activation_rules`)."""
+  mesh = getattr(_MESH, "value", None)
+  rules = linen.get_logical_axis_rules()
+  if mesh is None or not rules:
     return x
-  mesh, rules = ctx
   spec = logical_to_spec(logical_axes, rules, mesh, x.shape)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

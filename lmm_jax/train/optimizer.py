@@ -1,5 +1,5 @@
 """AdamW with warmup + cosine decay, global-norm clipping, a weight-decay mask and per-subtree
-('backbone' / 'head') learning-rate multipliers or freezing."""
+('backbone' / 'head') learning-rate multipliers or freezing; and the optimizer state's shardings."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import re
 from typing import Any, Sequence
 
 import jax
+from jax.sharding import Sharding
 import ml_collections
 import optax
-
-from lmm_jax import sharding
 
 
 def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
@@ -22,8 +21,9 @@ def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax
       end_value=opt.learning_rate * opt.min_lr_ratio)
 
 
-def path_str(path) -> str:
-  return "/".join(sharding.path_keys(path))
+def path_str(path: jax.tree_util.KeyPath) -> str:
+  """'layer_0/mlp/gate' for a jax tree path (what config.optimizer.no_decay_patterns match)."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def decay_mask_fn(no_decay_patterns: Sequence[str]):
@@ -64,3 +64,20 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_train_steps: int,
     chain.append(optax.clip_by_global_norm(opt.grad_clip))
   chain.append(optax.multi_transform({"backbone": backbone, "head": adamw(1.0)}, labels))
   return optax.chain(*chain), schedule
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any,
+                        param_shardings: Any, replicated: Sharding) -> Any:
+  """Shardings for tx's state: every params-shaped subtree (Adam moments) takes the parameters'
+  shardings, leaf by leaf; everything else (step counts) is `replicated`.
+
+  optax finds the params-shaped subtrees by initializing tx on a placeholder; the masked
+  transforms of multi_transform leave MaskedNodes where a label's parameters are not theirs, kept
+  as they are so the result has the state's tree structure.
+  """
+  def param_leaf(state_leaf: Any, param_sharding: Sharding) -> Any:
+    return state_leaf if isinstance(state_leaf, optax.MaskedNode) else param_sharding
+
+  return optax.tree_map_params(tx, param_leaf, abstract_opt_state, param_shardings,
+                               transform_non_params=lambda _: replicated,
+                               is_leaf=lambda x: isinstance(x, optax.MaskedNode))

@@ -131,15 +131,15 @@ class Trainer:
     self.abstract_state = jax.eval_shape(self._init_fn, jax.random.PRNGKey(0))
     self.num_params = transformer.count_params(self.abstract_state["params"])
 
-    # Then shardings.
+    # Then shardings: parameters by their logical axes; the optimizer's params-shaped state
+    # (moments) by the parameters' shardings, its scalars replicated.
     params_sh = sharding.tree_shardings(self.abstract_state["params"], self.logical_axes,
                                         self.mesh, self.rules)
     replicated = NamedSharding(self.mesh, P())
     self.state_shardings = {
         "step": replicated, "rng": replicated, "params": params_sh,
-        "opt_state": sharding.mirror_shardings(self.abstract_state["opt_state"],
-                                               self.abstract_state["params"], params_sh,
-                                               self.mesh)}
+        "opt_state": opt_lib.opt_state_shardings(self.tx, self.abstract_state["opt_state"],
+                                                 params_sh, replicated)}
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         self.abstract_state, self.state_shardings)
