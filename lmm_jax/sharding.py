@@ -153,7 +153,7 @@ def logical_axes(abstract_state: nnx.State) -> dict[str, Any]:
 def tree_shardings(abstract_tree: Any, logical_tree: Any, mesh: jax.sharding.Mesh,
                    rules: Rules) -> Any:
   """NamedShardings for a tree of arrays/ShapeDtypeStructs given a matching tree of logical axes
-  (tuples of names, as `trainer.logical_axes` gives)."""
+  (tuples of names, as `logical_axes` gives)."""
   def one(path: jax.tree_util.KeyPath, a: Any, names: Sequence[str | None]) -> NamedSharding:
     try:
       return NamedSharding(mesh, logical_to_spec(names, rules, mesh, a.shape))
