@@ -145,10 +145,11 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def _log_tail(path: str, lines: int = _LOG_TAIL_LINES) -> str:
   try:
-    with open(path, errors="replace") as f:
-      tail = f.read().splitlines()[-lines:]
+    with open(path, "rb") as f:
+      f.seek(max(0, os.path.getsize(path) - 200 * lines))  # a training log can be long
+      tail = f.read().decode(errors="replace").splitlines()[-lines:]
   except OSError as e:
-    return f"(no log: {e})"
+    return f"  | (no log: {e})"
   return "\n".join("  | " + l for l in tail) if tail else "  | (the log is empty)"
 
 

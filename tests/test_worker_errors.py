@@ -188,7 +188,7 @@ def test_dead_worker_is_detected_and_named(item, how):
 
 @pytest.mark.time_limit(120)
 def test_first_error_stops_every_worker_and_drops_the_remaining_jobs(tmp_path):
-  items = [(str(tmp_path), i, 3.0 if i == 1 else 0.0) for i in range(8)]
+  items = [(str(tmp_path), i, 10.0 if i == 1 else 0.0) for i in range(8)]
   pool = workers.ProcessPool(2)
   pids = pool.pids
   with pytest.raises(ValueError, match="job 0 fails"):

@@ -92,6 +92,15 @@ def test_failed_point_stops_the_parallel_sweep_promptly(config_path, tmp_path, m
 
 
 @pytest.mark.time_limit(120)
+def test_killed_point_is_reported(config_path, tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(RuntimeError, match=r"d_model=64,learning_rate=0\.0001 failed \(killed by "
+                     r"signal 9 \(SIGKILL\)\)"):
+    sweeps.run_sweep(config_path + ":tiny", str(tmp_path / "s"), parallel=2,
+                     extra_flags=["--config.kill_width=64", "--config.sleep=60"])
+
+
+@pytest.mark.time_limit(120)
 def test_sweep_binary_exits_nonzero_on_a_failed_point(config_path, tmp_path):
   start = time.time()
   proc = subprocess.run(
