@@ -7,7 +7,6 @@ directory first. Each size runs in a fresh process (so its peak RSS is its own) 
 train members; tuning and held-out stay whole. Prints one row per size.
 """
 
-import multiprocessing
 import os
 import resource
 import sys
@@ -26,7 +25,8 @@ _SIZES = flags.DEFINE_list("sizes", ["250", "500", "1000", "2000"], "Train membe
 _THREADS = flags.DEFINE_integer("num_threads", 1, "LightGBM / BLAS threads.")
 
 
-def _one(data_dir: str, n: int, num_threads: int, queue) -> None:
+def _one(job: tuple[str, int, int]) -> tuple:
+  data_dir, n, num_threads = job
   from lmm_jax import conventions  # pylint: disable=g-import-not-at-top
   from lmm_jax.baselines import features, runner  # pylint: disable=g-import-not-at-top
   data = {s: features.load_split(data_dir, s, progress=False) for s in conventions.SPLITS}
@@ -37,8 +37,8 @@ def _one(data_dir: str, n: int, num_threads: int, queue) -> None:
                                    progress=False)
     total = time.perf_counter() - start
   peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  queue.put((len(data[conventions.TRAIN]), summary["members"][conventions.HELD_OUT], total,
-             peak_mib, summary["seconds"]))
+  return (len(data[conventions.TRAIN]), summary["members"][conventions.HELD_OUT], total,
+          peak_mib, summary["seconds"])
 
 
 def main(argv):
@@ -60,14 +60,13 @@ def main(argv):
     build.build_dataset(os.path.join(tmp.name, "meds"), data_dir, config)
     print(f"synthesized and built {_NUM_PATIENTS.value} patients in "
           f"{time.perf_counter() - start:.1f} s")
-  ctx = multiprocessing.get_context("spawn")
+  from lmm_jax import workers  # pylint: disable=g-import-not-at-top
   header = None
   for n in sorted({int(s) for s in _SIZES.value}):
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_one, args=(data_dir, n, _THREADS.value, queue))
-    proc.start()
-    n_train, n_test, total, peak, seconds = queue.get()
-    proc.join()
+    # A fresh process per size; its error or death (out of memory) ends the benchmark.
+    with workers.ProcessPool(1) as pool:
+      n_train, n_test, total, peak, seconds = list(pool.imap(
+          _one, [(data_dir, n, _THREADS.value)], lambda job: f"fitting on {job[1]} members"))[0]
     if header is None:
       header = list(seconds)
       print(f"{'train':>6} {'held_out':>8} {'total_s':>8} {'peak_MiB':>9} " +

@@ -6,7 +6,8 @@ r"""Builds the vocabulary and ArrayRecord records from a MEDS dataset.
 
 Writes OUT/vocab.json, OUT/report.json, OUT/timeline/*.array_record and OUT/task/*.array_record
 (see lmm_jax/data/records.py and docs/data.md). Malformed input exits with status 2 and a message
-naming the file and the column.
+naming the file and the column; a worker process that dies (killed, out of memory) exits with
+status 1 and a message naming its input file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from lmm_jax import workers
 from lmm_jax.data import build
 from lmm_jax.data import meds_io
 
@@ -53,6 +55,9 @@ def main(argv: list[str]) -> None:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except workers.WorkerError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   dropped = {k: v for k, v in report["dropped"].items() if v}
   print(f"input rows {report['input_rows']:,}  used {report['used_rows']:,}  dropped "
         f"{sum(report['dropped'].values()):,} {dropped or ''}")

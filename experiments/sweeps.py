@@ -7,6 +7,8 @@ An experiment config module (experiments/configs/*.py) defines
   SWEEP_METRIC = ("eval_nmae", "min")  the tuning-split metric that ranks the points
 `run_sweep` runs every point as its own process (the real binary, with `--config.KEY=VALUE`
 overrides) in `workdir/points/NAME/`, skips points whose run already finished, and ranks them.
+The first point that fails stops the sweep: the points still running are stopped, the ones not
+started are not, and the error names the point and ends with the tail of its log.
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from absl import logging
 
 DONE_FILE = "sweep_point_done.json"
+LOG_FILE = "stdout.log"
+_LOG_TAIL_LINES = 20
+_STOP_GRACE_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +100,71 @@ def last_eval_metrics(run_dir: str) -> dict[str, float]:
   return last
 
 
+class _Points:
+  """The point processes running now, so that the first failure can stop the others."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._running: set[subprocess.Popen] = set()
+    self.stopping = False
+
+  def start(self, cmd: list[str], log) -> Optional[subprocess.Popen]:
+    with self._lock:
+      if self.stopping:
+        return None
+      # A session of its own: stopping a point stops the processes it started too.
+      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+      self._running.add(proc)
+      return proc
+
+  def finished(self, proc: subprocess.Popen) -> None:
+    with self._lock:
+      self._running.discard(proc)
+
+  def stop_all(self) -> None:
+    with self._lock:
+      self.stopping = True
+      running = list(self._running)
+    for proc in running:
+      _signal_group(proc, signal.SIGTERM)
+    deadline = time.time() + _STOP_GRACE_S
+    for proc in running:
+      try:
+        proc.wait(max(0.0, deadline - time.time()))
+      except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+  try:
+    os.killpg(proc.pid, sig)
+  except ProcessLookupError:
+    pass
+
+
+def _log_tail(path: str, lines: int = _LOG_TAIL_LINES) -> str:
+  try:
+    with open(path, "rb") as f:
+      f.seek(max(0, os.path.getsize(path) - 200 * lines))  # a training log can be long
+      tail = f.read().decode(errors="replace").splitlines()[-lines:]
+  except OSError as e:
+    return f"  | (no log: {e})"
+  return "\n".join("  | " + l for l in tail) if tail else "  | (the log is empty)"
+
+
+def _exit_description(returncode: int) -> str:
+  if returncode < 0:
+    try:
+      return f"killed by signal {-returncode} ({signal.Signals(-returncode).name})"
+    except ValueError:
+      return f"killed by signal {-returncode}"
+  return f"exit {returncode}"
+
+
 def _run_point(point: Point, binary: str, config_arg: str, sweep_dir: str,
-               extra_flags: Sequence[str]) -> dict[str, Any]:
+               extra_flags: Sequence[str], points: _Points) -> Optional[dict[str, Any]]:
+  """Runs one point (None when the sweep is stopping and the point was not started)."""
   run_dir = os.path.join(sweep_dir, "points", point.name)
   done = os.path.join(run_dir, DONE_FILE)
   if os.path.exists(done):
@@ -103,11 +173,20 @@ def _run_point(point: Point, binary: str, config_arg: str, sweep_dir: str,
   os.makedirs(run_dir, exist_ok=True)
   cmd = _point_command(binary, config_arg, run_dir, point.overrides, extra_flags)
   start = time.time()
-  with open(os.path.join(run_dir, "stdout.log"), "w") as log:
-    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-  if proc.returncode != 0:
-    raise RuntimeError(f"sweep point {point.name} failed (exit {proc.returncode}); "
-                       f"see {os.path.join(run_dir, 'stdout.log')}")
+  log_path = os.path.join(run_dir, LOG_FILE)
+  with open(log_path, "w") as log:
+    proc = points.start(cmd, log)
+    if proc is None:
+      return None
+    try:
+      returncode = proc.wait()
+    finally:
+      points.finished(proc)
+  if returncode != 0:
+    if points.stopping:
+      return None  # stopped because another point failed
+    raise RuntimeError(f"sweep point {point.name} failed ({_exit_description(returncode)}); "
+                       f"the end of {log_path}:\n{_log_tail(log_path)}")
   result = {"name": point.name, "overrides": dict(point.overrides),
             "metrics": last_eval_metrics(run_dir), "seconds": round(time.time() - start, 1)}
   with open(done, "w") as f:
@@ -125,15 +204,25 @@ def run_sweep(config_arg: str, workdir: str, *, parallel: int = 1,
   logging.info("sweep of %d points over %s, ranked by %s (%s)", len(points), config_arg, metric,
                mode)
   results = []
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-    futures = [pool.submit(_run_point, p, module.BINARY, config_arg, workdir, extra_flags)
-               for p in points]
+  running = _Points()
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel))
+  try:
+    futures = [pool.submit(_run_point, p, module.BINARY, config_arg, workdir, extra_flags,
+                           running) for p in points]
     for future in concurrent.futures.as_completed(futures):
       result = future.result()
       logging.info("point %s %s: %s=%s", result["name"],
                    "skipped (finished earlier)" if result["skipped"] else "done",
                    metric, result["metrics"].get(metric))
       results.append(result)
+  except BaseException:
+    # The first failure (or Ctrl-C) ends the sweep now: points not started never start, running
+    # ones are stopped (a restart runs them again).
+    pool.shutdown(wait=False, cancel_futures=True)
+    running.stop_all()
+    raise
+  finally:
+    pool.shutdown(wait=True)
   missing = [r["name"] for r in results if metric not in r["metrics"]]
   if missing:
     raise KeyError(f"metric {metric!r} is missing from the eval metrics of points {missing}")

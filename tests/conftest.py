@@ -13,10 +13,26 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from tests import time_limit as time_limit_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 TINY_NUM_PATIENTS = 400
 TINY_SEED = 7
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "time_limit(seconds): the test fails when it runs longer "
+                          "than that (a hang); see tests/time_limit.py")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+  marker = item.get_closest_marker("time_limit")
+  if marker is None:
+    return (yield)
+  with time_limit_lib.time_limit(marker.args[0], item.nodeid):
+    return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -17,19 +17,22 @@ import collections
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
+import sys
 import time
 from typing import Any, Iterable, Optional
 
 import ml_collections
 import numpy as np
+import tqdm
 
 from lmm_jax import conditions
 from lmm_jax import conventions
+from lmm_jax import workers as workers_lib
 from lmm_jax.data import code_systems as cs
 from lmm_jax.data import meds_io
 from lmm_jax.data import records
+from lmm_jax.data import terminology
 from lmm_jax.data import tokenizer as tok_lib
 from lmm_jax.data import vocab as vocab_lib
 from lmm_jax.data.code_systems import Role
@@ -124,7 +127,8 @@ class _Runner:
 
   Workers fork from the parent (which has loaded the terminology tables already) unless JAX is
   imported in the parent: forking a process with JAX's threads running can deadlock, so then
-  they are spawned.
+  they are spawned. A worker's error, or a worker's death (killed, out of memory), stops the pool
+  and is raised here, naming the shard (workers.ProcessPool).
   """
 
   def __init__(self, ctx: _Context, num_jobs: int):
@@ -134,23 +138,28 @@ class _Runner:
     if self.workers == 1:
       _init_worker(ctx)
     else:
-      import sys  # pylint: disable=g-import-not-at-top
       method = "spawn" if "jax" in sys.modules else "fork"
-      self.pool = multiprocessing.get_context(method).Pool(self.workers, _init_worker, (ctx,))
+      self.pool = workers_lib.ProcessPool(self.workers, start_method=method,
+                                          initializer=_init_worker, initargs=(ctx,))
 
   def map(self, fn, items: list, desc: str) -> Iterable:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = dict(total=len(items), desc=desc, disable=not self.ctx.config["progress"],
                unit="shard")
     if self.pool is None:
-      yield from tqdm((fn(x) for x in items), **bar)
+      yield from tqdm.tqdm((fn(x) for x in items), **bar)
     else:
-      yield from tqdm(self.pool.imap(fn, items), **bar)
+      yield from tqdm.tqdm(self.pool.imap(fn, items, _describe_job), **bar)
 
   def close(self) -> None:
     if self.pool is not None:
       self.pool.close()
-      self.pool.join()
+
+
+def _describe_job(item: str | tuple[int, str, _Context]) -> str:
+  """How a dead worker's job is named: the pass and the input shard."""
+  if isinstance(item, str):
+    return f"counting codes in {item}"  # pass 1
+  return f"writing the records of {item[1]}"  # pass 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,7 +641,6 @@ def build_dataset(meds_dir: str, output_dir: str,
 
 def _warm_terminology() -> None:
   """Loads the code tables once in the parent, so forked workers share them."""
-  from lmm_jax.data import terminology  # pylint: disable=g-import-not-at-top
   terminology.icd10cm_valid("E11.9")
   terminology.icd9_to_icd10cm("250.00")
 

@@ -44,9 +44,14 @@ class MEDSFormatError(ValueError):
   """Malformed MEDS input; the message names the file and, where it applies, the column."""
 
   def __init__(self, path: str, message: str, column: Optional[str] = None):
-    self.path, self.column = path, column
+    self.path, self.message, self.column = path, message, column
     where = f"{path}" + (f", column {column!r}" if column else "")
     super().__init__(f"{where}: {message}")
+
+  def __reduce__(self):
+    # pickle rebuilds an exception as cls(*self.args), and args is the one formatted string; a
+    # worker process's error would then fail to arrive in the parent.
+    return type(self), (self.path, self.message, self.column), self.__dict__
 
 
 def data_files(meds_dir: str) -> list[str]:

@@ -65,8 +65,8 @@ POS = {p: cid(f"{conv.POS}//{p}") for p in conv.PLACES_OF_SERVICE}
 # are coded and raise hazards (they carry pre-onset signal into the history).
 EXTRA_LATENT = ("smoker", "prediabetes", "mild_cognitive_impairment")
 LATENT_NAMES: tuple[str, ...] = cond_lib.CONDITION_NAMES + EXTRA_LATENT
-K = len(LATENT_NAMES)
-L = {n: i for i, n in enumerate(LATENT_NAMES)}
+NUM_LATENT = len(LATENT_NAMES)
+LATENT_INDEX = {n: i for i, n in enumerate(LATENT_NAMES)}
 
 # Alternative (less specific) codes used for a condition at a fraction of codings.
 _ALTS = {
@@ -97,14 +97,14 @@ _ALTS = {
     "mild_cognitive_impairment": ("G31.84", "R41.3"),
 }
 MAX_ALT = max(len(v) for v in _ALTS.values())
-ALT_TABLE = np.full((K, MAX_ALT), -1, np.int32)
-ALT_COUNT = np.zeros(K, np.int32)
+ALT_TABLE = np.full((NUM_LATENT, MAX_ALT), -1, np.int32)
+ALT_COUNT = np.zeros(NUM_LATENT, np.int32)
 for _n, _codes in _ALTS.items():
   for _j, _c in enumerate(_codes):
-    ALT_TABLE[L[_n], _j] = dx(_c)
-  ALT_COUNT[L[_n]] = len(_codes)
+    ALT_TABLE[LATENT_INDEX[_n], _j] = dx(_c)
+  ALT_COUNT[LATENT_INDEX[_n]] = len(_codes)
 # Where the alternative pick lands on an unused slot, fall back to the first alternative.
-for _k in range(K):
+for _k in range(NUM_LATENT):
   ALT_TABLE[_k, ALT_COUNT[_k]:] = ALT_TABLE[_k, 0]
 
 # State-dependent primary codes.

@@ -13,10 +13,10 @@ import dataclasses
 
 import numpy as np
 
-from lmm_jax.synth import codes as C
+from lmm_jax.synth import codes as code_lib
 
-K = C.K
-L = C.L
+NUM_LATENT = code_lib.NUM_LATENT
+LATENT_INDEX = code_lib.LATENT_INDEX
 NUM_TARGET = 22
 NEVER = np.int32(-100_000)  # onset month of an absent condition
 COMMERCIAL, MEDICARE, MEDICAID = 0, 1, 2
@@ -53,7 +53,7 @@ ONSET = {
     "prediabetes": (0.015, 0.015, 18, 200, 0.9, 1.1, 0.05),
     "mild_cognitive_impairment": (0.0018, 0.12, 50, 200, 1.0, 1.0, 0.0),
 }
-_P = np.array([ONSET[n] for n in C.LATENT_NAMES], np.float64)
+_P = np.array([ONSET[n] for n in code_lib.LATENT_NAMES], np.float64)
 ONSET_RATE60, ONSET_SLOPE, ONSET_MIN, ONSET_MAX = _P[:, 0], _P[:, 1], _P[:, 2], _P[:, 3]
 ONSET_SEX = np.stack([_P[:, 5], _P[:, 4]], 1)  # [K, 2]: column 0 male, 1 female
 REMISSION = _P[:, 6]
@@ -107,9 +107,9 @@ TRUE_COMORBIDITY_LINKS: tuple[tuple[str, str, float], ...] = (
     ("obesity", "breast_cancer", 1.2),
     ("stroke", "mild_cognitive_impairment", 1.8),
 )
-LINK_LOG = np.zeros((K, K), np.float32)  # [from, to]
+LINK_LOG = np.zeros((NUM_LATENT, NUM_LATENT), np.float32)  # [from, to]
 for _a, _b, _hr in TRUE_COMORBIDITY_LINKS:
-  LINK_LOG[L[_a], L[_b]] = np.log(_hr)
+  LINK_LOG[LATENT_INDEX[_a], LATENT_INDEX[_b]] = np.log(_hr)
 
 # ----------------------------------------------------------------------------------------------
 # Acute events: (annual rate at 60, log-slope per year, min age, {latent condition: hazard ratio}).
@@ -127,37 +127,37 @@ ACUTE = {
     "joint_replacement": (0.0, 0.03, 45, {}),   # only osteoarthritis (rate below)
 }
 ACUTE_NAMES = tuple(ACUTE)
-A = {n: i for i, n in enumerate(ACUTE_NAMES)}
+ACUTE_INDEX = {n: i for i, n in enumerate(ACUTE_NAMES)}
 _AP = np.array([ACUTE[n][:3] for n in ACUTE_NAMES], np.float64)
 ACUTE_RATE60, ACUTE_SLOPE, ACUTE_MIN = _AP[:, 0], _AP[:, 1], _AP[:, 2]
 with np.errstate(divide="ignore"):
   _ACUTE_LOG60 = np.log(ACUTE_RATE60).astype(np.float32)
 _ACUTE_SLOPE32 = ACUTE_SLOPE.astype(np.float32)
 _ACUTE_MIN32 = ACUTE_MIN.astype(np.float32)
-ACUTE_LOG = np.zeros((K, len(ACUTE)), np.float32)
+ACUTE_LOG = np.zeros((NUM_LATENT, len(ACUTE)), np.float32)
 for _e, (_, _, _, _hrs) in ACUTE.items():
   for _c, _hr in _hrs.items():
-    ACUTE_LOG[L[_c], A[_e]] = np.log(_hr)
+    ACUTE_LOG[LATENT_INDEX[_c], ACUTE_INDEX[_e]] = np.log(_hr)
 JOINT_REPLACEMENT_RATE = 0.018  # among osteoarthritis patients 45+
 FATALITY = {"mi": 0.07, "stroke": 0.09, "pneumonia": 0.03, "sepsis": 0.16, "hip_fracture": 0.04,
             "joint_replacement": 0.002}
 
 # Mortality: annual Gompertz baseline times hazard ratios of the latent state.
 MORT_A, MORT_B = -10.9, 0.094
-MORT_LOG = np.zeros(K, np.float32)
+MORT_LOG = np.zeros(NUM_LATENT, np.float32)
 for _c, _hr in {"heart_failure": 2.0, "ckd": 1.5, "dementia": 2.6, "copd": 1.9, "diabetes_t2": 1.3,
                 "ischemic_heart_disease": 1.3, "atrial_fibrillation": 1.2, "smoker": 1.6,
                 "stroke": 1.5, "lung_cancer": 2.0}.items():
-  MORT_LOG[L[_c]] = np.log(_hr)
+  MORT_LOG[LATENT_INDEX[_c]] = np.log(_hr)
 CANCERS = ("breast_cancer", "prostate_cancer", "colorectal_cancer", "lung_cancer")
-CANCER_IDX = np.array([L[c] for c in CANCERS])
+CANCER_IDX = np.array([LATENT_INDEX[c] for c in CANCERS])
 ADVANCED_FRACTION = np.array([0.07, 0.06, 0.2, 0.45])    # stage IV at diagnosis, per cancer
 ADVANCED_MORT_HR = np.array([6.0, 4.0, 8.0, 14.0])
 CANCER_MONTHLY_COST = np.array([4000.0, 1500.0, 4500.0, 8000.0])  # chemo/immunotherapy month
 CANCER_SURGERY_COST = np.array([14000.0, 22000.0, 38000.0, 42000.0])
 
 # Office-visit rate increments (visits per month) and coding probabilities per latent condition.
-VISIT_ADD = np.zeros(K)
+VISIT_ADD = np.zeros(NUM_LATENT)
 for _c, _v in {"hypertension": 0.05, "hyperlipidemia": 0.03, "diabetes_t2": 0.10, "ckd": 0.06,
                "heart_failure": 0.15, "ischemic_heart_disease": 0.08, "atrial_fibrillation": 0.08,
                "copd": 0.09, "asthma": 0.05, "depression": 0.08, "anxiety": 0.06, "dementia": 0.10,
@@ -165,8 +165,8 @@ for _c, _v in {"hypertension": 0.05, "hyperlipidemia": 0.03, "diabetes_t2": 0.10
                "obesity": 0.02, "hypothyroidism": 0.03, "breast_cancer": 0.05,
                "prostate_cancer": 0.05, "colorectal_cancer": 0.05, "lung_cancer": 0.08,
                "stroke": 0.06, "mild_cognitive_impairment": 0.05}.items():
-  VISIT_ADD[L[_c]] = _v
-P_CODE_OFFICE = np.zeros(K)
+  VISIT_ADD[LATENT_INDEX[_c]] = _v
+P_CODE_OFFICE = np.zeros(NUM_LATENT)
 for _c, _v in {"hypertension": 0.62, "hyperlipidemia": 0.5, "diabetes_t2": 0.75, "ckd": 0.42,
                "heart_failure": 0.68, "ischemic_heart_disease": 0.55, "atrial_fibrillation": 0.62,
                "copd": 0.62, "asthma": 0.5, "depression": 0.5, "anxiety": 0.45, "dementia": 0.55,
@@ -175,13 +175,13 @@ for _c, _v in {"hypertension": 0.62, "hyperlipidemia": 0.5, "diabetes_t2": 0.75,
                "prostate_cancer": 0.6, "colorectal_cancer": 0.6, "lung_cancer": 0.75,
                "stroke": 0.35, "smoker": 0.25, "prediabetes": 0.35,
                "mild_cognitive_impairment": 0.4}.items():
-  P_CODE_OFFICE[L[_c]] = _v
+  P_CODE_OFFICE[LATENT_INDEX[_c]] = _v
 P_CODE_FACILITY = np.minimum(0.95, P_CODE_OFFICE * 1.3)   # inpatient coding is thorough
 P_CODE_ER = P_CODE_OFFICE * 0.55
-P_CODE_LAB = np.zeros(K)
+P_CODE_LAB = np.zeros(NUM_LATENT)
 for _c, _v in {"diabetes_t2": 0.85, "hyperlipidemia": 0.7, "ckd": 0.6, "hypothyroidism": 0.7,
                "prediabetes": 0.6, "hypertension": 0.3, "heart_failure": 0.3}.items():
-  P_CODE_LAB[L[_c]] = _v
+  P_CODE_LAB[LATENT_INDEX[_c]] = _v
 P_MISSING_CLAIM = 0.02
 P_ALT_CODE = 0.25
 P_RULE_OUT = {"lab": 0.02, "imaging": 0.04, "er": 0.02}
@@ -238,8 +238,8 @@ def progress(st: State, years: float, rng: np.random.Generator) -> None:
   """Severity progression over `years` (1/12 in the monthly step, 1 in the burn-in)."""
   n = len(st.female)
   alive = st.alive
-  has_dm = st.present[:, L["diabetes_t2"]]
-  has_htn = st.present[:, L["hypertension"]]
+  has_dm = st.present[:, LATENT_INDEX["diabetes_t2"]]
+  has_htn = st.present[:, LATENT_INDEX["hypertension"]]
   stage = st.ckd_stage
   prog = np.array([0.0, 0.02, 0.03, 0.04, 0.06, 0.08, 0.0])[stage]
   prog = prog * np.where(has_dm, 1.8, 1.0) * np.where(has_htn, 1.3, 1.0)
@@ -270,15 +270,16 @@ def new_population(n: int, first_year: int, rng: np.random.Generator) -> State:
   frail = rng.lognormal(-0.5 * 0.8 ** 2, 0.8, n).astype(np.float32)
   st = State(
       birth_mi=birth_mi, birth_day=birth_day, female=female, frail=frail,
-      present=np.zeros((n, K), bool), onset=np.full((n, K), NEVER, np.int32),
-      severity_u=rng.random((n, K), dtype=np.float32),
-      drug_u=rng.random((n, len(C.DRUG_CLASSES)), dtype=np.float32),
+      present=np.zeros((n, NUM_LATENT), bool), onset=np.full((n, NUM_LATENT), NEVER, np.int32),
+      severity_u=rng.random((n, NUM_LATENT), dtype=np.float32),
+      drug_u=rng.random((n, len(code_lib.DRUG_CLASSES)), dtype=np.float32),
       ckd_stage=np.zeros(n, np.int8), dm_sev=np.zeros(n, np.int8), insulin=np.zeros(n, bool),
       hf_sev=np.zeros(n, np.int8), last_admit=np.full(n, NEVER, np.int32),
       last_mi=np.full(n, NEVER, np.int32), preg_start=np.full(n, NEVER, np.int32),
       alive=np.ones(n, bool), death_day=np.zeros(n, np.int64), enrolled=np.zeros(n, bool),
       lob=np.zeros(n, np.int8), join_mi=np.zeros(n, np.int32), gone=np.zeros(n, bool))
   # Yearly burn-in from birth to the current age: onsets, remissions, progression, strokes/MIs.
+  latent = np.arange(NUM_LATENT)
   for year in range(int(np.ceil(age0.max())) + 1):
     active = age0 > year
     if not active.any():
@@ -286,15 +287,15 @@ def new_population(n: int, first_year: int, rng: np.random.Generator) -> State:
     age = np.full(n, float(year), np.float32)
     t_mid = (birth_mi + 12 * year).astype(np.int32)
     rate = onset_rates(st, age)
-    new = active[:, None] & ~st.present & (rng.random((n, K), dtype=np.float32) <
+    new = active[:, None] & ~st.present & (rng.random((n, NUM_LATENT), dtype=np.float32) <
                                            1 - np.exp(-rate))
     on_onset(st, new, t_mid, rng)
     ev = acute_rates(st, age)
-    stroke = active & (rng.random(n) < 1 - np.exp(-ev[:, A["stroke"]]))
-    mi = active & (rng.random(n) < 1 - np.exp(-ev[:, A["mi"]]))
-    on_onset(st, stroke[:, None] & (np.arange(K) == L["stroke"]) & ~st.present, t_mid, rng)
-    on_onset(st, mi[:, None] & (np.arange(K) == L["ischemic_heart_disease"]) & ~st.present,
-                  t_mid, rng)
+    stroke = active & (rng.random(n) < 1 - np.exp(-ev[:, ACUTE_INDEX["stroke"]]))
+    mi = active & (rng.random(n) < 1 - np.exp(-ev[:, ACUTE_INDEX["mi"]]))
+    on_onset(st, stroke[:, None] & (latent == LATENT_INDEX["stroke"]) & ~st.present, t_mid, rng)
+    on_onset(st, mi[:, None] & (latent == LATENT_INDEX["ischemic_heart_disease"]) & ~st.present,
+             t_mid, rng)
     st.last_mi[mi] = t_mid[mi]
     _remit_masked(st, active, rng)
     alive_save = st.alive
@@ -323,13 +324,13 @@ def on_onset(st: State, new: np.ndarray, t_row: np.ndarray, rng: np.random.Gener
   st.present |= new
   st.onset[new] = t_row[rows]
   n = len(st.female)
-  ckd_new = new[:, L["ckd"]]
+  ckd_new = new[:, LATENT_INDEX["ckd"]]
   u = rng.random(n)
   st.ckd_stage[ckd_new] = np.where(u < 0.3, 2, np.where(u < 0.92, 3, 4))[ckd_new]
-  st.dm_sev[new[:, L["diabetes_t2"]]] = 1
-  st.present[new[:, L["diabetes_t2"]], L["prediabetes"]] = False
-  st.hf_sev[new[:, L["heart_failure"]]] = 1
-  st.present[new[:, L["dementia"]], L["mild_cognitive_impairment"]] = False
+  st.dm_sev[new[:, LATENT_INDEX["diabetes_t2"]]] = 1
+  st.present[new[:, LATENT_INDEX["diabetes_t2"]], LATENT_INDEX["prediabetes"]] = False
+  st.hf_sev[new[:, LATENT_INDEX["heart_failure"]]] = 1
+  st.present[new[:, LATENT_INDEX["dementia"]], LATENT_INDEX["mild_cognitive_impairment"]] = False
   st.severity_u[new] = rng.random(int(new.sum()), dtype=np.float32)
 
 
@@ -346,9 +347,9 @@ def acute_rates(st: State, age: np.ndarray) -> np.ndarray:
   log_rate = (_ACUTE_LOG60 + _ACUTE_SLOPE32 * (np.minimum(age_e, 95.0) - 60.0)
               + st.present.astype(np.float32) @ ACUTE_LOG + np.log(st.frail)[:, None])
   rate = np.exp(np.minimum(log_rate, np.float32(np.log(2.0)))) * (age_e >= _ACUTE_MIN32)
-  oa = st.present[:, L["osteoarthritis"]] & (age >= 45)
-  rate[:, A["joint_replacement"]] = np.where(oa, JOINT_REPLACEMENT_RATE, 0.0)
-  rate[:, A["hip_fracture"]] *= np.where(st.female, 1.5, 1.0)
+  oa = st.present[:, LATENT_INDEX["osteoarthritis"]] & (age >= 45)
+  rate[:, ACUTE_INDEX["joint_replacement"]] = np.where(oa, JOINT_REPLACEMENT_RATE, 0.0)
+  rate[:, ACUTE_INDEX["hip_fracture"]] *= np.where(st.female, 1.5, 1.0)
   return rate
 
 
@@ -356,38 +357,40 @@ def current_codes(st: State, t: int) -> tuple[np.ndarray, np.ndarray]:
   """Per person and latent condition: the primary diagnosis code now (int32 [n, K]) and the
   probability that a coding uses an alternative code of the condition instead (float32 [n, K])."""
   n = len(st.female)
-  code = np.broadcast_to(C.ALT_TABLE[:, 0], (n, K)).copy()
-  p_alt = np.full((n, K), P_ALT_CODE, np.float32)
+  code = np.broadcast_to(code_lib.ALT_TABLE[:, 0], (n, NUM_LATENT)).copy()
+  p_alt = np.full((n, NUM_LATENT), P_ALT_CODE, np.float32)
   has = st.present
-  hf = has[:, L["heart_failure"]]
-  ckd = has[:, L["ckd"]]
+  hf = has[:, LATENT_INDEX["heart_failure"]]
+  ckd = has[:, LATENT_INDEX["ckd"]]
   esrd = st.ckd_stage >= 5
-  htn = np.where(hf & ckd, np.where(esrd, C.HTN["hf_esrd"], C.HTN["hf_ckd"]),
-                 np.where(ckd, np.where(esrd, C.HTN["esrd"], C.HTN["ckd"]),
-                          np.where(hf, C.HTN["hf"], C.HTN["plain"])))
-  code[:, L["hypertension"]] = htn
-  dm = np.where(st.dm_sev == 2, np.where(ckd, C.DM["ckd"], np.where(
-      st.severity_u[:, L["diabetes_t2"]] < 0.5, C.DM["hyper"], C.DM["neuro"])), C.DM["plain"])
-  code[:, L["diabetes_t2"]] = dm
-  code[:, L["ckd"]] = C.CKD_STAGE[st.ckd_stage]
-  code[:, L["heart_failure"]] = C.HF_SEV[st.hf_sev]
-  ihd = L["ischemic_heart_disease"]
+  htn = np.where(hf & ckd, np.where(esrd, code_lib.HTN["hf_esrd"], code_lib.HTN["hf_ckd"]),
+                 np.where(ckd, np.where(esrd, code_lib.HTN["esrd"], code_lib.HTN["ckd"]),
+                          np.where(hf, code_lib.HTN["hf"], code_lib.HTN["plain"])))
+  code[:, LATENT_INDEX["hypertension"]] = htn
+  dm = np.where(st.dm_sev == 2, np.where(ckd, code_lib.DM["ckd"], np.where(
+      st.severity_u[:, LATENT_INDEX["diabetes_t2"]] < 0.5, code_lib.DM["hyper"],
+      code_lib.DM["neuro"])), code_lib.DM["plain"])
+  code[:, LATENT_INDEX["diabetes_t2"]] = dm
+  code[:, LATENT_INDEX["ckd"]] = code_lib.CKD_STAGE[st.ckd_stage]
+  code[:, LATENT_INDEX["heart_failure"]] = code_lib.HF_SEV[st.hf_sev]
+  ihd = LATENT_INDEX["ischemic_heart_disease"]
   code[:, ihd] = np.where((t - st.last_mi > 2) & (t - st.last_mi < 36) &
-                          (st.severity_u[:, ihd] < 0.4), C.OLD_MI, C.IHD)
-  code[:, L["breast_cancer"]] = np.where(st.female, code[:, L["breast_cancer"]], C.BREAST_MALE)
+                          (st.severity_u[:, ihd] < 0.4), code_lib.OLD_MI, code_lib.IHD)
+  breast = LATENT_INDEX["breast_cancer"]
+  code[:, breast] = np.where(st.female, code[:, breast], code_lib.BREAST_MALE)
   # Cancers: after the first-year treatment phase, a non-advanced cancer is mostly coded as
   # personal history (Z85.x), which does not count for the condition.
   for j, c in enumerate(CANCERS):
-    k = L[c]
+    k = LATENT_INDEX[c]
     advanced = st.severity_u[:, k] < ADVANCED_FRACTION[j]
     survivor = has[:, k] & ~advanced & (t - st.onset[:, k] >= 12)
-    code[:, k] = np.where(survivor, C.HISTORY[c], code[:, k])
+    code[:, k] = np.where(survivor, code_lib.HISTORY[c], code[:, k])
     p_alt[:, k] = np.where(survivor, np.where(t - st.onset[:, k] >= 60, 0.05, 0.2), P_ALT_CODE)
   # Stroke: the acute code for about three months, then sequelae or history codes.
-  k = L["stroke"]
+  k = LATENT_INDEX["stroke"]
   late = (t - st.onset[:, k]) >= 3
-  code[:, k] = np.where(late, np.where(st.severity_u[:, k] < 0.4, C.STROKE_SEQUELA,
-                                       C.HISTORY["stroke"]), code[:, k])
+  code[:, k] = np.where(late, np.where(st.severity_u[:, k] < 0.4, code_lib.STROKE_SEQUELA,
+                                       code_lib.HISTORY["stroke"]), code[:, k])
   p_alt[:, k] = np.where(late, 0.0, P_ALT_CODE)
   return code.astype(np.int32), p_alt
 

@@ -11,14 +11,14 @@ import dataclasses
 
 import numpy as np
 
-from lmm_jax.synth import codes as C
-from lmm_jax.synth import model as M
+from lmm_jax.synth import codes as code_lib
+from lmm_jax.synth import model as world
 
-K = M.K
-L = M.L
-_AR_K = np.arange(K)
+NUM_LATENT = world.NUM_LATENT
+LATENT_INDEX = world.LATENT_INDEX
+_AR_K = np.arange(NUM_LATENT)
 PRIO_START, PRIO_CLAIM, PRIO_DEATH, PRIO_END = 1, 2, 3, 4
-_REMISSION_MONTH = (1 - (1 - M.REMISSION[M.REMITTING]) ** (1 / 12)).astype(np.float32)
+_REMISSION_MONTH = (1 - (1 - world.REMISSION[world.REMITTING]) ** (1 / 12)).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -55,12 +55,12 @@ class Sink:
     m = len(pidx)
     if m == 0:
       return
-    keep = self.rng.random(m) >= M.P_MISSING_CLAIM   # claims missing from the data feed
+    keep = self.rng.random(m) >= world.P_MISSING_CLAIM   # claims missing from the data feed
     self.dropped += int(m - keep.sum())
     pidx, day, cost, codes_MxW = pidx[keep], day[keep], cost[keep], codes_MxW[keep]
     y = (t - self.first_month) // 12
     self.cost[y] += np.bincount(pidx, weights=cost, minlength=self.n)
-    claim_bits = np.bitwise_or.reduce(C.CONDITION_BITS[codes_MxW], axis=1)
+    claim_bits = np.bitwise_or.reduce(code_lib.CONDITION_BITS[codes_MxW], axis=1)
     np.bitwise_or.at(self.bits[y], pidx, claim_bits)
     if self.emit:
       # A code is listed once per claim (a principal diagnosis may also be drawn as a secondary).
@@ -106,16 +106,16 @@ def _col(values: np.ndarray | int, m: int) -> np.ndarray:
 class _Month:
   """The claims of one month for the people who are covered and alive at its start."""
 
-  def __init__(self, st: M.State, t: int, cal: Calendar, rng: np.random.Generator, sink: Sink,
+  def __init__(self, st: world.State, t: int, cal: Calendar, rng: np.random.Generator, sink: Sink,
                age: np.ndarray, death_cap: np.ndarray):
     self.st, self.t, self.rng, self.sink, self.age = st, t, rng, sink, age
     self.month_start = cal.start[t]
     self.month_len = cal.length[t]
     self.death_cap = death_cap   # last day a claim may fall on (death day, or far future)
-    self.code_now, self.p_alt = M.current_codes(st, t)
-    infl = (1 + M.INFLATION) ** (t / 12.0)
-    self.price = M.LOB_PRICE[st.lob] * infl
-    self.facility = M.LOB_FACILITY[st.lob] * infl
+    self.code_now, self.p_alt = world.current_codes(st, t)
+    infl = (1 + world.INFLATION) ** (t / 12.0)
+    self.price = world.LOB_PRICE[st.lob] * infl
+    self.facility = world.LOB_FACILITY[st.lob] * infl
     self.rx_price = np.array([1.15, 1.0, 0.85])[st.lob] * infl
 
   def days(self, pidx: np.ndarray) -> np.ndarray:
@@ -126,15 +126,15 @@ class _Month:
     """int32 [m, K]: the latent conditions coded on these claims (-1 where not coded)."""
     m = len(pidx)
     rng = self.rng
-    p_code_K = np.broadcast_to(np.asarray(p_code_K, np.float32), (K,))
-    out = np.full((m, K), -1, np.int32)
+    p_code_K = np.broadcast_to(np.asarray(p_code_K, np.float32), (NUM_LATENT,))
+    out = np.full((m, NUM_LATENT), -1, np.int32)
     # Work on the (claim, condition) pairs that are present only: most are not.
     r, c = np.nonzero(self.st.present[pidx] & (p_code_K > 0))
     keep = rng.random(len(r), dtype=np.float32) < p_code_K[c]
     r, c = r[keep], c[keep]
     who = pidx[r]
     use_alt = rng.random(len(r), dtype=np.float32) < self.p_alt[who, c]
-    alt = C.ALT_TABLE[c, (rng.random(len(r)) * C.ALT_COUNT[c]).astype(np.int64)]
+    alt = code_lib.ALT_TABLE[c, (rng.random(len(r)) * code_lib.ALT_COUNT[c]).astype(np.int64)]
     out[r, c] = np.where(use_alt, alt, self.code_now[who, c])
     return out
 
@@ -144,7 +144,7 @@ class _Month:
     return np.where(self.rng.random(m) < p, codes, -1).reshape(m, 1).astype(np.int32)
 
   def rule_out(self, m: int, p: float) -> np.ndarray:
-    pick = C.RULE_OUT[self.rng.choice(len(C.RULE_OUT), size=m, p=C.RULE_OUT_P)]
+    pick = code_lib.RULE_OUT[self.rng.choice(len(code_lib.RULE_OUT), size=m, p=code_lib.RULE_OUT_P)]
     return self.maybe(pick, p, m)
 
   def emit(self, pidx, ctype: str, pos: str, cols: list[np.ndarray], cost: np.ndarray,
@@ -152,7 +152,7 @@ class _Month:
     if len(pidx) == 0:
       return np.zeros(0, np.int64)
     day = self.days(pidx) if day is None else day
-    self.sink.add(self.t, pidx, day, C.CLAIM_TYPE[ctype], C.POS[pos], cost,
+    self.sink.add(self.t, pidx, day, code_lib.CLAIM_TYPE[ctype], code_lib.POS[pos], cost,
                   np.concatenate(cols, axis=1))
     return day
 
@@ -161,8 +161,8 @@ def _pick(rng: np.random.Generator, table: np.ndarray, m: int) -> np.ndarray:
   return table[rng.integers(0, len(table), m)]
 
 
-def enrollment_step(st: M.State, t: int, cal: Calendar, age: np.ndarray, rng: np.random.Generator,
-                    ev: MemberEvents) -> None:
+def enrollment_step(st: world.State, t: int, cal: Calendar, age: np.ndarray,
+                    rng: np.random.Generator, ev: MemberEvents) -> None:
   """Coverage changes at the start of month t: joins, churn out and back, aging into Medicare."""
   n = len(st.female)
   start = cal.start[t]
@@ -173,33 +173,33 @@ def enrollment_step(st: M.State, t: int, cal: Calendar, age: np.ndarray, rng: np
   leave = alive & st.enrolled & (u[0] < leave_p)
   if leave.any():
     idx = np.nonzero(leave)[0]
-    ev.add(idx, prev_end, np.array(C.ENROLL_END)[st.lob[idx]], PRIO_END)
+    ev.add(idx, prev_end, np.array(code_lib.ENROLL_END)[st.lob[idx]], PRIO_END)
     st.enrolled[leave] = False
     st.gone[leave] = u[1][leave] < 0.55
   join = alive & ~st.enrolled & ~st.gone & (
       (st.join_mi == t) | ((st.join_mi < t) & ~leave & (u[2] < 0.15)))
   if join.any():
     rejoin = join & (st.join_mi < t)
-    st.lob[rejoin] = M.initial_lob(age[rejoin], rng)
+    st.lob[rejoin] = world.initial_lob(age[rejoin], rng)
     st.enrolled[join] = True
-  medicare = alive & st.enrolled & ~join & (st.lob != M.MEDICARE) & (age >= 65)
+  medicare = alive & st.enrolled & ~join & (st.lob != world.MEDICARE) & (age >= 65)
   if medicare.any():
     idx = np.nonzero(medicare)[0]
-    ev.add(idx, prev_end, np.array(C.ENROLL_END)[st.lob[idx]], PRIO_END)
-    st.lob[medicare] = M.MEDICARE
+    ev.add(idx, prev_end, np.array(code_lib.ENROLL_END)[st.lob[idx]], PRIO_END)
+    st.lob[medicare] = world.MEDICARE
   start_now = join | medicare
   if start_now.any():
     idx = np.nonzero(start_now)[0]
-    ev.add(idx, start, np.array(C.ENROLL_START)[st.lob[idx]], PRIO_START)
-  switch = alive & st.enrolled & ~start_now & (st.lob != M.MEDICARE) & (u[3] < 0.002)
+    ev.add(idx, start, np.array(code_lib.ENROLL_START)[st.lob[idx]], PRIO_START)
+  switch = alive & st.enrolled & ~start_now & (st.lob != world.MEDICARE) & (u[3] < 0.002)
   if switch.any():   # commercial <-> Medicaid, a day's gap free
     idx = np.nonzero(switch)[0]
-    ev.add(idx, prev_end, np.array(C.ENROLL_END)[st.lob[idx]], PRIO_END)
-    st.lob[switch] = np.where(st.lob[switch] == M.COMMERCIAL, M.MEDICAID, M.COMMERCIAL)
-    ev.add(idx, start, np.array(C.ENROLL_START)[st.lob[idx]], PRIO_START)
+    ev.add(idx, prev_end, np.array(code_lib.ENROLL_END)[st.lob[idx]], PRIO_END)
+    st.lob[switch] = np.where(st.lob[switch] == world.COMMERCIAL, world.MEDICAID, world.COMMERCIAL)
+    ev.add(idx, start, np.array(code_lib.ENROLL_START)[st.lob[idx]], PRIO_START)
 
 
-def step(st: M.State, t: int, cal: Calendar, rng: np.random.Generator, sink: Sink,
+def step(st: world.State, t: int, cal: Calendar, rng: np.random.Generator, sink: Sink,
          members: MemberEvents | None) -> None:
   """Advances the world by month t. members=None: coverage is held fixed (oracle roll-outs)."""
   n = len(st.female)
@@ -207,56 +207,59 @@ def step(st: M.State, t: int, cal: Calendar, rng: np.random.Generator, sink: Sin
   if members is not None:
     enrollment_step(st, t, cal, age, rng, members)
   else:
-    st.lob[st.alive & (age >= 65)] = M.MEDICARE
+    st.lob[st.alive & (age >= 65)] = world.MEDICARE
   alive = st.alive
 
   # --- disease dynamics -------------------------------------------------------------------------
-  rate = M.onset_rates(st, age)
+  rate = world.onset_rates(st, age)
   # Monthly probability ~ rate / 12 (rates are capped at 0.6 a year, so the error is < 3%).
-  new = alive[:, None] & ~st.present & (rng.random((n, K), dtype=np.float32) * 12.0 < rate)
+  new = alive[:, None] & ~st.present & (rng.random((n, NUM_LATENT), dtype=np.float32) * 12.0 < rate)
   t_row = np.full(n, t, np.int32)
-  M.on_onset(st, new, t_row, rng)
-  rem = M.REMITTING
+  world.on_onset(st, new, t_row, rng)
+  rem = world.REMITTING
   off = alive[:, None] & st.present[:, rem] & (rng.random((n, len(rem)), dtype=np.float32) <
                                                _REMISSION_MONTH)
   st.present[:, rem] &= ~off
-  st.onset[:, rem] = np.where(off, M.NEVER, st.onset[:, rem])
-  M.progress(st, 1.0 / 12.0, rng)
+  st.onset[:, rem] = np.where(off, world.NEVER, st.onset[:, rem])
+  world.progress(st, 1.0 / 12.0, rng)
 
   # --- acute events -----------------------------------------------------------------------------
-  ev_rate = M.acute_rates(st, age)
+  ev_rate = world.acute_rates(st, age)
   ev = alive[:, None] & (rng.random(ev_rate.shape, dtype=np.float32) <
                          1 - np.exp(-ev_rate / 12))
-  hf_exac = alive & (rng.random(n) < M.annual_to_month(0.12 * st.hf_sev * st.frail))
-  copd_exac = alive & st.present[:, L["copd"]] & (rng.random(n) < M.annual_to_month(
-      0.25 * st.frail))
+  hf_exac = alive & (rng.random(n) < world.annual_to_month(0.12 * st.hf_sev * st.frail))
+  copd_exac = alive & st.present[:, LATENT_INDEX["copd"]] & (
+      rng.random(n) < world.annual_to_month(0.25 * st.frail))
   # Pregnancy: conception by age, delivery in the ninth month.
   fert = np.interp(age, [14, 15, 20, 25, 30, 35, 40, 45, 46],
                    [0, 0.02, 0.07, 0.10, 0.10, 0.05, 0.012, 0.0, 0.0])
-  conceive = alive & st.female & (st.preg_start == M.NEVER) & (
-      rng.random(n) < M.annual_to_month(fert))
+  conceive = alive & st.female & (st.preg_start == world.NEVER) & (
+      rng.random(n) < world.annual_to_month(fert))
   deliver = alive & (t - st.preg_start == 8)
-  st.preg_start[deliver] = M.NEVER
+  st.preg_start[deliver] = world.NEVER
   st.preg_start[conceive] = t
-  pregnant = alive & (st.preg_start != M.NEVER) & (t - st.preg_start >= 1)
-  stroke_new = ev[:, M.A["stroke"]] & ~st.present[:, L["stroke"]]
-  mi_new = ev[:, M.A["mi"]] & ~st.present[:, L["ischemic_heart_disease"]]
-  M.on_onset(st, (stroke_new[:, None] & (_AR_K == L["stroke"])) |
-             (mi_new[:, None] & (_AR_K == L["ischemic_heart_disease"])), t_row, rng)
-  st.onset[ev[:, M.A["stroke"]], L["stroke"]] = t   # a recurrent stroke restarts the acute phase
-  st.last_mi[ev[:, M.A["mi"]]] = t
+  pregnant = alive & (st.preg_start != world.NEVER) & (t - st.preg_start >= 1)
+  stroke, ihd = LATENT_INDEX["stroke"], LATENT_INDEX["ischemic_heart_disease"]
+  stroke_ev, mi_ev = ev[:, world.ACUTE_INDEX["stroke"]], ev[:, world.ACUTE_INDEX["mi"]]
+  stroke_new = stroke_ev & ~st.present[:, stroke]
+  mi_new = mi_ev & ~st.present[:, ihd]
+  world.on_onset(st, (stroke_new[:, None] & (_AR_K == stroke)) |
+                 (mi_new[:, None] & (_AR_K == ihd)), t_row, rng)
+  st.onset[stroke_ev, stroke] = t   # a recurrent stroke restarts the acute phase
+  st.last_mi[mi_ev] = t
 
   # --- mortality --------------------------------------------------------------------------------
-  advanced = M.is_advanced(st)
-  active_cancer = st.present[:, M.CANCER_IDX] & ((t - st.onset[:, M.CANCER_IDX]) < 12)
-  mort = np.exp(M.MORT_A + M.MORT_B * np.minimum(age, 105.0)) * np.exp(
-      st.present.astype(np.float32) @ M.MORT_LOG) * np.sqrt(st.frail)
+  advanced = world.is_advanced(st)
+  active_cancer = st.present[:, world.CANCER_IDX] & ((t - st.onset[:, world.CANCER_IDX]) < 12)
+  mort = np.exp(world.MORT_A + world.MORT_B * np.minimum(age, 105.0)) * np.exp(
+      st.present.astype(np.float32) @ world.MORT_LOG) * np.sqrt(st.frail)
   mort *= np.where(st.ckd_stage == 6, 3.5, np.where(st.ckd_stage >= 4, 1.5, 1.0))
   mort *= np.array([1.0, 1.0, 1.5, 2.5])[st.hf_sev]
-  mort *= np.prod(np.where(advanced, M.ADVANCED_MORT_HR, 1.0), axis=1)
+  mort *= np.prod(np.where(advanced, world.ADVANCED_MORT_HR, 1.0), axis=1)
   mort *= np.where(active_cancer.any(1), 1.5, 1.0)
-  p_die = M.annual_to_month(mort)
-  fat = np.array([M.FATALITY[e] for e in M.ACUTE_NAMES]) * np.where(age >= 75, 1.5, 1.0)[:, None]
+  p_die = world.annual_to_month(mort)
+  fat = np.array([world.FATALITY[e] for e in world.ACUTE_NAMES]) * np.where(
+      age >= 75, 1.5, 1.0)[:, None]
   p_die = 1 - (1 - p_die) * np.prod(np.where(ev, 1 - fat, 1.0), axis=1)
   dies = alive & (rng.random(n) < p_die)
   death_day = cal.start[t] + rng.integers(0, cal.length[t], n)
@@ -274,10 +277,10 @@ def step(st: M.State, t: int, cal: Calendar, rng: np.random.Generator, sink: Sin
     st.death_day = np.where(dies, death_day, st.death_day)
     if members is not None:
       idx = np.nonzero(dies)[0]
-      members.add(idx, death_day[idx], C.DEATH, PRIO_DEATH)
+      members.add(idx, death_day[idx], code_lib.DEATH, PRIO_DEATH)
       ended = dies & st.enrolled
       ie = np.nonzero(ended)[0]
-      members.add(ie, death_day[ie], np.array(C.ENROLL_END)[st.lob[ie]], PRIO_END)
+      members.add(ie, death_day[ie], np.array(code_lib.ENROLL_END)[st.lob[ie]], PRIO_END)
       st.enrolled = st.enrolled & ~dies
 
 
@@ -285,13 +288,13 @@ def _claims(mo: _Month, covered, ev, hf_exac, copd_exac, deliver, pregnant, adva
             active_cancer) -> None:
   st, rng, age, t = mo.st, mo.rng, mo.age, mo.t
   has = st.present
-  n_chronic = has[:, :M.NUM_TARGET].sum(1)
+  n_chronic = has[:, :world.NUM_TARGET].sum(1)
   recent_admit = (t - st.last_admit) <= 2
   cov_idx = np.nonzero(covered)[0]
 
   # Office visits.
   base = np.interp(age, [0, 2, 3, 18, 45, 65, 80], [0.5, 0.5, 0.13, 0.1, 0.13, 0.2, 0.25])
-  lam = st.frail * base + has.astype(np.float32) @ M.VISIT_ADD + 0.4 * recent_admit
+  lam = st.frail * base + has.astype(np.float32) @ world.VISIT_ADD + 0.4 * recent_admit
   lam = lam + 0.3 * active_cancer.any(1)
   nvis = np.minimum(rng.poisson(lam[cov_idx]), 4)
   pidx = np.repeat(cov_idx, nvis)
@@ -299,31 +302,35 @@ def _claims(mo: _Month, covered, ev, hf_exac, copd_exac, deliver, pregnant, adva
   if m:
     z = rng.random(m) + 0.07 * n_chronic[pidx]
     em = np.searchsorted([0.12, 0.62, 0.97], z, side="right")
-    dxb = mo.dx(pidx, M.P_CODE_OFFICE)
-    minor = np.where(dxb.max(1) < 0, _pick(rng, C.ACUTE_MINOR, m), -1).reshape(m, 1)
-    cols = [minor, dxb, mo.maybe(C.Z_INSULIN, 0.4 * st.insulin[pidx], m),
-            mo.maybe(C.Z_DIALYSIS, 0.6 * (st.ckd_stage[pidx] == 6), m), _col(C.EM_OFFICE[em], m)]
-    cost = C.EM_OFFICE_COST[em] * _lognorm(rng, m, 0.2) * mo.price[pidx]
+    dxb = mo.dx(pidx, world.P_CODE_OFFICE)
+    minor = np.where(dxb.max(1) < 0, _pick(rng, code_lib.ACUTE_MINOR, m), -1).reshape(m, 1)
+    cols = [minor, dxb, mo.maybe(code_lib.Z_INSULIN, 0.4 * st.insulin[pidx], m),
+            mo.maybe(code_lib.Z_DIALYSIS, 0.6 * (st.ckd_stage[pidx] == 6), m),
+            _col(code_lib.EM_OFFICE[em], m)]
+    cost = code_lib.EM_OFFICE_COST[em] * _lognorm(rng, m, 0.2) * mo.price[pidx]
     day = mo.emit(pidx, "PROFESSIONAL", "11", cols, cost)
     # Labs drawn at a share of visits, billed by an independent lab on the same day.
     lab = rng.random(m) < np.minimum(0.85, 0.15 + 0.12 * n_chronic[pidx])
     if lab.any():
       lp, ld = pidx[lab], day[lab]
       ml = len(lp)
-      dm = has[lp, L["diabetes_t2"]] | has[lp, L["prediabetes"]]
+      dm = has[lp, LATENT_INDEX["diabetes_t2"]] | has[lp, LATENT_INDEX["prediabetes"]]
       tests = [("cmp", np.ones(ml)), ("cbc", np.full(ml, 0.5)), ("a1c", 0.9 * dm),
-               ("lipid", np.maximum(0.6 * has[lp, L["hyperlipidemia"]], 0.15 * (age[lp] >= 40))),
-               ("tsh", np.maximum(0.6 * has[lp, L["hypothyroidism"]], 0.05)),
-               ("microalb", 0.4 * (has[lp, L["diabetes_t2"]] | has[lp, L["ckd"]])),
-               ("bnp", 0.4 * has[lp, L["heart_failure"]])]
+               ("lipid", np.maximum(0.6 * has[lp, LATENT_INDEX["hyperlipidemia"]],
+                                    0.15 * (age[lp] >= 40))),
+               ("tsh", np.maximum(0.6 * has[lp, LATENT_INDEX["hypothyroidism"]], 0.05)),
+               ("microalb", 0.4 * (has[lp, LATENT_INDEX["diabetes_t2"]] |
+                                   has[lp, LATENT_INDEX["ckd"]])),
+               ("bnp", 0.4 * has[lp, LATENT_INDEX["heart_failure"]])]
       tcols, tcost = [], np.zeros(ml)
       for name, p in tests:
-        col = mo.maybe(C.LAB[name], p, ml)
+        col = mo.maybe(code_lib.LAB[name], p, ml)
         tcols.append(col)
-        tcost += (col[:, 0] >= 0) * C.LAB_COST[name]
-      dxl = mo.dx(lp, M.P_CODE_LAB)
-      ro = mo.rule_out(ml, M.P_RULE_OUT["lab"])
-      fallback = np.where((dxl.max(1) < 0) & (ro[:, 0] < 0), C.ACUTE_MINOR[8], -1).reshape(ml, 1)
+        tcost += (col[:, 0] >= 0) * code_lib.LAB_COST[name]
+      dxl = mo.dx(lp, world.P_CODE_LAB)
+      ro = mo.rule_out(ml, world.P_RULE_OUT["lab"])
+      fallback = np.where((dxl.max(1) < 0) & (ro[:, 0] < 0), code_lib.ACUTE_MINOR[8],
+                          -1).reshape(ml, 1)
       mo.emit(lp, "PROFESSIONAL", "81", [fallback, dxl, ro] + tcols,
               tcost * _lognorm(rng, ml, 0.15) * mo.price[lp], day=ld)
 
@@ -333,30 +340,33 @@ def _claims(mo: _Month, covered, ev, hf_exac, copd_exac, deliver, pregnant, adva
   m = len(pidx)
   if m:
     band = np.searchsorted([1, 5, 12, 18, 40, 65], age[pidx], side="right")
-    well = np.where(age[pidx] < 18, C.WELL_CHILD, _pick(rng, C.WELL_ADULT, m)).reshape(m, 1)
-    cols = [well, mo.dx(pidx, 0.7 * M.P_CODE_OFFICE), mo.maybe(C.VACCINE, 0.3, m),
-            _col(C.PREVENTIVE[band], m)]
+    well = np.where(age[pidx] < 18, code_lib.WELL_CHILD,
+                    _pick(rng, code_lib.WELL_ADULT, m)).reshape(m, 1)
+    cols = [well, mo.dx(pidx, 0.7 * world.P_CODE_OFFICE), mo.maybe(code_lib.VACCINE, 0.3, m),
+            _col(code_lib.PREVENTIVE[band], m)]
     cost = np.array([110, 120, 125, 140, 150, 160, 165.0])[band] * _lognorm(rng, m, 0.15)
     mo.emit(pidx, "PROFESSIONAL", "11", cols, cost * mo.price[pidx])
 
   # Psychotherapy.
-  psych = covered & (has[:, L["depression"]] | has[:, L["anxiety"]]) & (rng.random(len(age)) < 0.2)
+  psych = covered & (has[:, LATENT_INDEX["depression"]] | has[:, LATENT_INDEX["anxiety"]]) & (
+      rng.random(len(age)) < 0.2)
   pidx = np.nonzero(psych)[0]
   m = len(pidx)
   if m:
-    p = np.zeros(K)
-    p[[L["depression"], L["anxiety"]]] = 0.95
-    mo.emit(pidx, "PROFESSIONAL", "11", [mo.dx(pidx, p), _col(C.PSYCHOTHERAPY, m)],
+    p = np.zeros(NUM_LATENT)
+    p[[LATENT_INDEX["depression"], LATENT_INDEX["anxiety"]]] = 0.95
+    mo.emit(pidx, "PROFESSIONAL", "11", [mo.dx(pidx, p), _col(code_lib.PSYCHOTHERAPY, m)],
             105.0 * _lognorm(rng, m, 0.15) * mo.price[pidx])
 
   # Prenatal care.
   pidx = np.nonzero(covered & pregnant & (rng.random(len(age)) < 0.8))[0]
   m = len(pidx)
   if m:
-    us = mo.maybe(C.OB_ULTRASOUND, 0.15, m)
+    us = mo.maybe(code_lib.OB_ULTRASOUND, 0.15, m)
     cost = (100.0 + 200.0 * (us[:, 0] >= 0)) * _lognorm(rng, m, 0.2) * mo.price[pidx]
-    mo.emit(pidx, "PROFESSIONAL", "11", [_col(C.PRENATAL, m), mo.dx(pidx, 0.3 * M.P_CODE_OFFICE),
-                                         _col(C.EM_OFFICE[1], m), us], cost)
+    mo.emit(pidx, "PROFESSIONAL", "11", [_col(code_lib.PRENATAL, m),
+                                         mo.dx(pidx, 0.3 * world.P_CODE_OFFICE),
+                                         _col(code_lib.EM_OFFICE[1], m), us], cost)
 
   _imaging(mo, covered)
   _emergency(mo, covered, ev)
@@ -368,75 +378,80 @@ def _claims(mo: _Month, covered, ev, hf_exac, copd_exac, deliver, pregnant, adva
 def _imaging(mo: _Month, covered) -> None:
   st, rng, age = mo.st, mo.rng, mo.age
   has = st.present.astype(np.float64)
+  present = {name: has[:, k] for name, k in LATENT_INDEX.items()}   # column views
   f = st.female
-  hist_stroke = has[:, L["stroke"]] * ((mo.t - st.onset[:, L["stroke"]]) < 3)
+  hist_stroke = present["stroke"] * ((mo.t - st.onset[:, LATENT_INDEX["stroke"]]) < 3)
   table = {
-      "cxr": (0.004 + 0.03 * has[:, L["copd"]] + 0.03 * has[:, L["heart_failure"]]
-              + 0.01 * has[:, L["asthma"]] + 0.03 * has[:, L["lung_cancer"]],
+      "cxr": (0.004 + 0.03 * present["copd"] + 0.03 * present["heart_failure"]
+              + 0.01 * present["asthma"] + 0.03 * present["lung_cancer"],
               ("copd", "heart_failure", "asthma", "lung_cancer"), -1),
-      "echo": (0.002 + 0.04 * has[:, L["heart_failure"]] + 0.035 * has[:, L["atrial_fibrillation"]]
-               + 0.01 * has[:, L["ischemic_heart_disease"]],
+      "echo": (0.002 + 0.04 * present["heart_failure"] + 0.035 * present["atrial_fibrillation"]
+               + 0.01 * present["ischemic_heart_disease"],
                ("heart_failure", "atrial_fibrillation", "ischemic_heart_disease", "hypertension"),
                -1),
-      "ecg": (0.008 + 0.03 * np.maximum(has[:, L["ischemic_heart_disease"]],
-                                        has[:, L["atrial_fibrillation"]]),
+      "ecg": (0.008 + 0.03 * np.maximum(present["ischemic_heart_disease"],
+                                        present["atrial_fibrillation"]),
               ("ischemic_heart_disease", "atrial_fibrillation", "hypertension"), -1),
-      "mammo": (f * (age >= 40) * 0.05 + 0.1 * has[:, L["breast_cancer"]], ("breast_cancer",),
-                C.SCREEN_MAMMO),
-      "dxa": (f * (age >= 65) * 0.01 + 0.05 * has[:, L["osteoporosis"]], ("osteoporosis",), -1),
-      "mri_knee": (0.0008 + 0.015 * has[:, L["osteoarthritis"]], ("osteoarthritis",), -1),
-      "ct_head": (0.001 + 0.02 * has[:, L["dementia"]] + 0.03 * has[:, L["mild_cognitive_impairment"]]
+      "mammo": (f * (age >= 40) * 0.05 + 0.1 * present["breast_cancer"], ("breast_cancer",),
+                code_lib.SCREEN_MAMMO),
+      "dxa": (f * (age >= 65) * 0.01 + 0.05 * present["osteoporosis"], ("osteoporosis",), -1),
+      "mri_knee": (0.0008 + 0.015 * present["osteoarthritis"], ("osteoarthritis",), -1),
+      "ct_head": (0.001 + 0.02 * present["dementia"] + 0.03 * present["mild_cognitive_impairment"]
                   + 0.3 * hist_stroke, ("dementia", "mild_cognitive_impairment", "stroke"), -1),
-      "ct_chest": (0.15 * has[:, L["lung_cancer"]] + 0.005 * has[:, L["copd"]]
-                   + 0.004 * has[:, L["smoker"]] * (age >= 50), ("lung_cancer", "copd", "smoker"),
+      "ct_chest": (0.15 * present["lung_cancer"] + 0.005 * present["copd"]
+                   + 0.004 * present["smoker"] * (age >= 50), ("lung_cancer", "copd", "smoker"),
                    -1),
-      "ct_abd": (0.002 + 0.12 * has[:, L["colorectal_cancer"]], ("colorectal_cancer",), -1),
+      "ct_abd": (0.002 + 0.12 * present["colorectal_cancer"], ("colorectal_cancer",), -1),
   }
   for name, (p, relevant, screen) in table.items():
     pidx = np.nonzero(covered & (rng.random(len(age)) < p))[0]
     m = len(pidx)
     if not m:
       continue
-    pv = np.zeros(K)
-    pv[[L[c] for c in relevant]] = 0.85
+    pv = np.zeros(NUM_LATENT)
+    pv[[LATENT_INDEX[c] for c in relevant]] = 0.85
     dxb = mo.dx(pidx, pv)
-    ro = mo.rule_out(m, M.P_RULE_OUT["imaging"])
+    ro = mo.rule_out(m, world.P_RULE_OUT["imaging"])
     first = np.full(m, screen, np.int32)
     if screen < 0:
-      first = np.where((dxb.max(1) < 0) & (ro[:, 0] < 0), _pick(rng, C.ACUTE_MINOR, m), -1)
-    cost = C.IMAGING_COST[name] * _lognorm(rng, m, 0.25) * mo.facility[pidx]
+      first = np.where((dxb.max(1) < 0) & (ro[:, 0] < 0), _pick(rng, code_lib.ACUTE_MINOR, m), -1)
+    cost = code_lib.IMAGING_COST[name] * _lognorm(rng, m, 0.25) * mo.facility[pidx]
     mo.emit(pidx, "OUTPATIENT", "22", [first.reshape(m, 1).astype(np.int32), dxb, ro,
-                                       _col(C.IMAGING[name], m)], cost)
+                                       _col(code_lib.IMAGING[name], m)], cost)
 
 
 def _emergency(mo: _Month, covered, ev) -> None:
   st, rng, age = mo.st, mo.rng, mo.age
   has = st.present
+  present = {name: has[:, k] for name, k in LATENT_INDEX.items()}   # column views
   rate = st.frail * (0.010 + 0.012 * (age < 5) + 0.008 * (age >= 75)) * np.where(
-      st.lob == M.MEDICAID, 1.7, 1.0)
-  rate = rate + 0.015 * has[:, L["asthma"]] + 0.015 * has[:, L["copd"]] + 0.02 * has[
-      :, L["heart_failure"]] + 0.008 * (has[:, L["depression"]] | has[:, L["anxiety"]]) + 0.015 * has[
-          :, L["dementia"]] + 0.01 * (st.ckd_stage >= 5)
+      st.lob == world.MEDICAID, 1.7, 1.0)
+  rate = (rate + 0.015 * present["asthma"] + 0.015 * present["copd"]
+          + 0.02 * present["heart_failure"] + 0.008 * (present["depression"] | present["anxiety"])
+          + 0.015 * present["dementia"] + 0.01 * (st.ckd_stage >= 5))
   # Pneumonia treated without admission is seen in the emergency room.
-  pneu = ev[:, M.A["pneumonia"]] & (rng.random(len(age)) >= np.where(age >= 65, 0.7, 0.45))
+  pneu = ev[:, world.ACUTE_INDEX["pneumonia"]] & (
+      rng.random(len(age)) >= np.where(age >= 65, 0.7, 0.45))
   n_er = np.minimum(rng.poisson(rate), 2) * covered
   pidx = np.concatenate([np.repeat(np.arange(len(age)), n_er), np.nonzero(covered & pneu)[0]])
   is_pneu = np.arange(len(pidx)) >= int(n_er.sum())
   m = len(pidx)
   if not m:
     return
-  principal = _pick(rng, C.ER_COMPLAINT, m)
-  principal = np.where(has[pidx, L["asthma"]] & (rng.random(m) < 0.3), C.ASTHMA_EXAC, principal)
-  principal = np.where(has[pidx, L["copd"]] & (rng.random(m) < 0.3), C.COPD_EXAC, principal)
-  principal = np.where(is_pneu, C.PNEUMONIA, principal)
-  level = np.minimum(2, (rng.random(m) * 2.2 + 0.25 * has[pidx, :M.NUM_TARGET].sum(1)
+  principal = _pick(rng, code_lib.ER_COMPLAINT, m)
+  principal = np.where(present["asthma"][pidx] & (rng.random(m) < 0.3), code_lib.ASTHMA_EXAC,
+                       principal)
+  principal = np.where(present["copd"][pidx] & (rng.random(m) < 0.3), code_lib.COPD_EXAC, principal)
+  principal = np.where(is_pneu, code_lib.PNEUMONIA, principal)
+  level = np.minimum(2, (rng.random(m) * 2.2 + 0.25 * has[pidx, :world.NUM_TARGET].sum(1)
                          + is_pneu).astype(np.int64))
-  xray = np.where(is_pneu | (rng.random(m) < 0.25), C.IMAGING["cxr"], -1).reshape(m, 1)
+  xray = np.where(is_pneu | (rng.random(m) < 0.25), code_lib.IMAGING["cxr"], -1).reshape(m, 1)
   cost = np.array([500.0, 900.0, 1500.0])[level] * _lognorm(rng, m, 0.5) * mo.facility[pidx]
   cost = cost + 180.0 * (xray[:, 0] >= 0)
   mo.emit(pidx, "EMERGENCY", "23", [principal.reshape(m, 1).astype(np.int32),
-                                    mo.dx(pidx, M.P_CODE_ER), mo.rule_out(m, M.P_RULE_OUT["er"]),
-                                    _col(C.EM_ER[level], m), xray.astype(np.int32)], cost)
+                                    mo.dx(pidx, world.P_CODE_ER),
+                                    mo.rule_out(m, world.P_RULE_OUT["er"]),
+                                    _col(code_lib.EM_ER[level], m), xray.astype(np.int32)], cost)
 
 
 _SNF_P = {"other": 0.12, "mi": 0.15, "stroke": 0.45, "pneumonia": 0.2, "sepsis": 0.35, "hip_fracture": 0.75,
@@ -448,65 +463,71 @@ def _inpatient(mo: _Month, covered, ev, hf_exac, copd_exac, deliver) -> None:
   n = len(age)
   u = rng.random(n)
   admits = []   # (kind, mask, principal codes [n], extra code column [n], mean cost)
-  stroke = ev[:, M.A["stroke"]]
+  stroke = ev[:, world.ACUTE_INDEX["stroke"]]
   tia = u < 0.25
-  admits.append(("mi", ev[:, M.A["mi"]], _pick(rng, C.MI, n),
-                 np.where(u < 0.5, C.PCS_PCI, -1), 28000.0 + 12000.0 * (u < 0.5)))
-  admits.append(("stroke", stroke, np.where(tia, C.TIA, _pick(rng, C.STROKE_ACUTE, n)),
-                 np.where(~tia & (u > 0.9), C.PCS_TPA, -1), np.where(tia, 8000.0, 22000.0)))
-  admits.append(("pneumonia", ev[:, M.A["pneumonia"]] & (u < np.where(age >= 65, 0.7, 0.45)),
-                 np.full(n, C.PNEUMONIA), np.full(n, -1), 14000.0))
-  admits.append(("sepsis", ev[:, M.A["sepsis"]], np.full(n, C.SEPSIS),
-                 np.where(u < 0.15, C.PCS_VENT, -1), np.where(u < 0.15, 55000.0, 32000.0)))
-  admits.append(("hip_fracture", ev[:, M.A["hip_fracture"]], _pick(rng, C.HIP_FRACTURE, n),
-                 np.full(n, C.PCS_HIP), 32000.0))
-  admits.append(("joint_replacement", ev[:, M.A["joint_replacement"]], _pick(rng, C.KNEE_OA, n),
-                 _pick(rng, C.PCS_KNEE, n), 28000.0))
-  admits.append(("hf", hf_exac, C.HF_ACUTE[np.maximum(st.hf_sev - 1, 0)], np.full(n, -1),
+  admits.append(("mi", ev[:, world.ACUTE_INDEX["mi"]], _pick(rng, code_lib.MI, n),
+                 np.where(u < 0.5, code_lib.PCS_PCI, -1), 28000.0 + 12000.0 * (u < 0.5)))
+  admits.append(("stroke", stroke,
+                 np.where(tia, code_lib.TIA, _pick(rng, code_lib.STROKE_ACUTE, n)),
+                 np.where(~tia & (u > 0.9), code_lib.PCS_TPA, -1), np.where(tia, 8000.0, 22000.0)))
+  admits.append(("pneumonia",
+                 ev[:, world.ACUTE_INDEX["pneumonia"]] & (u < np.where(age >= 65, 0.7, 0.45)),
+                 np.full(n, code_lib.PNEUMONIA), np.full(n, -1), 14000.0))
+  admits.append(("sepsis", ev[:, world.ACUTE_INDEX["sepsis"]], np.full(n, code_lib.SEPSIS),
+                 np.where(u < 0.15, code_lib.PCS_VENT, -1), np.where(u < 0.15, 55000.0, 32000.0)))
+  admits.append(("hip_fracture", ev[:, world.ACUTE_INDEX["hip_fracture"]],
+                 _pick(rng, code_lib.HIP_FRACTURE, n),
+                 np.full(n, code_lib.PCS_HIP), 32000.0))
+  admits.append(("joint_replacement", ev[:, world.ACUTE_INDEX["joint_replacement"]],
+                 _pick(rng, code_lib.KNEE_OA, n),
+                 _pick(rng, code_lib.PCS_KNEE, n), 28000.0))
+  admits.append(("hf", hf_exac, code_lib.HF_ACUTE[np.maximum(st.hf_sev - 1, 0)], np.full(n, -1),
                  13000.0))
-  admits.append(("copd", copd_exac & (u < 0.4), np.full(n, C.COPD_EXAC), np.full(n, -1), 10000.0))
+  admits.append(("copd", copd_exac & (u < 0.4), np.full(n, code_lib.COPD_EXAC), np.full(n, -1),
+                 10000.0))
   cs = u < 0.32
   # Other admissions: more likely with age, frailty and chronic burden.
   other_rate = st.frail * 0.012 * np.exp(0.035 * (np.minimum(age, 95) - 40)) * (
-      1 + 0.25 * st.present[:, :M.NUM_TARGET].sum(1))
+      1 + 0.25 * st.present[:, :world.NUM_TARGET].sum(1))
   other = st.alive & (rng.random(n) < 1 - np.exp(-other_rate / 12))
-  admits.append(("other", other, _pick(rng, C.OTHER_ADMISSION, n), np.full(n, -1), 11000.0))
-  admits.append(("delivery", deliver, np.where(cs, C.CESAREAN, C.DELIVERY),
-                 np.where(cs, C.PCS_CESAREAN, C.PCS_VAGINAL), np.where(cs, 17000.0, 11000.0)))
+  admits.append(("other", other, _pick(rng, code_lib.OTHER_ADMISSION, n), np.full(n, -1), 11000.0))
+  admits.append(("delivery", deliver, np.where(cs, code_lib.CESAREAN, code_lib.DELIVERY),
+                 np.where(cs, code_lib.PCS_CESAREAN, code_lib.PCS_VAGINAL),
+                 np.where(cs, 17000.0, 11000.0)))
   # Cancer surgery in the month of diagnosis (breast and prostate as outpatient surgery).
-  for j, c in enumerate(M.CANCERS):
-    k = L[c]
+  for j, c in enumerate(world.CANCERS):
+    k = LATENT_INDEX[c]
     new = st.present[:, k] & (st.onset[:, k] == t) & (u < 0.8)
     if c in ("breast_cancer", "prostate_cancer"):
       pidx = np.nonzero(covered & new)[0]
       m = len(pidx)
       if m:
         mo.emit(pidx, "OUTPATIENT", "22", [mo.code_now[pidx, k].reshape(m, 1),
-                                           mo.dx(pidx, M.P_CODE_FACILITY),
-                                           _col(C.CANCER_SURGERY[c], m)],
-                M.CANCER_SURGERY_COST[j] * _lognorm(rng, m, 0.4) * mo.facility[pidx])
+                                           mo.dx(pidx, world.P_CODE_FACILITY),
+                                           _col(code_lib.CANCER_SURGERY[c], m)],
+                world.CANCER_SURGERY_COST[j] * _lognorm(rng, m, 0.4) * mo.facility[pidx])
     else:
-      admits.append(("cancer", new, np.full(n, C.ALT_TABLE[k, 0]),
-                     np.full(n, C.CANCER_SURGERY[c]), M.CANCER_SURGERY_COST[j]))
+      admits.append(("cancer", new, np.full(n, code_lib.ALT_TABLE[k, 0]),
+                     np.full(n, code_lib.CANCER_SURGERY[c]), world.CANCER_SURGERY_COST[j]))
   for kind, mask, principal, extra, mean_cost in admits:
     pidx = np.nonzero(covered & mask)[0]
     m = len(pidx)
     if not m:
       continue
     mean_cost = np.broadcast_to(np.asarray(mean_cost, np.float64), (n,))[pidx]
-    cols = [principal[pidx].reshape(m, 1).astype(np.int32), mo.dx(pidx, M.P_CODE_FACILITY)]
+    cols = [principal[pidx].reshape(m, 1).astype(np.int32), mo.dx(pidx, world.P_CODE_FACILITY)]
     if kind == "delivery":
-      cols.append(_col(C.LIVEBORN, m))
+      cols.append(_col(code_lib.LIVEBORN, m))
     if kind == "sepsis":
-      cols.append(mo.maybe(C.SEVERE_SEPSIS, 0.5, m))
+      cols.append(mo.maybe(code_lib.SEVERE_SEPSIS, 0.5, m))
     cols.append(extra[pidx].reshape(m, 1).astype(np.int32))
     cost = mean_cost * _lognorm(rng, m, 0.45) * mo.facility[pidx]
     day = mo.emit(pidx, "INPATIENT", "21", cols, cost)
     los = np.maximum(1, rng.poisson(np.clip(mean_cost / 4000.0, 2, 9), m))
-    prof_cols = [principal[pidx].reshape(m, 1).astype(np.int32), _col(C.EM_INPATIENT[0], m),
-                 mo.maybe(C.EM_INPATIENT[1], 1.0 * (los > 1), m)]
+    prof_cols = [principal[pidx].reshape(m, 1).astype(np.int32), _col(code_lib.EM_INPATIENT[0], m),
+                 mo.maybe(code_lib.EM_INPATIENT[1], 1.0 * (los > 1), m)]
     if kind == "mi":
-      prof_cols.append(mo.maybe(C.CARDIAC_CATH, 0.8, m))
+      prof_cols.append(mo.maybe(code_lib.CARDIAC_CATH, 0.8, m))
     mo.emit(pidx, "PROFESSIONAL", "21", prof_cols,
             (250.0 + 110.0 * los) * _lognorm(rng, m, 0.3) * mo.price[pidx], day=day)
     st.last_admit[pidx] = t
@@ -520,22 +541,23 @@ def _inpatient(mo: _Month, covered, ev, hf_exac, copd_exac, deliver) -> None:
       sday = np.minimum(sday, mo.death_cap[sp])
       days = rng.integers(8, 46, ms)
       mo.emit(sp, "SNF", "31", [principal[sp].reshape(ms, 1).astype(np.int32),
-                                mo.dx(sp, M.P_CODE_FACILITY)],
-              520.0 * days * _lognorm(rng, ms, 0.2) * M.LOB_PRICE[st.lob[sp]], day=sday)
+                                mo.dx(sp, world.P_CODE_FACILITY)],
+              520.0 * days * _lognorm(rng, ms, 0.2) * world.LOB_PRICE[st.lob[sp]], day=sday)
     hh = old & ~snf & (rng.random(m) < 0.25)
     if hh.any():
       hp = pidx[hh]
       mh = len(hp)
       mo.emit(hp, "HOME_HEALTH", "12", [principal[hp].reshape(mh, 1).astype(np.int32),
-                                        mo.dx(hp, M.P_CODE_OFFICE), _col(C.HOME_HEALTH_RN, mh)],
-              2200.0 * _lognorm(rng, mh, 0.3) * M.LOB_PRICE[st.lob[hp]])
+                                        mo.dx(hp, world.P_CODE_OFFICE),
+                                        _col(code_lib.HOME_HEALTH_RN, mh)],
+              2200.0 * _lognorm(rng, mh, 0.3) * world.LOB_PRICE[st.lob[hp]])
     if kind in ("stroke", "hip_fracture", "joint_replacement"):
       rp = pidx[rng.random(m) < 0.7]
       mr = len(rp)
       if mr:
-        first = C.AFTERCARE_JOINT if kind == "joint_replacement" else -1
-        mo.emit(rp, "OUTPATIENT", "22", [_col(first, mr), mo.dx(rp, M.P_CODE_OFFICE),
-                                         _col(C.PHYSICAL_THERAPY, mr)],
+        first = code_lib.AFTERCARE_JOINT if kind == "joint_replacement" else -1
+        mo.emit(rp, "OUTPATIENT", "22", [_col(first, mr), mo.dx(rp, world.P_CODE_OFFICE),
+                                         _col(code_lib.PHYSICAL_THERAPY, mr)],
                 700.0 * _lognorm(rng, mr, 0.3) * mo.price[rp])
 
 
@@ -544,19 +566,20 @@ def _outpatient_procedures(mo: _Month, covered, advanced, active_cancer) -> None
   n = len(age)
   has = st.present
   # Cancer treatment: chemotherapy / immunotherapy / hormone therapy, and radiation.
-  for j, c in enumerate(M.CANCERS):
-    k = L[c]
+  for j, c in enumerate(world.CANCERS):
+    k = LATENT_INDEX[c]
     # Non-advanced cancers are treated for about six months, advanced ones until death.
     treat = covered & ((active_cancer[:, j] & (t - st.onset[:, k] < 6)) | advanced[:, j]) & (
         rng.random(n) < np.where(advanced[:, j], 0.8, 0.6))
     pidx = np.nonzero(treat)[0]
     m = len(pidx)
     if m:
-      drug_a, drug_b = C.CANCER_DRUGS[c]
-      cost = M.CANCER_MONTHLY_COST[j] * np.where(advanced[pidx, j], 1.3, 1.0) * _lognorm(
+      drug_a, drug_b = code_lib.CANCER_DRUGS[c]
+      cost = world.CANCER_MONTHLY_COST[j] * np.where(advanced[pidx, j], 1.3, 1.0) * _lognorm(
           rng, m, 0.5) * mo.facility[pidx]
-      mo.emit(pidx, "OUTPATIENT", "22", [np.full((m, 1), C.ALT_TABLE[k, 0], np.int32),
-                                         mo.dx(pidx, M.P_CODE_OFFICE), _col(C.CHEMO_ADMIN, m),
+      mo.emit(pidx, "OUTPATIENT", "22", [np.full((m, 1), code_lib.ALT_TABLE[k, 0], np.int32),
+                                         mo.dx(pidx, world.P_CODE_OFFICE),
+                                         _col(code_lib.CHEMO_ADMIN, m),
                                          _col(drug_a, m), mo.maybe(drug_b, 0.5, m)], cost)
     since = t - st.onset[:, k]
     rad = covered & has[:, k] & ~advanced[:, j] & (since >= 1) & (since <= 3) & (
@@ -564,44 +587,46 @@ def _outpatient_procedures(mo: _Month, covered, advanced, active_cancer) -> None
     pidx = np.nonzero(rad)[0]
     m = len(pidx)
     if m:
-      mo.emit(pidx, "OUTPATIENT", "22", [np.full((m, 1), C.ALT_TABLE[k, 0], np.int32),
-                                         _col(C.RADIATION, m)],
+      mo.emit(pidx, "OUTPATIENT", "22", [np.full((m, 1), code_lib.ALT_TABLE[k, 0], np.int32),
+                                         _col(code_lib.RADIATION, m)],
               6000.0 * _lognorm(rng, m, 0.4) * mo.facility[pidx])
-  ra = L["rheumatoid_arthritis"]
+  ra, ihd = LATENT_INDEX["rheumatoid_arthritis"], LATENT_INDEX["ischemic_heart_disease"]
   simple = [
       # (mask, claim type, pos, principal, procedure columns, mean cost, price vector)
       (has[:, ra] & (st.severity_u[:, ra] > 0.75) & (rng.random(n) < 0.5), "OUTPATIENT", "22",
-       C.ALT_TABLE[ra, 0], (C.INFLIXIMAB, C.CHEMO_ADMIN), 4500.0, mo.facility),
-      (has[:, L["osteoarthritis"]] & (rng.random(n) < 0.02), "PROFESSIONAL", "11",
-       -1, (C.JOINT_INJECTION, C.TRIAMCINOLONE), 140.0, mo.price),
-      (((age >= 45) & (rng.random(n) < 0.007)) | (has[:, L["colorectal_cancer"]] & (
-          rng.random(n) < 0.03)), "OUTPATIENT", "22", C.SCREEN_COLON, (C.COLONOSCOPY,), 1100.0,
+       code_lib.ALT_TABLE[ra, 0], (code_lib.INFLIXIMAB, code_lib.CHEMO_ADMIN), 4500.0, mo.facility),
+      (has[:, LATENT_INDEX["osteoarthritis"]] & (rng.random(n) < 0.02), "PROFESSIONAL", "11",
+       -1, (code_lib.JOINT_INJECTION, code_lib.TRIAMCINOLONE), 140.0, mo.price),
+      (((age >= 45) & (rng.random(n) < 0.007)) | (has[:, LATENT_INDEX["colorectal_cancer"]] & (
+          rng.random(n) < 0.03)), "OUTPATIENT", "22", code_lib.SCREEN_COLON,
+       (code_lib.COLONOSCOPY,), 1100.0, mo.facility),
+      (has[:, ihd] & (((t - st.onset[:, ihd]) <= 1) & (rng.random(n) < 0.3) | (
+          rng.random(n) < 0.002)), "OUTPATIENT", "22", -1, (code_lib.CARDIAC_CATH,), 4500.0,
        mo.facility),
-      (has[:, L["ischemic_heart_disease"]] & (((t - st.onset[:, L["ischemic_heart_disease"]]) <= 1)
-                                              & (rng.random(n) < 0.3) | (rng.random(n) < 0.002)),
-       "OUTPATIENT", "22", -1, (C.CARDIAC_CATH,), 4500.0, mo.facility),
-      ((has[:, L["dementia"]] | (st.hf_sev == 3)) & (rng.random(n) < 0.03), "HOME_HEALTH", "12",
-       -1, (C.HOME_HEALTH_RN,), 1800.0, M.LOB_PRICE[st.lob]),
+      ((has[:, LATENT_INDEX["dementia"]] | (st.hf_sev == 3)) & (rng.random(n) < 0.03),
+       "HOME_HEALTH", "12",
+       -1, (code_lib.HOME_HEALTH_RN,), 1800.0, world.LOB_PRICE[st.lob]),
   ]
   for mask, ctype, pos, principal, procs, mean_cost, price in simple:
     pidx = np.nonzero(covered & mask)[0]
     m = len(pidx)
     if not m:
       continue
-    cols = [_col(principal, m), mo.dx(pidx, M.P_CODE_OFFICE)] + [_col(p, m) for p in procs]
-    if principal == C.SCREEN_COLON:
-      cols.append(mo.maybe(C.RULE_OUT[3], 0.04, m))   # rule-out colorectal cancer
+    cols = [_col(principal, m), mo.dx(pidx, world.P_CODE_OFFICE)] + [_col(p, m) for p in procs]
+    if principal == code_lib.SCREEN_COLON:
+      cols.append(mo.maybe(code_lib.RULE_OUT[3], 0.04, m))   # rule-out colorectal cancer
     mo.emit(pidx, ctype, pos, cols, mean_cost * _lognorm(rng, m, 0.35) * price[pidx])
   # Dialysis: one facility claim a month for people on dialysis.
   pidx = np.nonzero(covered & (st.ckd_stage == 6))[0]
   m = len(pidx)
   if m:
-    cause = np.where(has[pidx, L["diabetes_t2"]], C.DM["ckd"],
-                     np.where(has[pidx, L["hypertension"]], C.HTN["esrd"], -1))
+    cause = np.where(has[pidx, LATENT_INDEX["diabetes_t2"]], code_lib.DM["ckd"],
+                     np.where(has[pidx, LATENT_INDEX["hypertension"]], code_lib.HTN["esrd"], -1))
     cost = 7000.0 * np.array([1.8, 1.0, 0.9])[st.lob[pidx]] * _lognorm(rng, m, 0.15)
-    mo.emit(pidx, "DIALYSIS", "65", [_col(C.CKD_STAGE[6], m), _col(C.Z_DIALYSIS, m),
+    mo.emit(pidx, "DIALYSIS", "65", [_col(code_lib.CKD_STAGE[6], m), _col(code_lib.Z_DIALYSIS, m),
                                      cause.reshape(m, 1).astype(np.int32),
-                                     _col(C.DIALYSIS_SESSION, m), _col(C.ESRD_MONTHLY, m)], cost)
+                                     _col(code_lib.DIALYSIS_SESSION, m),
+                                     _col(code_lib.ESRD_MONTHLY, m)], cost)
 
 
 _RX = {  # drug class: (base monthly price)
@@ -614,23 +639,24 @@ def _pharmacy(mo: _Month, covered) -> None:
   st, rng = mo.st, mo.rng
   n = len(st.female)
   has = st.present
-  dm = has[:, L["diabetes_t2"]]
-  ra = L["rheumatoid_arthritis"]
+  dm = has[:, LATENT_INDEX["diabetes_t2"]]
+  ra = LATENT_INDEX["rheumatoid_arthritis"]
   fill_p = {
       "oral_antidiabetic": np.where(dm, np.where(st.insulin, 0.5, 0.85), 0.0),
       "insulin": np.where(st.insulin & dm, 0.9, 0.0),
-      "antiarrhythmic": 0.75 * has[:, L["atrial_fibrillation"]],
-      "loop_diuretic": np.maximum(0.85 * has[:, L["heart_failure"]], 0.5 * (st.ckd_stage >= 4)),
+      "antiarrhythmic": 0.75 * has[:, LATENT_INDEX["atrial_fibrillation"]],
+      "loop_diuretic": np.maximum(0.85 * has[:, LATENT_INDEX["heart_failure"]],
+                                  0.5 * (st.ckd_stage >= 4)),
       "phosphate_binder": 0.8 * (st.ckd_stage >= 5),
       "immunosuppressant": 0.65 * has[:, ra],
   }
-  for j, klass in enumerate(C.DRUG_CLASSES):
+  for j, klass in enumerate(code_lib.DRUG_CLASSES):
     pidx = np.nonzero(covered & (rng.random(n) < fill_p[klass]))[0]
     m = len(pidx)
     if not m:
       continue
     u = st.drug_u[pidx, j]
-    ndc = C.NDC_TABLE[j, (u * C.NDC_COUNT[j]).astype(np.int64)]
+    ndc = code_lib.NDC_TABLE[j, (u * code_lib.NDC_COUNT[j]).astype(np.int64)]
     price = _RX[klass] * np.exp(1.6 * (u - 0.5))   # a product's price level is stable
     if klass == "immunosuppressant":   # self-injected biologics for the more severe
       sev = st.severity_u[pidx, ra]

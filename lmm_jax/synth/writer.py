@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime
 import json
-import multiprocessing
 import os
+import shutil
 import time
 from typing import Any
 
@@ -19,12 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import threadpoolctl
+import tqdm
 
 from lmm_jax import conditions as cond_lib
 from lmm_jax import conventions as conv
+from lmm_jax import workers
 from lmm_jax.data import meds_io
-from lmm_jax.synth import codes as C
-from lmm_jax.synth import model as M
+from lmm_jax.data import terminology
+from lmm_jax.synth import codes as code_lib
+from lmm_jax.synth import model as world
 from lmm_jax.synth import sim
 
 DATASET_NAME = "lmm_jax_synthetic_claims"
@@ -50,11 +53,11 @@ def _oracle_schema() -> pa.Schema:
 ORACLE_SCHEMA = _oracle_schema()
 
 
-def _copy_state(st: M.State) -> M.State:
+def _copy_state(st: world.State) -> world.State:
   return st.take(np.arange(len(st.female)))
 
 
-def _rows_table(subject_id: np.ndarray, st: M.State, sink: sim.Sink,
+def _rows_table(subject_id: np.ndarray, st: world.State, sink: sim.Sink,
                 members: sim.MemberEvents) -> pa.Table:
   """The chunk's MEDS rows, sorted by subject, time (static first), then claim and line."""
   n = len(subject_id)
@@ -80,7 +83,7 @@ def _rows_table(subject_id: np.ndarray, st: M.State, sink: sim.Sink,
   c_code[starts] = ctype
   c_code[starts + 1] = pos
   c_code[np.repeat(starts + 2, nc_s) + within] = flat_s
-  c_code[starts + 2 + nc_s] = C.COST
+  c_code[starts + 2 + nc_s] = code_lib.COST
   c_value = np.full(total, np.nan, np.float32)
   c_value[starts + 2 + nc_s] = np.round(cost, 2)
   c_line = np.arange(total) - np.repeat(starts, per_claim)
@@ -89,8 +92,8 @@ def _rows_table(subject_id: np.ndarray, st: M.State, sink: sim.Sink,
   ar = np.arange(n, dtype=np.int32)
   m_pidx = [ar, ar] + members.pidx
   m_day = [np.zeros(n, np.int64), st.birth_day] + members.day
-  m_code = [np.where(st.female, C.FEMALE, C.MALE).astype(np.int32),
-            np.full(n, C.BIRTH, np.int32)] + members.code
+  m_code = [np.where(st.female, code_lib.FEMALE, code_lib.MALE).astype(np.int32),
+            np.full(n, code_lib.BIRTH, np.int32)] + members.code
   m_prio = [np.zeros(n, np.int8), np.zeros(n, np.int8)] + members.prio
   m_pidx, m_day, m_code, m_prio = (np.concatenate(x) for x in (m_pidx, m_day, m_code, m_prio))
   static = np.zeros(len(m_pidx), bool)
@@ -111,14 +114,14 @@ def _rows_table(subject_id: np.ndarray, st: M.State, sink: sim.Sink,
       x[order] for x in (r_pidx, r_day, r_static, r_code, r_value, r_claim))
   times = pa.array(r_day * _US_PER_DAY, pa.int64(), mask=r_static).cast(pa.timestamp("us"))
   code = pa.DictionaryArray.from_arrays(pa.array(r_code, pa.int32()),
-                                        pa.array(C.CODES, pa.string())).cast(pa.string())
+                                        pa.array(code_lib.CODES, pa.string())).cast(pa.string())
   return pa.Table.from_arrays([
       pa.array(subject_id[r_pidx], pa.int64()), times, code,
       pa.array(r_value, pa.float32(), mask=np.isnan(r_value)),
       pa.array(r_claim, pa.int64(), mask=r_claim < 0)], schema=DATA_SCHEMA)
 
 
-def _oracle(snap: M.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0: int,
+def _oracle(snap: world.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0: int,
             cal: sim.Calendar, rollouts: int, rng: np.random.Generator,
             enrolled: np.ndarray) -> pa.Table:
   """Expected next-year cost and condition-coding probabilities by rolling the world forward."""
@@ -192,7 +195,7 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
   num_months = 12 * num_years
   t0 = 12 * (num_years - 1)
   cal = sim.Calendar(first_year, num_months)
-  st = M.new_population(n, first_year, np.random.default_rng(ss_pop))
+  st = world.new_population(n, first_year, np.random.default_rng(ss_pop))
   rng = np.random.default_rng(ss_sim)
   sink = sim.Sink(n, num_years, 0, rng, emit=True)
   members = sim.MemberEvents()
@@ -215,7 +218,7 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
   # data: they are not written, and have no split and no oracle row.
   ever = np.zeros(n, bool)
   for p_idx, codes in zip(members.pidx, members.code):
-    ever[p_idx[np.isin(codes, C.ENROLL_START)]] = True
+    ever[p_idx[np.isin(codes, code_lib.ENROLL_START)]] = True
   table = _rows_table(subject_id, st, sink, members)
   u = np.random.default_rng(ss_split).random(n)
   split = np.where(u < 0.8, 0, np.where(u < 0.9, 1, 2))
@@ -249,13 +252,16 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
   }
 
 
+def _describe_chunk(task: dict[str, Any]) -> str:
+  return f"simulating chunk {task['chunk']} (data/*/{task['chunk']}.parquet)"
+
+
 def _code_metadata(used: set[str]) -> pa.Table:
   """codes.parquet: descriptions (ICD-10-CM from simple-icd-10-cm; none for CPT: AMA copyright)."""
-  import simple_icd_10_cm as icd  # pylint: disable=g-import-not-at-top  (2 s import)
   rx_class = {}
-  for klass in C.DRUG_CLASSES:
-    for i in C.NDC_IDS[klass]:
-      rx_class[C.CODES[i]] = klass.replace("_", " ")
+  for klass in code_lib.DRUG_CLASSES:
+    for i in code_lib.NDC_IDS[klass]:
+      rx_class[code_lib.CODES[i]] = klass.replace("_", " ")
   claim_desc = {f"{conv.CLAIM}//{t}": f"Claim type: {t.lower().replace('_', ' ')}"
                 for t in conv.CLAIM_TYPES}
   pos_desc = {f"{conv.POS}//{p}": f"Place of service: {d}"
@@ -265,9 +271,9 @@ def _code_metadata(used: set[str]) -> pa.Table:
     desc, parent = None, []
     system, _, value = code.partition(conv.SEP)
     if system == conv.ICD10CM:
-      desc = icd.get_description(value)
-      p = icd.get_parent(value)
-      parent = [f"{conv.ICD10CM}{conv.SEP}{p}"] if p else []
+      desc = terminology.icd10cm_description(value)
+      ancestors = terminology.icd10cm_ancestors(value)  # nearest first
+      parent = [f"{conv.ICD10CM}{conv.SEP}{ancestors[0]}"] if ancestors else []
     elif system == conv.NDC:
       desc = f"Drug product in the HHS-HCC drug class '{rx_class.get(code, 'unknown')}'"
     elif code in claim_desc:
@@ -343,7 +349,6 @@ def _summary_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _clear_outputs(output_dir: str) -> None:
-  import shutil  # pylint: disable=g-import-not-at-top
   for sub in ("data", "metadata", "ground_truth"):
     path = os.path.join(output_dir, sub)
     if os.path.isdir(path):
@@ -379,8 +384,7 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
     num_workers = os.cpu_count() or 1
   num_workers = max(1, min(num_workers, num_chunks))
 
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  bar = tqdm(total=num_patients, unit="patient", desc="synthesize", disable=not progress)
+  bar = tqdm.tqdm(total=num_patients, unit="patient", desc="synthesize", disable=not progress)
   oracle_writer = pq.ParquetWriter(os.path.join(output_dir, "ground_truth", "oracle.parquet"),
                                    ORACLE_SCHEMA, compression="zstd")
   split_ids, split_names, used_codes, kept = [], [], set(), []
@@ -401,14 +405,11 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
     bar.update(res["num_patients"])
 
   try:
-    if num_workers == 1:
-      for task in tasks:
-        consume(simulate_chunk(task))
-    else:
-      ctx = multiprocessing.get_context("spawn")   # no fork: the parent may run JAX threads
-      with ctx.Pool(num_workers) as pool:
-        for res in pool.imap(simulate_chunk, tasks):
-          consume(res)
+    # Workers are spawned, not forked: the parent may run JAX threads. A worker's error or death
+    # stops the others and is raised here.
+    for res in workers.ordered_map(simulate_chunk, tasks, num_workers=num_workers,
+                                   start_method="spawn", describe=_describe_chunk):
+      consume(res)
   finally:
     oracle_writer.close()
     bar.close()

@@ -241,7 +241,7 @@ def test_hashed_split_keeps_patients_whole(tmp_path):
 
 def test_binary_summary_and_bad_input_exit(tmp_path):
   rows = mf.claims_world(5, seed=1)
-  meds = mf.write_meds(str(tmp_path / "meds"), rows)
+  meds = mf.write_meds(str(tmp_path / "meds"), rows, num_files=2)
   env = dict(os.environ, PYTHONPATH=REPO)
   ok = subprocess.run([sys.executable, "-m", "data_prep.build_dataset", f"--meds_dir={meds}",
                        f"--output_dir={tmp_path / 'out'}", "--num_workers=1", "--no_progress",
@@ -251,11 +251,15 @@ def test_binary_summary_and_bad_input_exit(tmp_path):
   assert "input rows" in ok.stdout and "1000" not in ok.stdout  # no subject ids printed
   with open(tmp_path / "out" / "report.json") as f:
     assert json.load(f)["config"]["drug_grouping"] == "ndc9"
-  path = os.path.join(meds, "data", "shard_0.parquet")
-  table = pq.read_table(path).drop_columns(["code"])
-  pq.write_table(table, path)
-  bad = subprocess.run([sys.executable, "-m", "data_prep.build_dataset", f"--meds_dir={meds}",
-                        f"--output_dir={tmp_path / 'out2'}", "--num_workers=1", "--no_progress"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  assert bad.returncode != 0
-  assert path in bad.stderr and "'code'" in bad.stderr and "Traceback" not in bad.stderr
+  # Files without a `code` column (issue 18: with two workers this once hung the build).
+  paths = [os.path.join(meds, "data", f"shard_{i}.parquet") for i in range(2)]
+  for path in paths:
+    pq.write_table(pq.read_table(path).drop_columns(["code"]), path)
+  for num_workers in (1, 2):
+    bad = subprocess.run([sys.executable, "-m", "data_prep.build_dataset", f"--meds_dir={meds}",
+                          f"--output_dir={tmp_path / 'out2'}", f"--num_workers={num_workers}",
+                          "--no_progress"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "error: malformed MEDS input" in bad.stderr and "'code'" in bad.stderr
+    assert any(p in bad.stderr for p in paths) and "Traceback" not in bad.stderr

