@@ -8,10 +8,10 @@ Two streaming passes over the input shards, each shard handled independently by 
   pass 2 tokenizes every shard and writes one timeline shard and one task shard per input shard
          and split (`records.shard_name(split, i, num_input_shards)`), returning the counts that
          finish the vocabulary (train token counts, mean dollars per cost bin, mean days per gap).
-Per shard, the work is: read the file (`meds_io.read_shard`), clean it (`clean.clean`), and in
-pass 2 tokenize each subject's events (`timeline.tokenize`) and compute its task record's labels
-(`labels.py`). Peak memory is one input shard per worker plus the vocabulary, not the dataset.
-See docs/data.md.
+Per shard, the work is: read the file in chunks of whole subjects (`meds_io.iter_shard`, sized by
+`memory_budget_mb`), clean each chunk (`clean.clean`), and in pass 2 tokenize each subject's
+events (`timeline.tokenize`) and compute its task record's labels (`labels.py`). Peak memory is
+one chunk per worker plus the vocabulary, whatever the size of a file. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ from lmm_jax.data.meds_io import MEDSFormatError  # pylint: disable=unused-impor
 
 DROP_REASONS = clean_lib.DROP_REASONS          # re-exported: the report's drop reasons
 TASK_EXCLUSIONS = labels.TASK_EXCLUSIONS
+# Peak bytes a worker holds per input row of the chunk it works on (read, cleaned, tokenized):
+# turns memory_budget_mb into rows per chunk. Measured with benchmarks/bench_build_dataset.py.
+BYTES_PER_ROW = 400
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -65,6 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_decedents = True
   c.hash_split_fractions = (0.8, 0.1, 0.1)
   c.num_workers = os.cpu_count() or 1
+  c.memory_budget_mb = 256.0       # input rows all workers hold at once (see BYTES_PER_ROW)
   c.progress = True
   c.max_timeline_tokens = ml_collections.config_dict.placeholder(int)
   return c
@@ -144,13 +148,24 @@ class _Runner:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading and cleaning one shard (shared by both passes).
+# Reading and cleaning one shard in chunks of whole subjects (shared by both passes).
+
+
+def rows_per_chunk(config: dict[str, Any], num_files: int) -> int:
+  """Rows a worker reads at once: its share of memory_budget_mb (workers = min(num_workers,
+  num_files))."""
+  budget = float(config["memory_budget_mb"])
+  if not budget > 0:
+    raise ValueError(f"memory_budget_mb={budget} must be positive")
+  workers = max(1, min(int(config["num_workers"]), num_files))
+  return max(1, int(budget * 2**20 / workers / BYTES_PER_ROW))
 
 
 def _clean_chunks(path: str) -> Iterable[events_lib.CleanRows]:
   ctx = _CTX
-  rows = meds_io.read_shard(path, ctx.config["claim_id_column"])
-  yield clean_lib.clean(rows, _ANALYZER, ctx.splits, ctx.config["hash_split_fractions"])
+  for rows in meds_io.iter_shard(path, ctx.config["claim_id_column"],
+                                 rows_per_chunk(ctx.config, ctx.num_shards)):
+    yield clean_lib.clean(rows, _ANALYZER, ctx.splits, ctx.config["hash_split_fractions"])
 
 
 def _claim_starts(c: events_lib.CleanRows, mask: np.ndarray) -> np.ndarray:
@@ -313,6 +328,7 @@ def _warm_terminology() -> None:
 
 
 def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -> dict[str, Any]:
+  rows_per_chunk(cfg, len(paths))  # a bad memory_budget_mb fails before any work
   # Pass 1.
   # Merged as results arrive so the parent holds one bounded cost sample, not one per shard.
   counts: collections.Counter = collections.Counter()
