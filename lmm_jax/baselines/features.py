@@ -63,23 +63,24 @@ class TaskData:
 
 def load_split(data_dir: str, split: str, progress: bool = True) -> TaskData:
   """Reads every task record of a split into columns."""
-  cols = {k: [] for k in records.TASK_FIELDS}
+  schema = records.schema(records.TASK)
+  cols = {f.name: [] for f in schema}
   for rec in tqdm.tqdm(records.read_records(data_dir, records.TASK, split),
                        desc=f"read {split}", disable=not progress, unit=" members"):
-    missing = [k for k in records.TASK_FIELDS if k not in rec]
+    missing = [k for k in cols if k not in rec]
     if missing:
       raise ValueError(f"{data_dir}/task/{split}: a record lacks field(s) {missing}")
-    for k in records.TASK_FIELDS:
+    for k in cols:
       cols[k].append(rec[k])
   n = len(cols["subject_id"])
   if n == 0:
     raise ValueError(f"{data_dir}/task/{split}: no task records")
-  c = conditions.NUM_CONDITIONS
-  for k in ("cond_next", "cond_prior"):
-    shapes = {np.shape(x) for x in cols[k]}
-    if shapes != {(c,)}:
-      raise ValueError(f"{data_dir}/task/{split}: field {k} has shape(s) {sorted(shapes)}, "
-                       f"expected ({c},) (conditions.NUM_CONDITIONS)")
+  for f in schema:
+    if f.shape and None not in f.shape:   # fixed-length vectors, e.g. the condition flags
+      shapes = {np.shape(x) for x in cols[f.name]}
+      if shapes != {f.shape}:
+        raise ValueError(f"{data_dir}/task/{split}: field {f.name} has shape(s) "
+                         f"{sorted(shapes)}, expected {f.shape}")
   f64 = lambda k: np.asarray(cols[k], np.float64)
   return TaskData(
       split=split,

@@ -1,4 +1,4 @@
-"""Reading and validating a MEDS dataset, one data shard at a time.
+"""Reading and validating a MEDS dataset, one data shard at a time, in chunks of whole subjects.
 
 A MEDS dataset is a directory with `data/**/*.parquet` (columns `subject_id` int64, `time`
 timestamp (null for static facts), `code` string, `numeric_value` float32 (nullable), optional
@@ -6,7 +6,9 @@ timestamp (null for static facts), `code` string, `numeric_value` float32 (nulla
 `subject_splits.parquet`). We accept any integer `subject_id`, a timestamp of any unit or time zone,
 a date, or an ISO-8601 string `time` (values that do not parse are counted, not fatal), a
 string / large string / dictionary `code`, and any numeric `numeric_value`. Anything else is
-malformed input: `MEDSFormatError` names the file and the column.
+malformed input: `MEDSFormatError` names the file and the column. A subject's rows must be
+contiguous in its file (MEDS sorts a file by subject and time), so `iter_shard` can read a file of
+any size in bounded chunks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 import glob
 import json
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +38,7 @@ CLAIMS_SCHEMA = pa.schema([
 ])
 US_PER_DAY = 86_400_000_000
 NULL_TIME = np.iinfo(np.int64).min
+_READ_BUFFER = 8 << 20
 _TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M",
                  "%Y-%m-%d")
 
@@ -162,11 +165,37 @@ class ShardRows:
     return np.where(self.time_us == NULL_TIME, NULL_TIME, np.floor_divide(self.time_us, US_PER_DAY))
 
 
-def _read_table(path: str) -> pa.Table:
+def _open(path: str) -> pq.ParquetFile:
   try:
-    return pq.read_table(path)
+    # Column chunks streamed in buffer_size pieces, not read whole: memory does not grow with the
+    # size of a row group.
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
   except (OSError, pa.ArrowException) as e:
     raise MEDSFormatError(path, f"unreadable parquet file: {e}") from e
+
+
+def _check_schema(path: str, schema: pa.Schema) -> None:
+  """The required columns and their types, from the file's schema (before reading any row)."""
+  names = schema.names
+  for col in REQUIRED_COLUMNS:
+    if col not in names:
+      raise MEDSFormatError(path, f"required MEDS column is missing (columns: {names})", col)
+  sid = schema.field("subject_id").type
+  if not pa.types.is_integer(sid):
+    raise MEDSFormatError(path, f"must be an integer (int64), got {sid}", "subject_id")
+  t = schema.field("time").type
+  t = t.value_type if pa.types.is_dictionary(t) else t
+  if not (pa.types.is_null(t) or pa.types.is_timestamp(t) or pa.types.is_date(t) or
+          pa.types.is_string(t) or pa.types.is_large_string(t)):
+    raise MEDSFormatError(path, f"must be a timestamp (or date / ISO-8601 string), got {t}", "time")
+  code = schema.field("code").type
+  ct = code.value_type if pa.types.is_dictionary(code) else code
+  if not (pa.types.is_string(ct) or pa.types.is_large_string(ct)):
+    raise MEDSFormatError(path, f"must be a string, got {code}", "code")
+  nv = schema.field("numeric_value").type
+  if not (pa.types.is_floating(nv) or pa.types.is_integer(nv) or pa.types.is_null(nv) or
+          pa.types.is_decimal(nv)):
+    raise MEDSFormatError(path, f"must be a number (float32), got {nv}", "numeric_value")
 
 
 def _time_column(path: str, col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -213,41 +242,103 @@ def _encode(col: pa.ChunkedArray) -> np.ndarray:
     return np.array([ids.setdefault(repr(v), len(ids)) for v in col.to_pylist()], np.int64)
 
 
-def read_shard(path: str, claim_id_column: str = "claim_id") -> ShardRows:
-  """Reads and validates one data file."""
-  table = _read_table(path)
+class _FileDictionary:
+  """Dictionary-encodes one column over a file's chunks exactly as encoding the whole column at
+  once does: ids in the order of first appearance in the file, nulls -1.
+
+  Holds the file's distinct values (integers: sorted numpy arrays of values and ids, 16 bytes per
+  value; other types: one arrow array): claim ids keep the ids, hence the claim order within a
+  timestamp and the cost sample's hash keys, of a whole-file read.
+  """
+
+  def __init__(self):
+    self._count = 0
+    self._sorted: Optional[np.ndarray] = None    # integer columns: distinct values, sorted
+    self._sorted_ids = np.zeros(0, np.int64)     # and their ids
+    self._values: Optional[pa.Array] = None      # other columns: distinct values by id
+    self._fallback: dict = {}                    # values arrow cannot hash, by repr
+
+  def encode(self, col: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_dictionary(col.type):
+      col = col.cast(col.type.value_type)   # each chunk has its own dictionary
+    try:
+      enc = pc.dictionary_encode(col.combine_chunks() if col.num_chunks != 1 else col.chunk(0))
+    except (pa.ArrowException, TypeError):
+      ids = self._fallback
+      return np.array([ids.setdefault(repr(v), len(ids)) for v in col.to_pylist()], np.int64)
+    local = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(enc.dictionary) == 0:   # only nulls
+      return local
+    if pa.types.is_integer(col.type):
+      to_file = self._ids_of_integers(enc.dictionary.to_numpy(zero_copy_only=False))
+    else:
+      to_file = self._ids_of_values(enc.dictionary)
+    return np.where(local >= 0, to_file[np.maximum(local, 0)], -1)
+
+  def _new_ids(self, new: np.ndarray) -> np.ndarray:
+    ids = self._count + np.arange(int(new.sum()), dtype=np.int64)
+    self._count += ids.size
+    return ids
+
+  def _ids_of_integers(self, values: np.ndarray) -> np.ndarray:
+    if self._sorted is None:
+      self._sorted = np.zeros(0, values.dtype)
+    pos = np.searchsorted(self._sorted, values)
+    found = pos < self._sorted.size
+    found[found] = self._sorted[pos[found]] == values[found]
+    ids = np.empty(values.size, np.int64)
+    ids[found] = self._sorted_ids[pos[found]]
+    new = ~found
+    ids[new] = self._new_ids(new)
+    order = np.argsort(values[new], kind="stable")
+    add, add_ids = values[new][order], ids[new][order]
+    at = np.searchsorted(self._sorted, add)
+    self._sorted = np.insert(self._sorted, at, add)
+    self._sorted_ids = np.insert(self._sorted_ids, at, add_ids)
+    return ids
+
+  def _ids_of_values(self, values: pa.Array) -> np.ndarray:
+    if self._values is None:
+      self._values = values.slice(0, 0)
+    ids = pc.index_in(values, value_set=self._values).fill_null(-1).to_numpy(
+        zero_copy_only=False).astype(np.int64)
+    new = ids < 0
+    ids[new] = self._new_ids(new)
+    if new.any():
+      self._values = pa.concat_arrays([self._values, values.filter(pa.array(new))])
+    return ids
+
+
+def _null_count(pf: pq.ParquetFile, column: str) -> int:
+  return sum(b.column(0).null_count for b in pf.iter_batches(columns=[column]))
+
+
+def _shard_rows(path: str, pf: pq.ParquetFile, table: pa.Table, claim_id_column: str,
+                claims: Optional[_FileDictionary]) -> ShardRows:
+  """One chunk of a data file (already schema-checked) as numpy columns."""
   names = table.column_names
-  for col in REQUIRED_COLUMNS:
-    if col not in names:
-      raise MEDSFormatError(path, f"required MEDS column is missing (columns: {names})", col)
   n = table.num_rows
   sid = table.column("subject_id")
-  if not pa.types.is_integer(sid.type):
-    raise MEDSFormatError(path, f"must be an integer (int64), got {sid.type}", "subject_id")
   if sid.null_count:
-    raise MEDSFormatError(path, f"{sid.null_count} null subject ids", "subject_id")
+    raise MEDSFormatError(path, f"{_null_count(pf, 'subject_id')} null subject ids", "subject_id")
   subject = sid.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
   time_us, time_null, time_bad = _time_column(path, table.column("time"))
 
   code = table.column("code")
-  ct = code.type.value_type if pa.types.is_dictionary(code.type) else code.type
-  if not (pa.types.is_string(ct) or pa.types.is_large_string(ct)):
-    raise MEDSFormatError(path, f"must be a string, got {code.type}", "code")
   if code.null_count:
-    raise MEDSFormatError(path, f"{code.null_count} null codes", "code")
+    raise MEDSFormatError(path, f"{_null_count(pf, 'code')} null codes", "code")
   enc = pc.dictionary_encode(code.cast(pa.string()).combine_chunks())
   codes = enc.dictionary.to_pylist()
   code_index = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32)
 
   nv = table.column("numeric_value")
-  if not (pa.types.is_floating(nv.type) or pa.types.is_integer(nv.type) or
-          pa.types.is_null(nv.type) or pa.types.is_decimal(nv.type)):
-    raise MEDSFormatError(path, f"must be a number (float32), got {nv.type}", "numeric_value")
   value = nv.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float32)
 
-  claim = (_encode(table.column(claim_id_column)) if claim_id_column in names
+  claim = (claims.encode(table.column(claim_id_column)) if claims is not None
            else np.full(n, -1, np.int64))
 
+  # Duplicates are rows equal in every column, subject included: found within a chunk of whole
+  # subjects as in the whole file.
   keys = [subject, time_us, time_bad.astype(np.int64), code_index.astype(np.int64),
           np.where(np.isnan(value), np.int64(-1) << 40, value.view(np.int32).astype(np.int64))]
   keys += [_encode(table.column(c)) for c in names
@@ -262,6 +353,95 @@ def read_shard(path: str, claim_id_column: str = "claim_id") -> ShardRows:
     duplicate[order[1:][same]] = True
   return ShardRows(path, n, subject, time_us, time_null, time_bad, codes, code_index, value,
                    claim, duplicate)
+
+
+def _check_contiguous(path: str, subject: np.ndarray, first_row: int, seen: np.ndarray
+                      ) -> np.ndarray:
+  """Error unless every subject of a chunk has one run of rows there and none in an earlier
+  chunk (`seen`: their sorted ids); returns seen with this chunk's subjects."""
+  starts = np.flatnonzero(np.r_[True, subject[1:] != subject[:-1]]) if subject.size else \
+      np.zeros(0, np.int64)
+  run_ids = subject[starts]
+  order = np.argsort(run_ids, kind="stable")
+  again = order[1:][run_ids[order][1:] == run_ids[order][:-1]]
+  before = np.flatnonzero(np.isin(run_ids, seen))
+  bad = np.concatenate([again, before])
+  if bad.size:
+    row = first_row + int(starts[bad.min()])
+    raise MEDSFormatError(
+        path, f"the rows of a subject are not contiguous (row {row} continues a subject whose "
+        "rows stopped earlier); MEDS keeps each subject's rows together in one file, sorted by "
+        "time", "subject_id")
+  return np.union1d(seen, run_ids)
+
+
+def iter_shard(path: str, claim_id_column: str = "claim_id", max_rows: Optional[int] = None
+               ) -> Iterator[ShardRows]:
+  """Reads and validates one data file in chunks of whole subjects.
+
+  A chunk holds about `max_rows` rows (record batches of that size, cut at the last subject
+  boundary; one subject with more rows is read whole); None reads the file at once. Memory is
+  bounded by the chunk, plus the file's distinct claim ids and 8 bytes per subject. A subject's
+  rows must be contiguous (MEDS); whatever the chunking, the rows, their order and the claim ids
+  are those of a whole-file read. Yields at least one (possibly empty) chunk.
+  """
+  pf = _open(path)
+  schema = pf.schema_arrow
+  _check_schema(path, schema)
+  claims = _FileDictionary() if claim_id_column in schema.names else None
+  seen = np.zeros(0, np.int64)
+  first_row = 0
+  yielded = False
+
+  def chunk(tables: list[pa.Table]) -> ShardRows:
+    nonlocal seen, first_row, yielded
+    table = pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+    rows = _shard_rows(path, pf, table, claim_id_column, claims)
+    seen = _check_contiguous(path, rows.subject_id, first_row, seen)
+    first_row += rows.num_rows
+    yielded = True
+    return rows
+
+  if max_rows is None:
+    yield chunk([_read(path, pf.read)])
+    return
+  pending: list[pa.Table] = []   # the rows of the last subject read, which may go on
+  pending_id = None
+  batches = pf.iter_batches(batch_size=max(1, int(max_rows)))
+  while (batch := _read(path, next, batches, None)) is not None:
+    if not batch.num_rows:
+      continue
+    piece = pa.Table.from_batches([batch])
+    sid = piece.column("subject_id")
+    if sid.null_count:
+      raise MEDSFormatError(path, f"{_null_count(pf, 'subject_id')} null subject ids",
+                            "subject_id")
+    ids = sid.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    last = int(np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])[-1])
+    if last > 0:   # rows [0, last) finish the pending subject and hold only whole subjects
+      yield chunk(pending + [piece.slice(0, last)])
+      pending = [piece.slice(last)]
+    elif pending and ids[0] != pending_id:
+      yield chunk(pending)
+      pending = [piece]
+    else:
+      pending.append(piece)
+    pending_id = ids[-1]
+  if pending or not yielded:
+    yield chunk(pending or [schema.empty_table()])
+
+
+def _read(path: str, fn, *args):
+  """fn(*args), a read of the parquet file: its errors name the file."""
+  try:
+    return fn(*args)
+  except (OSError, pa.ArrowException) as e:
+    raise MEDSFormatError(path, f"unreadable parquet file: {e}") from e
+
+
+def read_shard(path: str, claim_id_column: str = "claim_id") -> ShardRows:
+  """Reads and validates one whole data file (tools and tests; the builder reads chunks)."""
+  return next(iter_shard(path, claim_id_column, None))
 
 
 def days_to_date(day: int) -> str:

@@ -19,9 +19,11 @@ Batches (B = batch_size, L = seq_len):
   tokens int32[B,L] (pad 0), segment_ids int32[B,L] (0 = padding, 1 unpacked, 1..k packed),
   positions int32[B,L] (0-based within a segment), age float32[B,L], days float32[B,L] (days since
   the segment's first token).
-  TASK batches add: length int32[B], valid int32[B] (0 on padding rows), subject_id int64[B] (-1
-  on padding rows), sex, lob int32[B], age_at_index, cost_next, cost_next_capped, cost_prior
-  float32[B], cond_next, cond_prior int32[B,C]. `dx_prior` is not batched (baselines read records).
+  TASK batches add length int32[B] and valid int32[B] (0 on padding rows), plus every task-record
+  field that declares a batch_dtype (`records.schema(records.TASK)`): subject_id int64[B] (-1 on
+  padding rows), sex, lob int32[B], age_at_index, cost_next, cost_next_capped, cost_prior
+  float32[B], cond_next, cond_prior int32[B,C], and any label added in `labels.py`. `dx_prior` is
+  not batched (baselines read records).
 """
 
 from __future__ import annotations
@@ -31,17 +33,18 @@ import math
 import sys
 from typing import Any, Iterator
 
+from absl import flags
 import grain
+import jax
 import numpy as np
 
-from lmm_jax import conditions
 from lmm_jax.data import records
+from lmm_jax.data.fields import Field, FieldKind
 
 TRUNCATIONS = ("recent", "random_window")
-SEQUENCE_OUTPUTS = ("tokens", "segment_ids", "positions", "age", "days")
-TASK_SCALARS_F32 = ("age_at_index", "cost_next", "cost_next_capped", "cost_prior")
-TASK_SCALARS_I32 = ("sex", "lob")
-TASK_CONDITIONS = ("cond_next", "cond_prior")
+_SEQUENCES = tuple(f for f in records.TIMELINE_SCHEMA if f.kind == FieldKind.SEQUENCE)
+_TOKENS = _SEQUENCES[0].name     # the sequence that carries the segment ids when packing
+SEQUENCE_OUTPUTS = (_TOKENS, "segment_ids", "positions") + tuple(f.name for f in _SEQUENCES[1:])
 PAD_ID = 0
 
 Example = dict[str, np.ndarray]
@@ -88,6 +91,7 @@ class _PadEpochs(grain.MapDataset):
 
   def __init__(self, parent: grain.MapDataset, length: int):
     super().__init__(parent)
+    self._source = parent
     self._n = len(parent)
     self._length = length
 
@@ -103,31 +107,39 @@ class _PadEpochs(grain.MapDataset):
     epoch, i = divmod(index, self._length)
     if i >= self._n:
       return (-1, None)
-    return self._parent[epoch * self._n + i]
+    return self._source[epoch * self._n + i]
+
+
+def task_batch_fields() -> tuple[Field, ...]:
+  """The per-example task-record fields batched besides the sequences (see the module doc)."""
+  return tuple(f for f in records.schema(records.TASK)
+               if f.batch_dtype is not None and f.kind != FieldKind.SEQUENCE)
 
 
 def _sequence_example(rec: dict[str, Any], seq_len: int, truncation: str,
                       rng: np.random.Generator | None) -> Example:
-  """The truncated sequence features of one record, unpadded: tokens, age, days."""
-  tokens = np.asarray(rec["tokens"], np.int32)
-  n = len(tokens)
-  for k in ("days", "age"):
-    if len(rec[k]) != n:
-      raise ValueError(f"{k} has {len(rec[k])} entries but tokens has {n}")
+  """The truncated sequence features of one record, unpadded (tokens, days, age)."""
+  n = len(rec[_TOKENS])
+  for f in _SEQUENCES[1:]:
+    if len(rec[f.name]) != n:
+      raise ValueError(f"{f.name} has {len(rec[f.name])} entries but {_TOKENS} has {n}")
   keep = keep_indices(n, int(rec["prefix_len"]), seq_len, truncation, rng)
-  days = np.asarray(rec["days"])[keep].astype(np.float32)
-  if len(days):
-    days -= days[0]
-  return {"tokens": tokens[keep], "age": np.asarray(rec["age"], np.float32)[keep], "days": days}
+  ex = {}
+  for f in _SEQUENCES:
+    x = np.asarray(rec[f.name], f.batch_dtype)[keep]
+    if f.batch_offset and len(x):
+      x = x - x[0]
+    ex[f.name] = x
+  return ex
 
 
 def _pad_sequence(ex: Example, seq_len: int) -> Example:
-  n = len(ex["tokens"])
+  n = len(ex[_TOKENS])
   out = {}
-  for k in ("tokens", "age", "days"):
-    buf = np.zeros(seq_len, ex[k].dtype)
-    buf[:n] = ex[k]
-    out[k] = buf
+  for f in _SEQUENCES:
+    buf = np.zeros(seq_len, ex[f.name].dtype)
+    buf[:n] = ex[f.name]
+    out[f.name] = buf
   out["segment_ids"] = np.zeros(seq_len, np.int32)
   out["segment_ids"][:n] = 1
   out["positions"] = np.zeros(seq_len, np.int32)
@@ -136,21 +148,15 @@ def _pad_sequence(ex: Example, seq_len: int) -> Example:
 
 
 def _empty_sequence() -> Example:
-  return {"tokens": np.zeros(0, np.int32), "age": np.zeros(0, np.float32),
-          "days": np.zeros(0, np.float32)}
+  return {f.name: np.zeros(0, f.batch_dtype) for f in _SEQUENCES}
 
 
-def _empty_task_example(seq_len: int) -> Example:
+def _empty_task_example(seq_len: int, task_fields: tuple[Field, ...]) -> Example:
   ex = _pad_sequence(_empty_sequence(), seq_len)
   ex["length"] = np.int32(0)
   ex["valid"] = np.int32(0)
-  ex["subject_id"] = np.int64(-1)
-  for k in TASK_SCALARS_I32:
-    ex[k] = np.int32(0)
-  for k in TASK_SCALARS_F32:
-    ex[k] = np.float32(0)
-  for k in TASK_CONDITIONS:
-    ex[k] = np.zeros(conditions.NUM_CONDITIONS, np.int32)
+  for f in task_fields:
+    ex[f.name] = f.batch_padding()
   return ex
 
 
@@ -166,12 +172,12 @@ def _locate(paths: list[str], record_index: int) -> str:
 
 def _parse(index: int, tagged: tuple[int, bytes | None], *, kind: str, seq_len: int,
            truncation: str, seed: int, epoch_length: int, pad: bool, paths: list[str],
-           ) -> Example:
-  """Decodes, truncates and (unless packing) pads one tagged record."""
+           task_fields: tuple[Field, ...]) -> Example:
+  """Decodes, truncates and (unless packing) pads one tagged record (TASK: plus task_fields)."""
   record_index, data = tagged
   if data is None:  # an evaluation padding row
     return (_pad_sequence(_empty_sequence(), seq_len) if kind == records.TIMELINE
-            else _empty_task_example(seq_len))
+            else _empty_task_example(seq_len, task_fields))
   rng = None
   if truncation == "random_window":
     epoch = index // epoch_length
@@ -180,14 +186,9 @@ def _parse(index: int, tagged: tuple[int, bytes | None], *, kind: str, seq_len: 
     rec = records.decode(data)
     ex = _sequence_example(rec, seq_len, truncation, rng)
     if pad and kind == records.TASK:
-      task = {"length": np.int32(min(len(rec["tokens"]), seq_len)), "valid": np.int32(1),
-              "subject_id": np.int64(rec["subject_id"])}
-      for k in TASK_SCALARS_I32:
-        task[k] = np.int32(rec[k])
-      for k in TASK_SCALARS_F32:
-        task[k] = np.float32(rec[k])
-      for k in TASK_CONDITIONS:
-        task[k] = np.asarray(rec[k], np.int32).reshape(conditions.NUM_CONDITIONS)
+      task = {"length": np.int32(min(len(rec[_TOKENS]), seq_len)), "valid": np.int32(1)}
+      for f in task_fields:
+        task[f.name] = f.batch_value(rec[f.name])
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"bad {kind} record ({_locate(paths, record_index)}): "
                      f"{type(e).__name__}: {e}") from e
@@ -200,8 +201,10 @@ def _parse(index: int, tagged: tuple[int, bytes | None], *, kind: str, seq_len: 
 
 
 def _rename_packed(ex: Example) -> Example:
-  return {"tokens": ex["tokens"], "segment_ids": ex["tokens_segment_ids"],
-          "positions": ex["tokens_positions"], "age": ex["age"], "days": ex["days"]}
+  out = {f.name: ex[f.name] for f in _SEQUENCES}
+  out["segment_ids"] = ex[f"{_TOKENS}_segment_ids"]
+  out["positions"] = ex[f"{_TOKENS}_positions"]
+  return out
 
 
 class _ClosingOnceIterator(grain.experimental.ThreadPrefetchDatasetIterator):
@@ -211,23 +214,33 @@ class _ClosingOnceIterator(grain.experimental.ThreadPrefetchDatasetIterator):
   already-torn-down module globals ("Exception ignored ..."); an explicit close() first avoids it.
   """
 
+  _closed_once = False   # our own flag (class default: close() may run before __init__ ends)
+
   def close(self) -> None:
-    if self._closed:
+    if self._closed_once:
       return
+    self._closed_once = True
     super().close()
 
 
-class _ThreadPrefetch(grain.experimental.ThreadPrefetchIterDataset):
-  """Prefetches batches in a background thread (worker_count == 0)."""
+class _ThreadPrefetch(grain.IterDataset):
+  """Prefetches batches of `parent` in a background thread (worker_count == 0)."""
+
+  def __init__(self, parent: grain.IterDataset, buffer_size: int):
+    super().__init__(parent)
+    self._source = parent
+    self._buffer_size = buffer_size
+
+  def __str__(self) -> str:
+    return f"_ThreadPrefetch(buffer_size={self._buffer_size})"
 
   def __iter__(self) -> grain.DatasetIterator:
-    return _ClosingOnceIterator(self._parent.__iter__(), self._prefetch_buffer_size)
+    return _ClosingOnceIterator(iter(self._source), self._buffer_size)
 
 
 def _ensure_absl_flags_parsed() -> None:
   # mp_prefetch reads grain's absl flags in the parent process; libraries and tests may run
   # without absl.app, so mark the flags as parsed (with their defaults) when nobody has.
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
@@ -295,7 +308,6 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
   if num_epochs is not None and num_epochs <= 0:
     raise ValueError(f"num_epochs={num_epochs} must be positive or None")
   if shard_index is None or shard_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
   if not 0 <= shard_index < shard_count:
@@ -316,7 +328,8 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
   ds = ds.repeat(num_epochs)  # each epoch reshuffled: the shuffle sees the epoch in the index
   ds = ds.map_with_index(functools.partial(
       _parse, kind=kind, seq_len=seq_len, truncation=truncation, seed=seed,
-      epoch_length=epoch_length, pad=not pack, paths=paths))
+      epoch_length=epoch_length, pad=not pack, paths=paths,
+      task_fields=task_batch_fields() if kind == records.TASK else ()))
   if drop_remainder and len(ds) < sys.maxsize:
     # Finite data: every process gets the same number of examples, hence of batches.
     ds = ds[:len(ds) - len(ds) % shard_count]
@@ -327,7 +340,7 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                  prefetch_buffer_size=4 * batch_size))
     it_ds = grain.experimental.FirstFitPackIterDataset(
-        it_ds, length_struct={"tokens": seq_len, "age": seq_len, "days": seq_len},
+        it_ds, length_struct={f.name: seq_len for f in _SEQUENCES},
         num_packing_bins=num_packing_bins or batch_size, seed=seed, shuffle_bins=shuffle)
     it_ds = it_ds.map(_rename_packed)
     batch_fn = None if drop_remainder else functools.partial(
@@ -346,7 +359,7 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=max(prefetch_buffer_size, 1)))
   elif prefetch_buffer_size > 0:
-    it_ds = _ThreadPrefetch(it_ds, prefetch_buffer_size=prefetch_buffer_size)
+    it_ds = _ThreadPrefetch(it_ds, prefetch_buffer_size)
   return it_ds
 
 

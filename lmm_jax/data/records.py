@@ -8,25 +8,13 @@
 A record is a msgpack map; numpy arrays are stored as {"dtype", "shape", "data"} so decoding is a
 zero-copy `np.frombuffer`.
 
-Timeline record (pretraining, generation, memorization audit):
-  subject_id  int64            never logged; only joins predictions under a run's workdir
-  tokens      int32[L]         vocabulary ids, starting with BOS and the demographic prefix
-  days        int32[L]         event day of each token, days since 1970-01-01 (prefix: first event)
-  age         float32[L]       age in years at each token (-1 where the birth date is unknown)
-  prefix_len  int32            leading tokens forming the demographic prefix (BOS, sex, line of
-                               business, first age token): kept whole when a history is truncated
-
-Task record (fine-tuning and evaluation): the timeline fields restricted to events strictly before
-`index_day` (so nothing after the index date can reach a model input), plus
-  index_day   int32            the index date, days since 1970-01-01
-  sex         int8             0 unknown, 1 female, 2 male
-  lob         int8             line of business at the index date: 0 unknown, then LINES_OF_BUSINESS
-  age_at_index float32
-  cost_next, cost_next_capped, cost_prior   float32 dollars: allowed amount in [index, index+365d),
-                               the same capped at COST_CAP, and in [index-365d, index)
-  cond_next   uint8[C]         condition coded in [index, index+365d)  (C = conditions.NUM_CONDITIONS)
-  cond_prior  uint8[C]         condition coded at any time before index (prevalent)
-  dx_prior    list[str]        dotless ICD-10-CM codes of [index-365d, index), for CMS-HCC baselines
+Fields (declared below and in `labels.py`; `schema(kind)` lists them, `make_record` builds one):
+  timeline record (pretraining, generation, memorization audit): TIMELINE_SCHEMA, one record per
+    patient: subject_id, the per-token sequences tokens / days / age, prefix_len.
+  task record (fine-tuning and evaluation): the timeline fields restricted to events strictly
+    before `index_day` (so nothing after the index date can reach a model input), index_day, then
+    the covariates (known at the index date) and targets (the year after it) of every label
+    registered in `labels.py`.
 """
 
 from __future__ import annotations
@@ -36,19 +24,64 @@ import glob
 import os
 from typing import Any, Iterator, Mapping
 
+from array_record.python import array_record_data_source
+from array_record.python import array_record_module
 import msgpack
 import numpy as np
+
+from lmm_jax.data import labels
+from lmm_jax.data.fields import Field, FieldKind
 
 TIMELINE = "timeline"
 TASK = "task"
 VOCAB_FILE = "vocab.json"
 REPORT_FILE = "report.json"
 
-TIMELINE_FIELDS = ("subject_id", "tokens", "days", "age", "prefix_len")
-TASK_FIELDS = TIMELINE_FIELDS + ("index_day", "sex", "lob", "age_at_index", "cost_next",
-                                 "cost_next_capped", "cost_prior", "cond_next", "cond_prior",
-                                 "dx_prior")
-SEQUENCE_FIELDS = ("tokens", "days", "age")
+TIMELINE_SCHEMA = (
+    Field("subject_id", FieldKind.META, "int64", batch_dtype="int64", batch_pad=-1,
+          doc="never logged; only joins predictions under a run's workdir"),
+    Field("tokens", FieldKind.SEQUENCE, "int32", (None,), batch_dtype="int32",
+          doc="vocabulary ids, starting with BOS and the demographic prefix"),
+    Field("days", FieldKind.SEQUENCE, "int32", (None,), batch_dtype="float32", batch_offset=True,
+          doc="event day of each token, days since 1970-01-01 (prefix: first event)"),
+    Field("age", FieldKind.SEQUENCE, "float32", (None,), batch_dtype="float32",
+          doc="age in years at each token (-1 where the birth date is unknown)"),
+    Field("prefix_len", FieldKind.META, "int32",
+          doc="leading tokens forming the demographic prefix (BOS, sex, line of business, first "
+              "age token): kept whole when a history is truncated"),
+)
+INDEX_DAY = Field("index_day", FieldKind.META, "int32",
+                  doc="the index date, days since 1970-01-01")
+TIMELINE_FIELDS = tuple(f.name for f in TIMELINE_SCHEMA)
+SEQUENCE_FIELDS = tuple(f.name for f in TIMELINE_SCHEMA if f.kind == FieldKind.SEQUENCE)
+
+
+def schema(kind: str) -> tuple[Field, ...]:
+  """The fields of a record kind, in record order (TASK: with the labels registered now)."""
+  if kind == TIMELINE:
+    return TIMELINE_SCHEMA
+  if kind == TASK:
+    out = TIMELINE_SCHEMA + (INDEX_DAY,) + labels.fields()
+    names = [f.name for f in out]
+    if len(set(names)) != len(names):
+      raise ValueError(f"task record fields are not unique: {names}")
+    return out
+  raise ValueError(f"kind={kind!r}: expected {TIMELINE!r} or {TASK!r}")
+
+
+def field_names(kind: str) -> tuple[str, ...]:
+  return tuple(f.name for f in schema(kind))
+
+
+def make_record(kind: str, values: Mapping[str, Any]) -> dict[str, Any]:
+  """The record of `kind`: exactly its schema's fields, in order, cast to their dtypes."""
+  fields = schema(kind)
+  if values.keys() != {f.name for f in fields}:
+    names = [f.name for f in fields]
+    raise ValueError(f"a {kind} record needs fields {names}: missing "
+                     f"{[n for n in names if n not in values]}, unknown "
+                     f"{sorted(set(values) - set(names))}")
+  return {f.name: f.encode(values[f.name]) for f in fields}
 
 
 def _pack(obj: Any) -> Any:
@@ -94,7 +127,6 @@ class ShardWriter:
   options: str = "group_size:1"  # random access per record: grain reads single records.
 
   def __enter__(self) -> "ShardWriter":
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     self._writer = array_record_module.ArrayRecordWriter(self.path, self.options)
     self.count = 0
@@ -110,7 +142,6 @@ class ShardWriter:
 
 def read_shard(path: str) -> Iterator[dict[str, Any]]:
   """Every record of one shard, in order (for tools and tests; training reads through grain)."""
-  from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
   source = array_record_data_source.ArrayRecordDataSource([path])
   for i in range(len(source)):
     yield decode(source[i])

@@ -15,6 +15,11 @@ import os
 from typing import Optional
 
 
+# The three packages below are imported on first use, not with this module: simple_icd_10_cm
+# parses the whole tabular list at import (~4 s), which every importer of the tokenizer or the
+# vocabulary (training, evaluation, the builder's spawned workers) would otherwise pay.
+
+
 @functools.lru_cache(maxsize=None)
 def _icd10():
   import simple_icd_10_cm  # pylint: disable=g-import-not-at-top

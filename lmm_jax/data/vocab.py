@@ -18,6 +18,7 @@ import numpy as np
 
 from lmm_jax import conditions
 from lmm_jax.conventions import TokenKind, TOKEN_KIND_NAMES
+from lmm_jax.data import terminology
 
 PAD, BOS, EOS = "[PAD]", "[BOS]", "[EOS]"
 FORMAT = "lmm_jax.vocab/1"
@@ -51,7 +52,6 @@ class Vocabulary:
     self.eos_id = self._ids[EOS]
 
   def _conditions(self) -> np.ndarray:
-    from lmm_jax.data import terminology  # pylint: disable=g-import-not-at-top
     out = np.zeros((len(self.tokens), conditions.NUM_CONDITIONS), np.uint8)
     for i, (tok, system) in enumerate(zip(self.tokens, self.systems)):
       code = tok.partition("//")[2]

@@ -24,14 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmm_jax import conditions
 from lmm_jax import runs
 from lmm_jax.data import pipeline
 from lmm_jax.data import records
+from lmm_jax.data.fields import FieldKind
 from lmm_jax.tasks.finetune import FinetuneTask
-
-ROW_SCALARS_F32 = ("age_at_index", "cost_next", "cost_next_capped", "cost_prior")
-ROW_SCALARS_I32 = ("sex", "lob")
 
 
 def record_to_row(rec: Mapping[str, Any], seq_len: int) -> dict[str, np.ndarray]:
@@ -57,12 +54,9 @@ def record_to_row(rec: Mapping[str, Any], seq_len: int) -> dict[str, np.ndarray]
   # Days from each kept token to the index date (for the report: "how long ago").
   row["days_before_index"] = np.zeros(seq_len, np.float32)
   row["days_before_index"][:m] = (int(rec["index_day"]) - kept_days).astype(np.float32)
-  for k in ROW_SCALARS_F32:
-    row[k] = np.float32(rec[k])
-  for k in ROW_SCALARS_I32:
-    row[k] = np.int32(rec[k])
-  for k in ("cond_next", "cond_prior"):
-    row[k] = np.asarray(rec[k], np.int32).reshape(conditions.NUM_CONDITIONS)
+  for f in pipeline.task_batch_fields():   # covariates and targets, as the pipeline batches them
+    if f.kind != FieldKind.META:
+      row[f.name] = f.batch_value(rec[f.name])
   return row
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lmm_jax.data import build
+
 MEDS_SCHEMA = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")),
                          ("code", pa.string()), ("numeric_value", pa.float32())])
 
@@ -118,7 +120,6 @@ def claims_world(num_patients: int, seed: int = 0, *, start_year: int = 2019, ye
 
 def build_config(**overrides):
   """The builder's default config for tests: one worker, no progress bars, then the overrides."""
-  from lmm_jax.data import build  # pylint: disable=g-import-not-at-top
   c = build.default_config()
   c.num_workers = 1
   c.progress = False

@@ -17,6 +17,7 @@ from lmm_jax.data import build
 from lmm_jax.data import meds_io
 from lmm_jax.data import records
 from lmm_jax.data import vocab as vocab_lib
+from lmm_jax.data.fields import FieldKind
 from tests.data import meds_factory as mf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,7 +72,7 @@ def test_report_and_records(world):
   tasks = _read_all(out, records.TASK)
   assert len(timelines) == 40 and len(tasks) == sum(report["task_examples"].values()) > 30
   for sid, (split, rec) in timelines.items():
-    assert set(rec) == set(records.TIMELINE_FIELDS)
+    assert list(rec) == list(records.TIMELINE_FIELDS)
     t = rec["tokens"]
     assert t.dtype == np.int32 and rec["days"].dtype == np.int32 and rec["age"].dtype == np.float32
     assert t[0] == vocab.bos_id and t[-1] == vocab.eos_id
@@ -80,7 +81,7 @@ def test_report_and_records(world):
     assert [vocab.tokens[i].split("//")[0] for i in t[1:p]] == ["GENDER", "LOB", "AGE"]
     assert report["tokens"][split] >= t.size
   for sid, (split, rec) in tasks.items():
-    assert set(rec) == set(records.TASK_FIELDS)
+    assert list(rec) == list(records.field_names(records.TASK))
     assert timelines[sid][0] == split
     assert np.all(rec["days"] < rec["index_day"])
     assert vocab.eos_id not in rec["tokens"]
@@ -208,8 +209,9 @@ def test_no_information_after_index_reaches_task_inputs(world, tmp_path):
   a, b = _read_all(out, records.TASK), _read_all(out2, records.TASK)
   held = [s for s in a if a[s][0] == "held_out"]
   assert held and set(held) == {s for s in b if b[s][0] == "held_out"}
-  inputs = ("tokens", "days", "age", "prefix_len", "index_day", "sex", "lob", "age_at_index",
-            "cost_prior", "cond_prior", "dx_prior")
+  # Every field but the targets is an input (a new covariate is checked here automatically).
+  inputs = [f.name for f in records.schema(records.TASK) if f.kind != FieldKind.TARGET]
+  assert {"tokens", "cost_prior", "cond_prior", "dx_prior"} <= set(inputs)
   for sid in held:
     ra, rb = a[sid][1], b[sid][1]
     for f in inputs:

@@ -303,19 +303,8 @@ def test_default_process_slice_comes_from_jax(data):
   assert sum(int(b["valid"].sum()) for b in ds) == NUM_RECORDS  # one process owns everything
 
 
-@pytest.fixture
-def built_data_dir(request):
-  """tiny_data_dir, skipped while the synthesizer or the dataset builder is not importable."""
-  try:
-    from lmm_jax.data import build  # pylint: disable=g-import-not-at-top,unused-import
-    from lmm_jax.synth import synthesize  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError as e:
-    pytest.skip(f"needs the synthesizer and the dataset builder: {e}")
-  return request.getfixturevalue("tiny_data_dir")
-
-
-def test_built_records(built_data_dir):
-  data_dir, seq_len = built_data_dir, 64
+def test_built_records(tiny_data_dir):
+  data_dir, seq_len = tiny_data_dir, 64
   for split in ("train", "held_out"):
     by_sid = {int(r["subject_id"]): r for r in records.read_records(data_dir, records.TASK, split)}
     assert pipeline.num_examples(data_dir, records.TASK, split) == len(by_sid) > 0
