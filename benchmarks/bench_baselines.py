@@ -48,13 +48,14 @@ def main(argv):
   tmp = None
   data_dir = _DATA_DIR.value
   if data_dir is None:
+    from data_prep.configs import build_dataset as build_config  # pylint: disable=g-import-not-at-top
     from lmm_jax.data import build  # pylint: disable=g-import-not-at-top
     from lmm_jax.synth import synthesize  # pylint: disable=g-import-not-at-top
     tmp = tempfile.TemporaryDirectory()
     start = time.perf_counter()
     synthesize(os.path.join(tmp.name, "meds"), num_patients=_NUM_PATIENTS.value, seed=0,
                progress=False)
-    config = build.default_config()
+    config = build_config.get_config()
     config.progress = False
     data_dir = os.path.join(tmp.name, "data")
     build.build_dataset(os.path.join(tmp.name, "meds"), data_dir, config)

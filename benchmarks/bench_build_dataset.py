@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data_prep.configs import build_dataset as build_config
 from lmm_jax.data import build  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmm_jax.data import meds_io  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lmm_jax.synth import synthesize  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -41,7 +42,7 @@ _SIZES = flags.DEFINE_list("sizes", ["1000", "20000"], "patients per synthesized
 _LAYOUTS = flags.DEFINE_list("layouts", ["many", "one"],
                              "'many': the synthesizer's files; 'one': all rows in one file")
 _WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "builder worker processes")
-_BUDGET = flags.DEFINE_float("memory_budget_mb", build.default_config().memory_budget_mb,
+_BUDGET = flags.DEFINE_float("memory_budget_mb", build_config.get_config().memory_budget_mb,
                              "the builder's memory_budget_mb")
 _PER_SHARD = flags.DEFINE_integer("patients_per_shard", 1000, "synthesizer patients per shard")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where datasets go (default: a temp dir)")
@@ -52,7 +53,7 @@ _LAYOUT_KEYS = ("meds_dir", "output_dir", "num_input_shards", "elapsed_s", "conf
 
 
 def _child(meds_dir: str, output_dir: str) -> None:
-  config = build.default_config()
+  config = build_config.get_config()
   config.num_workers = _WORKERS.value
   config.memory_budget_mb = _BUDGET.value
   config.progress = False

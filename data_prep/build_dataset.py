@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from data_prep.configs import build_dataset as build_config
 from lmm_jax import workers
 from lmm_jax.data import build
 from lmm_jax.data import meds_io
@@ -29,7 +30,7 @@ _MIN_CODE_COUNT = flags.DEFINE_integer("min_code_count", None, "Overrides config
 _INDEX_DATE = flags.DEFINE_string("index_date", None, "'auto' or YYYY-MM-DD; overrides config.")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes; overrides config.")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Hide progress bars.")
-_CONFIG = config_flags.DEFINE_config_dict("config", build.default_config(),
+_CONFIG = config_flags.DEFINE_config_dict("config", build_config.get_config(),
                                           "Builder config; override fields with --config.x=y.")
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from absl import logging
 import ml_collections
 
+from data_prep.configs import build_dataset as build_config
 from experiments.configs import chronic as chronic_cfg
 from experiments.configs import common
 from experiments.configs import cost as cost_cfg
@@ -94,7 +95,7 @@ def run(workdir: str, *, size: str = "demo", seed: int = 0, num_patients: int | 
     return synthesize_world(meds_dir, num_patients=n, seed=seed, progress=progress)
 
   def build_dataset() -> dict[str, Any]:
-    config = build.default_config()
+    config = build_config.get_config()
     config.progress = progress
     report = build.build_dataset(meds_dir, data_dir, config)
     return {k: report[k] for k in ("input_rows", "used_rows", "dropped", "vocab_size")

@@ -13,6 +13,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from data_prep.configs import build_dataset as build_config
 from tests import time_limit as time_limit_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -49,7 +50,7 @@ def tiny_data_dir(tiny_meds_dir, tmp_path_factory) -> str:
   """Records (vocab.json, report.json, timeline/ and task/ shards) built from tiny_meds_dir."""
   from lmm_jax.data import build  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp("records"))
-  config = build.default_config()
+  config = build_config.get_config()
   config.num_workers = 1
   config.progress = False
   build.build_dataset(tiny_meds_dir, out, config)

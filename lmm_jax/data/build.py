@@ -51,31 +51,6 @@ TASK_EXCLUSIONS = labels.TASK_EXCLUSIONS
 BYTES_PER_ROW = 400
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The builder's configuration (documented field by field in docs/data.md)."""
-  c = ml_collections.ConfigDict()
-  c.code_system_rules = cs.default_rules()
-  c.cost_code = cs.DEFAULT_COST_CODE
-  c.claim_id_column = "claim_id"
-  c.min_code_count = 5
-  c.icd10_category_tokens = True
-  c.map_icd9_to_icd10 = True
-  c.drug_grouping = "ndc"          # 'ndc' | 'ndc9' | 'hhs_class'
-  c.time_gap_edges_days = (1, 7, 30, 91, 182, 365)
-  c.num_cost_bins = 20
-  c.cost_sample_size = 200_000     # claims kept (bounded) to fit the cost-bin quantiles
-  c.index_date = "auto"            # 'auto' = Jan 1 of the last calendar year in the data
-  c.min_history_days = 365
-  c.require_full_target_year = True
-  c.keep_decedents = True
-  c.hash_split_fractions = (0.8, 0.1, 0.1)
-  c.num_workers = os.cpu_count() or 1
-  c.memory_budget_mb = 256.0       # input rows all workers hold at once (see BYTES_PER_ROW)
-  c.progress = True
-  c.max_timeline_tokens = ml_collections.config_dict.placeholder(int)
-  return c
-
-
 def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(config.to_dict(), default=list))
 
@@ -308,10 +283,12 @@ def _check_subjects_in_one_file(results: list[dict[str, Any]]) -> None:
 
 
 def build_dataset(meds_dir: str, output_dir: str,
-                  config: Optional[ml_collections.ConfigDict] = None) -> dict[str, Any]:
-  """Builds vocab.json, report.json and the timeline/ and task/ shards; returns the report."""
+                  config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Builds vocab.json, report.json and the timeline/ and task/ shards; returns the report.
+
+  config: data_prep/configs/build_dataset.py (documented in docs/data.md).
+  """
   t0 = time.time()
-  config = default_config() if config is None else config
   cfg = _plain(config)
   tok_cfg = tok_lib.tokenizer_config(cfg)
   meds_dir = os.path.abspath(meds_dir)

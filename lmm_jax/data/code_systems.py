@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from lmm_jax import conventions
 from lmm_jax.conventions import TokenKind
@@ -40,17 +40,9 @@ AGE = "AGE"
 TIME = "TIME"
 LOB = "LOB"
 
-# Systems whose codes become vocabulary tokens by count (with a per-system unknown token).
+# Systems whose codes become vocabulary tokens by count (with a per-system unknown token), in
+# the order of their sections in the vocabulary (part of the vocabulary format: token ids).
 CODED_SYSTEMS = (CLAIM, POS, ICD10CM, ICD9CM, ICD10PCS, ICD9PCS, CPT, HCPCS, NDC, LAB, OTHER)
-
-SYSTEM_KINDS: dict[str, TokenKind] = {
-    ICD10CM: TokenKind.DIAGNOSIS, ICD9CM: TokenKind.DIAGNOSIS,
-    ICD10PCS: TokenKind.PROCEDURE, ICD9PCS: TokenKind.PROCEDURE, CPT: TokenKind.PROCEDURE,
-    HCPCS: TokenKind.PROCEDURE, NDC: TokenKind.DRUG, LAB: TokenKind.OTHER, OTHER: TokenKind.OTHER,
-    CLAIM: TokenKind.CLAIM, POS: TokenKind.CLAIM, COST: TokenKind.COST, TIME: TokenKind.TIME,
-    GENDER: TokenKind.DEMOGRAPHIC, AGE: TokenKind.DEMOGRAPHIC, LOB: TokenKind.DEMOGRAPHIC,
-    DEATH: TokenKind.DEATH, SPECIAL: TokenKind.SPECIAL,
-}
 
 
 class Role:
@@ -71,38 +63,98 @@ class Role:
   STATIC_OTHER = 13  # a static (null-time) row of any other system (counted, not used)
 
 
-SYSTEM_ROLES = {
-    CLAIM: Role.CLAIM, POS: Role.POS, ICD10CM: Role.DX, ICD9CM: Role.DX, ICD10PCS: Role.PROC,
-    ICD9PCS: Role.PROC, CPT: Role.PROC, HCPCS: Role.PROC, NDC: Role.DRUG, LAB: Role.OTHER,
-    OTHER: Role.OTHER, GENDER: Role.GENDER, BIRTH: Role.BIRTH, DEATH: Role.DEATH,
+
+
+def _upper(value: str) -> str:
+  return value.upper()
+
+
+def _undotted(value: str) -> str:
+  return value.upper().replace(".", "")
+
+
+def _verbatim(value: str) -> str:
+  return value
+
+
+def _pos_key(value: str) -> str:
+  return value.zfill(2) if value.isdigit() else value.upper()
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeSystem:
+  """What the builder needs to know of a terminology system.
+
+  A new code system is one entry of SYSTEMS (plus its name in CODED_SYSTEMS when its codes become
+  tokens): the regexes that recognize its MEDS code strings, the token kind, the role of its rows,
+  and `key`, how a code is normalized into its token `SYSTEM//key`. Systems with their own
+  hierarchy or grouping (ICD-10-CM, ICD-9-CM, NDC) or no code (sex, birth, cost, ...) are handled
+  by name in `lmm_jax.data.tokenizer.CodeAnalyzer`; every other system is tokenized from its spec.
+  """
+  kind: TokenKind
+  role: int | None                 # Role of its rows; None: decided per code by the tokenizer
+  rules: tuple[str, ...] = ()      # default regexes (group 1 = the code), tried in order
+  key: Callable[[str], str] | None = None   # generic systems: code -> normalized key
+  static_allowed: bool = False     # its rows may carry a null `time` (static facts)
+
+
+# In the order their default rules are tried (first match wins).
+SYSTEMS: dict[str, CodeSystem] = {
+    ICD10CM: CodeSystem(TokenKind.DIAGNOSIS, Role.DX, (
+        r"^ICD10CM//(.+)$", r"^ICD-10-CM//(.+)$", r"^ICD10//(.+)$",
+        r"^(?:DIAGNOSIS//|DX//)?ICD//10(?:CM)?//(.+)$")),
+    ICD9CM: CodeSystem(TokenKind.DIAGNOSIS, Role.DX, (
+        r"^ICD9CM//(.+)$", r"^ICD-9-CM//(.+)$", r"^ICD9//(.+)$",
+        r"^(?:DIAGNOSIS//|DX//)?ICD//9(?:CM)?//(.+)$")),
+    ICD10PCS: CodeSystem(TokenKind.PROCEDURE, Role.PROC, (
+        r"^ICD10PCS//(.+)$", r"^(?:PROCEDURE|PX)//ICD//10(?:PCS)?//(.+)$"), key=_undotted),
+    ICD9PCS: CodeSystem(TokenKind.PROCEDURE, Role.PROC, (
+        r"^ICD9PCS//(.+)$", r"^(?:PROCEDURE|PX)//ICD//9(?:PCS)?//(.+)$"), key=_undotted),
+    CPT: CodeSystem(TokenKind.PROCEDURE, Role.PROC, (r"^(?:PROCEDURE//|PX//)?CPT-?4?//(.+)$",),
+                    key=_upper),
+    HCPCS: CodeSystem(TokenKind.PROCEDURE, Role.PROC, (r"^(?:PROCEDURE//|PX//)?HCPCS//(.+)$",),
+                      key=_upper),
+    NDC: CodeSystem(TokenKind.DRUG, Role.DRUG, (r"^(?:MEDICATION//|DRUG//|RX//)?NDC//(.+)$",)),
+    LAB: CodeSystem(TokenKind.OTHER, Role.OTHER, (r"^(?:LAB|LABS|LAB_TEST|MEASUREMENT)//(.+)$",),
+                    key=_verbatim),
+    GENDER: CodeSystem(TokenKind.DEMOGRAPHIC, Role.GENDER, (r"^(?:GENDER|SEX)//(.+)$",),
+                       static_allowed=True),
+    BIRTH: CodeSystem(TokenKind.DEMOGRAPHIC, Role.BIRTH, (r"^(MEDS_BIRTH)$",)),
+    DEATH: CodeSystem(TokenKind.DEATH, Role.DEATH, (r"^(MEDS_DEATH)$",)),
+    CLAIM: CodeSystem(TokenKind.CLAIM, Role.CLAIM, (r"^CLAIM//(.+)$",), key=_upper),
+    POS: CodeSystem(TokenKind.CLAIM, Role.POS, (r"^POS//(.+)$",), key=_pos_key),
+    COST: CodeSystem(TokenKind.COST, None, (r"^(COST//.+)$",)),
+    ENROLLMENT: CodeSystem(TokenKind.DEMOGRAPHIC, None, (r"^ENROLLMENT//((?:START|END)//.+)$",)),
+    # Codes no rule matches: generic tokens, never rejected.
+    OTHER: CodeSystem(TokenKind.OTHER, Role.OTHER, key=_verbatim),
+    # Tokens that do not come from a code string.
+    TIME: CodeSystem(TokenKind.TIME, None),
+    AGE: CodeSystem(TokenKind.DEMOGRAPHIC, None),
+    LOB: CodeSystem(TokenKind.DEMOGRAPHIC, None),
+    SPECIAL: CodeSystem(TokenKind.SPECIAL, None),
 }
 
+# Tokenized by name in lmm_jax.data.tokenizer (hierarchies, groupings, codes without a token).
+TOKENIZED_BY_NAME = frozenset({ICD10CM, ICD9CM, NDC, GENDER, BIRTH, DEATH, COST, ENROLLMENT})
+
+
+def check_systems() -> None:
+  """Every coded system has a role; every matchable system has a key or a tokenizer branch."""
+  bad = [s for s in CODED_SYSTEMS if s not in SYSTEMS or SYSTEMS[s].role is None]
+  bad += [n for n, spec in SYSTEMS.items() if (spec.rules or n in CODED_SYSTEMS)
+          and spec.key is None and n not in TOKENIZED_BY_NAME]
+  if bad:
+    raise ValueError(f"code systems {sorted(set(bad))}: a coded system needs a SYSTEMS entry "
+                     "with a role, and a system without a tokenizer branch needs a `key`")
+
+
+check_systems()
+
+SYSTEM_KINDS: dict[str, TokenKind] = {name: spec.kind for name, spec in SYSTEMS.items()}
+
 # Default rules: our conventions first, then common spellings of other ETLs. First match wins.
-DEFAULT_RULES: tuple[tuple[str, str], ...] = (
-    (r"^ICD10CM//(.+)$", ICD10CM),
-    (r"^ICD-10-CM//(.+)$", ICD10CM),
-    (r"^ICD10//(.+)$", ICD10CM),
-    (r"^(?:DIAGNOSIS//|DX//)?ICD//10(?:CM)?//(.+)$", ICD10CM),
-    (r"^ICD9CM//(.+)$", ICD9CM),
-    (r"^ICD-9-CM//(.+)$", ICD9CM),
-    (r"^ICD9//(.+)$", ICD9CM),
-    (r"^(?:DIAGNOSIS//|DX//)?ICD//9(?:CM)?//(.+)$", ICD9CM),
-    (r"^ICD10PCS//(.+)$", ICD10PCS),
-    (r"^(?:PROCEDURE|PX)//ICD//10(?:PCS)?//(.+)$", ICD10PCS),
-    (r"^ICD9PCS//(.+)$", ICD9PCS),
-    (r"^(?:PROCEDURE|PX)//ICD//9(?:PCS)?//(.+)$", ICD9PCS),
-    (r"^(?:PROCEDURE//|PX//)?CPT-?4?//(.+)$", CPT),
-    (r"^(?:PROCEDURE//|PX//)?HCPCS//(.+)$", HCPCS),
-    (r"^(?:MEDICATION//|DRUG//|RX//)?NDC//(.+)$", NDC),
-    (r"^(?:LAB|LABS|LAB_TEST|MEASUREMENT)//(.+)$", LAB),
-    (r"^(?:GENDER|SEX)//(.+)$", GENDER),
-    (r"^(MEDS_BIRTH)$", BIRTH),
-    (r"^(MEDS_DEATH)$", DEATH),
-    (r"^CLAIM//(.+)$", CLAIM),
-    (r"^POS//(.+)$", POS),
-    (r"^(COST//.+)$", COST),
-    (r"^ENROLLMENT//((?:START|END)//.+)$", ENROLLMENT),
-)
+DEFAULT_RULES: tuple[tuple[str, str], ...] = tuple(
+    (pattern, name) for name, spec in SYSTEMS.items() for pattern in spec.rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +175,9 @@ class CodeResolver:
       compiled = re.compile(pattern)
       if compiled.groups < 1:
         raise ValueError(f"code system rule {pattern!r} needs a capture group (group 1 = code)")
-      if system not in SYSTEM_ROLES and system not in (COST, ENROLLMENT):
+      if system not in SYSTEMS or not SYSTEMS[system].rules:
         raise ValueError(f"code system rule {pattern!r} names unknown system {system!r}; known: "
-                         f"{sorted(set(SYSTEM_ROLES) | {COST, ENROLLMENT})}")
+                         f"{sorted(n for n, spec in SYSTEMS.items() if spec.rules)}")
       self._rules.append((compiled, system))
     self.resolve = functools.lru_cache(maxsize=1_000_000)(self._resolve)
 
@@ -168,7 +220,7 @@ def lob_of(value: str) -> str:
 
 def is_static_allowed(system: str) -> bool:
   """Systems whose rows may carry a null `time` (static facts)."""
-  return system == GENDER
+  return SYSTEMS[system].static_allowed
 
 
 def default_rules() -> list[tuple[str, str]]:

@@ -75,17 +75,6 @@ class CodeAnalyzer:
       return CodeInfo(Role.DX, cs.ICD10CM, dotted, dotted)
     if system == cs.NDC:
       return CodeInfo(Role.DRUG, cs.NDC, self._drug_key(value))
-    if system in (cs.ICD10PCS, cs.ICD9PCS):
-      return CodeInfo(Role.PROC, system, f"{system}//{value.upper().replace('.', '')}")
-    if system in (cs.CPT, cs.HCPCS):
-      return CodeInfo(Role.PROC, system, f"{system}//{value.upper()}")
-    if system == cs.CLAIM:
-      return CodeInfo(Role.CLAIM, system, f"{system}//{value.upper()}")
-    if system == cs.POS:
-      pos = value.zfill(2) if value.isdigit() else value.upper()
-      return CodeInfo(Role.POS, system, f"{system}//{pos}")
-    if system == cs.LAB:
-      return CodeInfo(Role.OTHER, system, f"{system}//{value}")
     if system == cs.GENDER:
       return CodeInfo(Role.GENDER, system, value=cs.sex_of(value))
     if system == cs.BIRTH:
@@ -99,7 +88,9 @@ class CodeAnalyzer:
       boundary, _, lob = value.partition("//")
       role = Role.ENROLL_START if boundary == "START" else Role.ENROLL_END
       return CodeInfo(role, system, value=cs.lob_of(lob))
-    return CodeInfo(Role.OTHER, cs.OTHER, f"{cs.OTHER}//{value}")
+    # Every other system (procedures, claim types, places of service, labs, unmatched codes).
+    spec = cs.SYSTEMS[system]
+    return CodeInfo(spec.role, system, f"{system}//{spec.key(value)}")
 
   def _drug_key(self, value: str) -> str:
     ndc11 = cs.normalize_ndc(value)

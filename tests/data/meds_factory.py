@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_prep.configs import build_dataset as build_dataset_config
 from lmm_jax.data import build
 
 MEDS_SCHEMA = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")),
@@ -120,7 +121,7 @@ def claims_world(num_patients: int, seed: int = 0, *, start_year: int = 2019, ye
 
 def build_config(**overrides):
   """The builder's default config for tests: one worker, no progress bars, then the overrides."""
-  c = build.default_config()
+  c = build_dataset_config.get_config()
   c.num_workers = 1
   c.progress = False
   for k, v in overrides.items():

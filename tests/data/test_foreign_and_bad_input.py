@@ -4,6 +4,7 @@ The malformed-input tests run with one worker (in-process) and with two worker p
 under a time limit: an error in a worker once hung the build (issue 18).
 """
 
+import dataclasses
 import datetime as dt
 import os
 
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_prep.configs import build_dataset as build_config
 from lmm_jax import conditions
 from lmm_jax.data import build
 from lmm_jax.data import code_systems as cs
@@ -46,13 +48,37 @@ def _config(**overrides):
     ("SOMETHING//ELSE", cs.OTHER, "OTHER//SOMETHING//ELSE"),
 ])
 def test_code_spellings(code, system, key):
-  analyzer = tok_lib.CodeAnalyzer(tok_lib.tokenizer_config(build.default_config()))
+  analyzer = tok_lib.CodeAnalyzer(tok_lib.tokenizer_config(build_config.get_config()))
   info = analyzer.analyze(code)
   assert (info.system, info.key) == (system, key)
 
 
+def test_a_new_code_system_is_one_spec(monkeypatch):
+  # SNOMED as a user would add it: its SYSTEMS entry (rule, kind, role, key) and its vocabulary
+  # section; the tokenizer is not edited.
+  snomed = cs.CodeSystem(cs.TokenKind.DIAGNOSIS, cs.Role.DX, (r"^SNOMED(?:CT)?//(.+)$",),
+                         key=str.strip)
+  monkeypatch.setitem(cs.SYSTEMS, "SNOMED", snomed)
+  monkeypatch.setattr(cs, "SYSTEM_KINDS", {**cs.SYSTEM_KINDS, "SNOMED": snomed.kind})
+  monkeypatch.setattr(cs, "CODED_SYSTEMS", cs.CODED_SYSTEMS + ("SNOMED",))
+  cs.check_systems()
+  cfg = build_config.get_config()
+  cfg.code_system_rules = cs.default_rules() + [(r"^SNOMED(?:CT)?//(.+)$", "SNOMED")]
+  tok_config = tok_lib.tokenizer_config(cfg)
+  info = tok_lib.CodeAnalyzer(tok_config).analyze("SNOMEDCT//44054006")
+  assert (info.system, info.role, info.key) == ("SNOMED", cs.Role.DX, "SNOMED//44054006")
+  vocab = tok_lib.build_vocabulary(tok_config, {"SNOMEDCT//44054006": 9}, [10.0, 100.0], ())
+  token = vocab.id_of("SNOMED//44054006")
+  assert vocab.kinds[token] == int(cs.TokenKind.DIAGNOSIS)
+  assert "SNOMED//[UNK]" in vocab
+  # A system without a key and without a tokenizer branch is refused at once.
+  monkeypatch.setitem(cs.SYSTEMS, "SNOMED", dataclasses.replace(snomed, key=None))
+  with pytest.raises(ValueError, match="SNOMED"):
+    cs.check_systems()
+
+
 def test_icd9_kept_when_not_mapped_and_drug_groupings():
-  cfg = build.default_config()
+  cfg = build_config.get_config()
   cfg.map_icd9_to_icd10 = False
   cfg.drug_grouping = "hhs_class"
   analyzer = tok_lib.CodeAnalyzer(tok_lib.tokenizer_config(cfg))

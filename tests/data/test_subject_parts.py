@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_prep.configs import build_dataset as build_config
 from lmm_jax import conditions
 from lmm_jax import conventions
 from lmm_jax.data import build
@@ -27,7 +28,7 @@ from lmm_jax.data.fields import Field, FieldKind
 from lmm_jax.insights import loading
 from tests.data import meds_factory as mf
 
-CONFIG = build.default_config()
+CONFIG = build_config.get_config()
 ANALYZER = tok_lib.CodeAnalyzer(tok_lib.tokenizer_config(CONFIG))
 NULL = meds_io.NULL_TIME
 INDEX = 18305   # 2020-02-12

@@ -9,6 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from data_prep.configs import build_dataset as build_config
 from lmm_jax import conditions
 from lmm_jax import runs
 from lmm_jax.data import build
@@ -73,7 +74,7 @@ def test_zero_shot_synthesize_and_audit(tiny_data_dir, pretrain_dir, tmp_path):
   shard = meds_io.read_shard(meds_io.data_files(meds_dir)[0])
   assert shard is not None
   assert result["synthetic"]["patients"] == 8
-  bcfg = build.default_config()
+  bcfg = build_config.get_config()
   bcfg.num_workers, bcfg.progress = 1, False
   report = build.build_dataset(meds_dir, str(tmp_path / "synrec"), bcfg)
   assert report["used_rows"] > 0

@@ -1,0 +1,41 @@
+r"""The dataset builder's config (`python -m data_prep.build_dataset`), documented field by field
+in docs/data.md.
+
+  python -m data_prep.build_dataset --meds_dir=DIR --output_dir=OUT --config.drug_grouping=ndc9
+
+The config is locked: a misspelled --config.KEY is an error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from lmm_jax.data import code_systems
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg  # one configuration; its fields are the knobs
+  c = ml_collections.ConfigDict()
+  c.code_system_rules = code_systems.default_rules()
+  c.cost_code = code_systems.DEFAULT_COST_CODE
+  c.claim_id_column = "claim_id"
+  c.min_code_count = 5
+  c.icd10_category_tokens = True
+  c.map_icd9_to_icd10 = True
+  c.drug_grouping = "ndc"          # 'ndc' | 'ndc9' | 'hhs_class'
+  c.time_gap_edges_days = (1, 7, 30, 91, 182, 365)
+  c.num_cost_bins = 20
+  c.cost_sample_size = 200_000     # claims kept (bounded) to fit the cost-bin quantiles
+  c.index_date = "auto"            # 'auto' = Jan 1 of the last calendar year in the data
+  c.min_history_days = 365
+  c.require_full_target_year = True
+  c.keep_decedents = True
+  c.hash_split_fractions = (0.8, 0.1, 0.1)
+  c.num_workers = os.cpu_count() or 1
+  c.memory_budget_mb = 256.0       # input rows all workers hold at once (see lmm_jax.data.build.BYTES_PER_ROW)
+  c.progress = True
+  c.max_timeline_tokens = ml_collections.config_dict.placeholder(int)
+  c.lock()
+  return c
