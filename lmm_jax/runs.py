@@ -148,7 +148,7 @@ def load_run(workdir: str, *, data_dir: str | None = None, step: int | None = No
   info = check_vocabulary(workdir, config.data_dir, where)
   task = tasks_lib.make_task(config, **task_kwargs)
   abstract = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0), info["vocab_multiple"]))
-  graphdef, abstract_state = nnx.split(abstract)
+  graphdef, _ = nnx.split(abstract)
   param_state = nnx.state(abstract, nnx.Param)
   abstract_params = nnx.to_pure_dict(param_state)
   if mesh is not None:
@@ -161,10 +161,6 @@ def load_run(workdir: str, *, data_dir: str | None = None, step: int | None = No
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract_params, shardings)
   params, step = restore_params(workdir, target, step, hint=where)
-  del abstract_state
-  if info.get("num_params") not in (None, transformer.count_params(params)):
-    raise ValueError(f"{where}: restored {transformer.count_params(params):,} parameters, the run "
-                     f"recorded {info['num_params']:,}")
   return Run(workdir=workdir, config=config, task=task, graphdef=graphdef, params=params,
              step=int(step), num_params=transformer.count_params(params))
 

@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from lmm_jax import runs
 from lmm_jax import tasks as tasks_lib
-from lmm_jax.train import checkpoint as ckpt_lib
 from lmm_jax.train import trainer as trainer_lib
 
 
@@ -63,8 +63,8 @@ def predict_and_write(config: ml_collections.ConfigDict, workdir: str,
                       task: tasks_lib.FinetuneTask) -> str:
   """Predicts config.predict_split from the run's latest checkpoint; returns the file written."""
   tr = trainer_lib.Trainer(config, task)
-  params, step = ckpt_lib.restore_latest_params(workdir, tr.abstract_state["params"],
-                                                hint="train before predicting")
+  params, step = runs.restore_params(workdir, tr.abstract_state["params"],
+                                     hint="train before predicting")
   pcount, pindex = jax.process_count(), jax.process_index()
   shard = dict(batch_size=max(config.eval_batch_size // pcount, 1), shard_index=pindex,
                shard_count=pcount)
