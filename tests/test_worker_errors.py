@@ -269,8 +269,10 @@ def test_synthesizer_detects_a_killed_worker(tmp_path):
   killer = worker_jobs.KillFirstWorker()
   killer.start()
   try:
-    with pytest.raises(workers.WorkerDiedError,
-                       match=r"^worker simulating chunk \d \(data/\*/\d\.parquet\) was killed"):
+    # The killer may catch a worker after its last job's result arrived ("between jobs").
+  with pytest.raises(workers.WorkerDiedError,
+                       match=r"^worker (simulating chunk \d \(data/\*/\d\.parquet\)|between "
+                             r"jobs) was killed"):
       synthesize(str(tmp_path / "meds"), num_patients=60, seed=1, patients_per_shard=20,
                  num_workers=2, oracle_rollouts=1, progress=False)
   finally:
