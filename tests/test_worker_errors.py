@@ -270,7 +270,7 @@ def test_synthesizer_detects_a_killed_worker(tmp_path):
   killer.start()
   try:
     # The killer may catch a worker after its last job's result arrived ("between jobs").
-  with pytest.raises(workers.WorkerDiedError,
+    with pytest.raises(workers.WorkerDiedError,
                        match=r"^worker (simulating chunk \d \(data/\*/\d\.parquet\)|between "
                              r"jobs) was killed"):
       synthesize(str(tmp_path / "meds"), num_patients=60, seed=1, patients_per_shard=20,
