@@ -316,6 +316,7 @@ def _warm_terminology() -> None:
 
 def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -> dict[str, Any]:
   rows_per_chunk(cfg, len(paths))  # a bad memory_budget_mb fails before any work
+  clean_lib.Limits.from_config(cfg)  # and bad value limits
   # Pass 1.
   # Merged as results arrive so the parent holds one bounded cost sample, not one per shard.
   counts: collections.Counter = collections.Counter()
