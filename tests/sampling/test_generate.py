@@ -83,6 +83,8 @@ def test_zero_shot_synthesize_and_audit(tiny_data_dir, pretrain_dir, tmp_path):
   with open(os.path.join(wd, "memorization_audit.json")) as f:
     audit = json.load(f)
   assert audit["passed"] == result["passed"] and audit["synthetic_timelines"] == 8
+  # Banned in sampling, so never generated: [UNK] and codes rarer than the builder's count.
+  assert audit["rare_codes"] == 0 and audit["thresholds"]["min_train_count"] == 5
 
 
 def test_audit_fails_on_copied_timelines(tiny_data_dir):
