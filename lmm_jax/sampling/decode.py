@@ -411,6 +411,6 @@ def replicate_params(model: nnx.Module, mesh: jax.sharding.Mesh) -> None:
 
 
 __all__ = ["CODE_KINDS", "Cache", "Futures", "History", "NO_HORIZON", "STOP_REASONS",
-           "Sampler", "SamplingConfig", "banned_token_ids", "decode_step", "filter_logits", "generate_cached",
-           "generate_uncached", "init_cache", "prefill", "rare_code_mask", "row_keys",
-           "sample_tokens"]
+           "Sampler", "SamplingConfig", "banned_token_ids", "decode_step", "filter_logits",
+           "generate_cached", "generate_uncached", "init_cache", "prefill", "rare_code_mask",
+           "row_keys", "sample_tokens"]
