@@ -37,5 +37,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.memory_budget_mb = 256.0       # input rows all workers hold at once (see lmm_jax.data.build.BYTES_PER_ROW)
   c.progress = True
   c.max_timeline_tokens = ml_collections.config_dict.placeholder(int)
+  # Absurd values: rows outside these are dropped and counted (docs/data.md, "Absurd values").
+  c.max_claim_cost = 10_000_000.0  # dollars per cost row (claim line)
+  c.min_date = "1900-01-01"        # dated rows before this day are dropped
+  c.max_date = "2399-12-31"        # and after it: accepts date-shifted data (MIMIC-IV: 2110-2214),
+                                   # rejects the 9999-12-31 'open-ended' sentinel
+  # The build fails (one sentence with the figures) when one of these splits or its task is
+  # empty, or when fewer than min_share_with_target_year_data of the task examples have any claim
+  # in the target year (0 turns that check off).
+  c.required_splits = ("train", "tuning", "held_out")
+  c.min_share_with_target_year_data = 0.05
   c.lock()
   return c

@@ -84,6 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.audit.max_ngram_excess = 0.10        # fail above: n-gram share with train minus with held-out
   c.audit.max_closer_to_train = 0.75     # fail above: share nearer (Jaccard) to train than held-out
   c.audit.reference_patients = 2000      # train and held-out references (equal sizes, seeded)
+  c.audit.min_train_count = 0            # fail if a generated code occurs fewer times in train
+                                         # (k; also never sampled); 0: the builder's min_code_count
 
   c.mesh_shape = (-1, 1, 1)              # rows shard over ('data', 'fsdp'): data parallel
   c.mesh_axes = sharding.MESH_AXES

@@ -148,7 +148,8 @@ def _clean_chunks(path: str) -> Iterable[events_lib.CleanRows]:
   ctx = _CTX
   for rows in meds_io.iter_shard(path, ctx.config["claim_id_column"],
                                  rows_per_chunk(ctx.config, ctx.num_shards)):
-    yield clean_lib.clean(rows, _ANALYZER, ctx.splits, ctx.config["hash_split_fractions"])
+    yield clean_lib.clean(rows, _ANALYZER, ctx.splits, ctx.config["hash_split_fractions"],
+                          clean_lib.Limits.from_config(ctx.config))
 
 
 def _claim_starts(c: events_lib.CleanRows, mask: np.ndarray) -> np.ndarray:
@@ -217,7 +218,7 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
   tok, ctx = _TOKENIZER, _CTX
   window = labels.Window(ctx.index_day)
   stats = timeline.Stats.zeros(tok)
-  per_split = {s: {"patients": 0, "tokens": 0, "task_examples": 0,
+  per_split = {s: {"patients": 0, "tokens": 0, "task_examples": 0, "task_with_target_data": 0,
                    "task_excluded": {r: 0 for r in TASK_EXCLUSIONS}} for s in conventions.SPLITS}
   out = {"input_rows": 0, "dropped": collections.Counter(), "used_rows": 0,
          "per_split": per_split, "stats": stats, "hashed_subjects": 0,
@@ -244,6 +245,7 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
               "prefix_len": fields["prefix_len"], "index_day": window.index,
               **labels.compute(ev, window)}))
           st["task_examples"] += 1
+          st["task_with_target_data"] += labels.has_target_year_data(ev, window)
         else:
           st["task_excluded"][excluded] += 1
       out["input_rows"] += c.input_rows
@@ -314,6 +316,7 @@ def _warm_terminology() -> None:
 
 def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -> dict[str, Any]:
   rows_per_chunk(cfg, len(paths))  # a bad memory_budget_mb fails before any work
+  clean_lib.Limits.from_config(cfg)  # and bad value limits
   # Pass 1.
   # Merged as results arrive so the parent holds one bounded cost sample, not one per shard.
   counts: collections.Counter = collections.Counter()
@@ -360,7 +363,7 @@ def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -
                              index_day=index_day, data_end_day=open_end)
   dropped: collections.Counter = collections.Counter({r: 0 for r in DROP_REASONS})
   input_rows = used_rows = hashed = 0
-  per_split = {s: {"patients": 0, "tokens": 0, "task_examples": 0,
+  per_split = {s: {"patients": 0, "tokens": 0, "task_examples": 0, "task_with_target_data": 0,
                    "task_excluded": {r: 0 for r in TASK_EXCLUSIONS}} for s in conventions.SPLITS}
   rows_by_system: collections.Counter = collections.Counter()
   stats = None
@@ -372,7 +375,7 @@ def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -
     dropped.update(r["dropped"])
     rows_by_system.update(r["rows_by_system"])
     for s, st in r["per_split"].items():
-      for k in ("patients", "tokens", "task_examples"):
+      for k in ("patients", "tokens", "task_examples", "task_with_target_data"):
         per_split[s][k] += st[k]
       for k, n in st["task_excluded"].items():
         per_split[s]["task_excluded"][k] += n
@@ -400,12 +403,15 @@ def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -
       "tokens": {s: per_split[s]["tokens"] for s in conventions.SPLITS},
       "task_examples": {s: per_split[s]["task_examples"] for s in conventions.SPLITS},
       "task_exclusions": {s: per_split[s]["task_excluded"] for s in conventions.SPLITS},
+      "task_examples_with_target_year_data": {s: per_split[s]["task_with_target_data"]
+                                              for s in conventions.SPLITS},
       "config": cfg,
       "elapsed_s": round(time.time() - t0, 2),
   }
   if input_rows != used_rows + sum(dropped.values()):
     raise AssertionError(f"row accounting is off: {input_rows} != {used_rows} + "
                          f"{sum(dropped.values())}")
+  labels.check_build(report, cfg)
   with open(os.path.join(output_dir, records.REPORT_FILE), "w") as f:
     json.dump(report, f, indent=1, sort_keys=True)
     f.write("\n")

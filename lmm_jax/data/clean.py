@@ -7,7 +7,8 @@ subjects (`meds_io.iter_shard`) gives the same rows and counts as cleaning it at
 from __future__ import annotations
 
 import collections
-from typing import Optional, Sequence
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -29,13 +30,43 @@ DROP_REASONS = (
     "event_before_birth",          # event day before the MEDS_BIRTH day
     "event_after_death",           # event day after the MEDS_DEATH day
     "subject_without_events",      # every row of a subject with no dated event or enrollment
+    "non_finite_value",            # numeric_value is +inf or -inf (NaN reads as null)
+    "cost_above_cap",              # a cost row above config.max_claim_cost dollars
+    "time_out_of_range",           # a dated row before config.min_date or after config.max_date
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """What a value may be before its row is dropped as absurd (the builder config's knobs)."""
+  max_claim_cost: float = float("inf")    # dollars per cost row
+  min_day: int = np.iinfo(np.int64).min   # days since 1970-01-01, inclusive
+  max_day: int = np.iinfo(np.int64).max
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> "Limits":
+    """max_claim_cost, min_date and max_date of the build config; an error names a bad one."""
+    cap = float(config["max_claim_cost"])
+    if not cap > 0:
+      raise ValueError(f"max_claim_cost={config['max_claim_cost']} must be positive")
+    days = []
+    for key in ("min_date", "max_date"):
+      try:
+        days.append(int(np.datetime64(str(config[key]), "D").astype(np.int64)))
+      except ValueError as e:
+        raise ValueError(f"{key} must be 'YYYY-MM-DD', got {config[key]!r}") from e
+    if days[0] > days[1]:
+      raise ValueError(f"min_date={config['min_date']} is after max_date={config['max_date']}")
+    return cls(cap, days[0], days[1])
+
+
 def clean(rows: meds_io.ShardRows, analyzer: tok_lib.CodeAnalyzer,
-          splits: Optional[meds_io.Splits], hash_split_fractions: Sequence[float]
-          ) -> events.CleanRows:
+          splits: Optional[meds_io.Splits], hash_split_fractions: Sequence[float],
+          limits: Limits = Limits()) -> events.CleanRows:
   """The used rows of `rows` (whole subjects) sorted by (subject, time, claim, role).
+
+  Rows with absurd values (`limits`) are dropped before birth and death days are read, so one row
+  dated 9999-12-31 moves neither them nor the index date.
 
   Subjects keep the order of their first row; a subject's split comes from `splits` when it
   lists the subject, else from the hash of its id.
@@ -70,10 +101,15 @@ def clean(rows: meds_io.ShardRows, analyzer: tok_lib.CodeAnalyzer,
     static_ok = code_static_ok[rows.code_index]
     mark(rows.time_null & ~static_ok & code_coded[rows.code_index], "static_row_unused")
     mark(rows.time_null & ~static_ok, "null_time")
+  day = rows.day
+  dated = ~rows.time_null
+  mark(dated & ~rows.time_bad & ((day < limits.min_day) | (day > limits.max_day)),
+       "time_out_of_range")
   mark(role == Role.COST_OTHER, "other_cost_measure")
+  mark(np.isinf(rows.value), "non_finite_value")
   mark((role == Role.COST) & np.isnan(rows.value), "cost_without_value")
   mark((role == Role.COST) & (rows.value < 0), "negative_cost")
-  day = rows.day
+  mark((role == Role.COST) & (rows.value > limits.max_claim_cost), "cost_above_cap")
 
   # Birth and death days per subject (from rows not dropped so far).
   ok = reason < 0
@@ -82,7 +118,6 @@ def clean(rows: meds_io.ShardRows, analyzer: tok_lib.CodeAnalyzer,
   np.minimum.at(birth, inverse[ok & (role == Role.BIRTH)], day[ok & (role == Role.BIRTH)])
   np.minimum.at(death, inverse[ok & (role == Role.DEATH)], day[ok & (role == Role.DEATH)])
   birth = np.where(birth == np.iinfo(np.int64).max, np.iinfo(np.int64).min, birth)
-  dated = ~rows.time_null
   mark(dated & (day < birth[inverse]), "event_before_birth")
   mark(dated & (day > death[inverse]), "event_after_death")
   ok = reason < 0

@@ -146,6 +146,39 @@ def exclusion(ev: events.SubjectEvents, w: Window, config: Mapping[str, Any]) ->
   return None
 
 
+def has_target_year_data(ev: events.SubjectEvents, w: Window) -> bool:
+  """Whether the subject has any claim row (a token or cost row) in the target year."""
+  return bool(np.any(np.isin(ev.role, events.TOKEN_ROLES) & w.target_year(ev.day)))
+
+
+def check_build(report: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+  """Fails a build that no task could use, in one sentence with the figures (config:
+  required_splits, min_share_with_target_year_data)."""
+  required = tuple(config["required_splits"])
+  unknown = sorted(set(required) - set(conventions.SPLITS))
+  if unknown:
+    raise ValueError(f"required_splits names unknown split(s) {unknown}; splits are "
+                     f"{conventions.SPLITS}")
+  empty = [f"{s} ({report['patients'][s]} patients, {report['task_examples'][s]} task examples)"
+           for s in required if not report["patients"][s] or not report["task_examples"][s]]
+  if empty:
+    raise ValueError(
+        f"the build has an empty split or task: {', '.join(empty)}, from {report['used_rows']} "
+        f"of {report['input_rows']} input rows at index date {report['index_date']} (see "
+        "report.json's dropped and task_exclusions; config.required_splits lists the splits "
+        "that must not be empty)")
+  examples = sum(report["task_examples"].values())
+  with_data = sum(report["task_examples_with_target_year_data"].values())
+  share = with_data / examples if examples else 0.0
+  floor = float(config["min_share_with_target_year_data"])
+  if examples and share < floor:
+    raise ValueError(
+        f"only {with_data} of {examples} task examples ({share:.1%}) have any claim in the "
+        f"target year after the index date {report['index_date']} (data end "
+        f"{report['data_end_date']}), below min_share_with_target_year_data={floor}: check "
+        "index_date and the dates of the input")
+
+
 # ---------------------------------------------------------------------------------------------
 # The labels. Registration order is the order of the fields in the task record.
 

@@ -321,7 +321,7 @@ def _shard_rows(path: str, pf: pq.ParquetFile, table: pa.Table, claim_id_column:
   sid = table.column("subject_id")
   if sid.null_count:
     raise MEDSFormatError(path, f"{_null_count(pf, 'subject_id')} null subject ids", "subject_id")
-  subject = sid.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+  subject = _subject_ids(path, sid)
   time_us, time_null, time_bad = _time_column(path, table.column("time"))
 
   code = table.column("code")
@@ -353,6 +353,16 @@ def _shard_rows(path: str, pf: pq.ParquetFile, table: pa.Table, claim_id_column:
     duplicate[order[1:][same]] = True
   return ShardRows(path, n, subject, time_us, time_null, time_bad, codes, code_index, value,
                    claim, duplicate)
+
+
+def _subject_ids(path: str, sid: pa.ChunkedArray) -> np.ndarray:
+  """subject_id as int64; an unsigned id above the int64 range is an error naming it."""
+  if pa.types.is_unsigned_integer(sid.type):
+    top = pc.max(sid).as_py()
+    if top is not None and top > np.iinfo(np.int64).max:
+      raise MEDSFormatError(path, f"subject id {top} does not fit in int64 (MEDS subject ids are "
+                            "int64)", "subject_id")
+  return sid.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _check_contiguous(path: str, subject: np.ndarray, first_row: int, seen: np.ndarray
@@ -416,7 +426,7 @@ def iter_shard(path: str, claim_id_column: str = "claim_id", max_rows: Optional[
     if sid.null_count:
       raise MEDSFormatError(path, f"{_null_count(pf, 'subject_id')} null subject ids",
                             "subject_id")
-    ids = sid.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    ids = _subject_ids(path, sid)
     last = int(np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])[-1])
     if last > 0:   # rows [0, last) finish the pending subject and hold only whole subjects
       yield chunk(pending + [piece.slice(0, last)])

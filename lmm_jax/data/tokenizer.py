@@ -311,8 +311,15 @@ class Tokenizer:
 def finalize(vocab: vocab_lib.Vocabulary, token_counts: np.ndarray, cost_sums: np.ndarray,
              cost_counts: np.ndarray, gap_sums: np.ndarray, gap_counts: np.ndarray,
              code_counts: Mapping[str, int]) -> vocab_lib.Vocabulary:
-  """Fills counts (train timeline occurrences), sources and mean cost / gap values."""
+  """Fills counts (train timeline occurrences), sources and mean cost / gap values.
+
+  A token's `sources` are the raw code strings merged into it that occur at least
+  `min_code_count` times on train: a rarer string (a mistyped name, an identifier in a code
+  column) is never stored. `[UNK]` tokens get no sources, only `folded_codes`, the number of
+  distinct raw codes mapped to them.
+  """
   tok = Tokenizer(vocab)
+  min_count = int(tok.config["min_code_count"])
   entries = [dict(e) for e in vocab.entries]
   for i, e in enumerate(entries):
     e["count"] = int(token_counts[i])
@@ -320,10 +327,17 @@ def finalize(vocab: vocab_lib.Vocabulary, token_counts: np.ndarray, cost_sums: n
     entries[i]["value"] = float(cost_sums[b] / cost_counts[b]) if cost_counts[b] else 0.0
   for b, i in enumerate(tok.gap_ids):
     entries[i]["value"] = float(gap_sums[b] / gap_counts[b]) if gap_counts[b] else 0.0
+  unk = {i for i, t in enumerate(vocab.tokens) if t.endswith(f"//{UNK}")}
+  folded: collections.Counter = collections.Counter()
   sources: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
   for code in sorted(code_counts):
     for i in set(tok.code_token_ids(code)):
-      sources[i].append((-int(code_counts[code]), code))
+      if i in unk:
+        folded[i] += 1
+      elif int(code_counts[code]) >= min_count:
+        sources[i].append((-int(code_counts[code]), code))
+  for i in unk:
+    entries[i]["folded_codes"] = int(folded[i])
   for i, lst in sources.items():
     entries[i]["sources"] = [c for _, c in sorted(lst)[:vocab_lib.MAX_SOURCES]]
   return vocab_lib.Vocabulary(entries, vocab.meta)

@@ -2,8 +2,9 @@
 
 Each token records its string (`ICD10CM//E11.9`, `AGE//67`, `TIME//30-91d`, `COST//BIN07`), kind
 (`lmm_jax.conventions.TokenKind`), system, count on the train split, the raw MEDS codes merged into
-it (capped), a readable description, and a numeric value: the mean dollars of a cost bin, the mean
-days of a time-gap bucket, or the years of an AGE token. `meta` holds what the tokenizer needs to
+it that meet min_code_count (capped; none for [UNK] tokens, which record `folded_codes`, how many
+distinct codes they absorb), a readable description, and a numeric value: the mean dollars of a
+cost bin, the mean days of a time-gap bucket, or the years of an AGE token. `meta` holds what the tokenizer needs to
 rebuild the code -> token mapping (its config, the time-gap edges, the cost-bin edges).
 """
 

@@ -6,8 +6,10 @@ Sections: per-member explanations of the fine-tuned model's predictions (integra
 the input embeddings, checked against occlusion), code-embedding neighbours and a 2-D map,
 condition relationships (the chronic model's counterfactual lift against the empirical lift), and
 on the synthetic world the recovery of its true comorbidity links. Members appear only as
-anonymous ranks ("member #1"); the report and everything per member stay under the workdir, and
-nothing about a member is printed or logged.
+anonymous ranks ("member #1") with banded figures (dollars, age, days before the index date;
+`lmm_jax.report.privacy`); any cell built from fewer than 11 members (a co-occurrence count, a
+lift over a small group) is suppressed, in the tables and the plots. The report and everything
+per member stay under the workdir, and nothing about a member is printed or logged.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,10 +30,12 @@ from lmm_jax.insights import embeddings as emb_lib
 from lmm_jax.insights import loading
 from lmm_jax.insights import relationships as rel
 from lmm_jax.report import plots
+from lmm_jax.report import privacy
 
 REPORT_NAME = "insights.md"
 SYNTHETIC_DATASET_NAME = "lmm_jax_synthetic_claims"
 BATCH_SIZE = 16
+_AGE_TOKEN = re.compile(r"\bage (\d+)\b")
 
 
 @dataclasses.dataclass
@@ -75,10 +80,6 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
   return "\n".join(lines)
-
-
-def _fmt_money(x: float) -> str:
-  return f"${x:,.0f}" if abs(x) >= 1 else f"${x:,.2f}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,17 +141,19 @@ def _explanations(predictor, task, rows, workdir, progress, *, num_members: int,
                                       vocab.describe, vocab.kinds, top=8)
     score, base = float(ig.score_B[0]), float(ig.baseline_score_B[0])
     if is_cost:
-      title = (f"### Member #{rank}: predicted {_fmt_money(score)} (history-free baseline "
-               f"{_fmt_money(base)}); actual next-year cost {_fmt_money(float(row['cost_next']))}")
+      title = (f"### Member #{rank}: predicted {privacy.dollar_band(score)} (history-free "
+               f"baseline {privacy.dollar_band(base)}); actual next-year cost "
+               f"{privacy.dollar_band(float(row['cost_next']))}")
     else:
       c = target.index
       title = (f"### Member #{rank}: P(new {cond_names[c]}) = {score:.3f} (baseline {base:.3f});"
                f" coded next year: {'yes' if row['cond_next'][c] else 'no'}")
-    lines += [title, "", f"Age {float(row['age_at_index']):.0f}, {int(row['length'])} history "
+    lines += [title, "", f"Age {privacy.age_band(float(row['age_at_index']))}, "
+              f"{int(row['length'])} history "
               f"tokens in {len(ig_events)} events; attributions sum to {ig_events.sum():+.4g} vs "
               f"F(x) - F(baseline) = {score - base:+.4g}.", ""]
-    table = [(e.event, f"{e.days_before_index:.0f}", e.contribution,
-              float(occ_events[e.event]), e.text[:160]) for e in top]
+    table = [(e.event, privacy.days_band(e.days_before_index), e.contribution,
+              float(occ_events[e.event]), _band_ages(e.text)[:160]) for e in top]
     lines += [_md_table(("event", "days before index", "IG", "occlusion", "event"), table), ""]
     plot = _event_plot(top, os.path.join(member_dir, f"member_{rank:02d}.png"),
                        f"Member #{rank}: top events")
@@ -165,9 +168,14 @@ def _explanations(predictor, task, rows, workdir, progress, *, num_members: int,
   return lines, summary
 
 
+def _band_ages(text: str) -> str:
+  """An event's AGE tokens ('age 67') as bands ('age 65-69')."""
+  return _AGE_TOKEN.sub(lambda m: f"age {privacy.age_band(float(m.group(1)))}", text)
+
+
 def _event_plot(top: Sequence[attribution.EventContribution], path: str, title: str) -> str:
   fig, ax = plots.subplots(figsize=(8, 0.45 * max(len(top), 2) + 1.2))
-  labels = [e.text[:70] for e in top][::-1]
+  labels = [_band_ages(e.text)[:70] for e in top][::-1]
   vals = [e.contribution for e in top][::-1]
   ax.barh(range(len(vals)), vals, color=["tab:red" if v > 0 else "tab:blue" for v in vals])
   ax.set_yticks(range(len(vals)))
@@ -234,21 +242,28 @@ def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, pro
              conditions=np.array(names))
   truth = rel.true_link_matrix() if synthetic else None
   if model_lift is not None:
-    top = rel.ranked_pairs(model_lift, emp, truth_CxC=truth, top=15)
+    # Shown lifts: NaN (suppressed) where fewer than 11 members stand behind them.
+    shown_model = np.where(privacy.suppress_mask(ml.n_CxC), np.nan, model_lift)
+    shown_emp = np.where(privacy.suppress_mask(emp.n_with_CxC), np.nan, emp.lift_CxC)
+
+    def pair_row(p: rel.Pair) -> list[Any]:
+      return ([names[p.a], names[p.b], float(shown_model[p.a, p.b]),
+               float(shown_emp[p.a, p.b]), privacy.count_cell(p.co_occurrence)]
+              + ([p.true_link] if truth is not None else []))
+
+    top = rel.ranked_pairs(shown_model, emp, truth_CxC=truth, top=15)
     header = ["A", "B", "model lift", "empirical lift", "co-occurrence"] + (
         ["true link"] if truth is not None else [])
-    lines += ["Strongest pairs by model lift:", "",
-              _md_table(header, [[names[p.a], names[p.b], p.model_lift, p.empirical_lift,
-                                  p.co_occurrence] + ([p.true_link] if truth is not None else [])
-                                 for p in top]), ""]
-    novel = rel.novel_candidates(model_lift, emp, min_model_lift=threshold, truth_CxC=truth)
+    lines += [f"Strongest pairs by model lift (cells from fewer than {privacy.MIN_CELL} members "
+              "are suppressed: n/a, <11):", "",
+              _md_table(header, [pair_row(p) for p in top]), ""]
+    novel = rel.novel_candidates(shown_model, emp, min_model_lift=threshold, truth_CxC=truth)
     lines += ["Candidate novel relationships (model lift >= "
               f"{threshold:g} but at most 5 members with A then a new B, or empirical lift < 1):",
               ""]
-    lines += ([_md_table(header, [[names[p.a], names[p.b], p.model_lift, p.empirical_lift,
-                                   p.co_occurrence] + ([p.true_link] if truth is not None else [])
-                                  for p in novel]), ""] if novel else ["(none)", ""])
-    _lift_scatter(model_lift, emp.lift_CxC, truth, os.path.join(workdir, "insights_lifts.png"))
+    lines += ([_md_table(header, [pair_row(p) for p in novel]), ""] if novel else
+              ["(none)", ""])
+    _lift_scatter(shown_model, shown_emp, truth, os.path.join(workdir, "insights_lifts.png"))
     lines += ["![model vs empirical lift](insights_lifts.png)", ""]
   if truth is not None:
     lines += ["## 4. Recovery of the synthetic world's true comorbidity links", "",

@@ -9,6 +9,10 @@ Oracle rows (kind "oracle": the synthetic world's ground truth) are marked and n
 best baseline. Improvements are relative to the best row of kind "baseline": for NMAE
 (best - model) / best, for macro AUROC (model - best) / best, in percent, with paired bootstrap
 intervals when both files hold the same members.
+
+Small cells are suppressed (`lmm_jax.report.privacy`, the CMS rule of 11): a predictive-ratio
+decile or calibration bin of fewer than 11 members is left out of the CSV figures and the plots,
+and counts of 1 to 10 members print as "<11".
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tqdm
 from lmm_jax.eval import metrics
 from lmm_jax.eval import predictions as preds_io
 from lmm_jax.report import plots as plots_lib
+from lmm_jax.report import privacy
 
 ORACLE_MARK = " †"
 NUM_RATIO_GROUPS = 10  # deciles of predicted cost
@@ -121,7 +126,9 @@ def evaluate_cost(p: preds_io.CostPredictions, name: str, num_samples: int,
     samples = metrics.bootstrap_cost(t, pr, num_samples=num_samples, seed=seed)
     targets[target] = {"metrics": metrics.cost_metrics(t, pr), "samples": samples,
                        "ci": metrics.summarize(samples)}
-  ratios = metrics.predictive_ratios(y, yhat, min(NUM_RATIO_GROUPS, y.size))
+  ratios = privacy.suppress_groups(
+      metrics.predictive_ratios(y, yhat, min(NUM_RATIO_GROUPS, y.size)), "n",
+      ("mean_pred", "mean_true", "ratio"))
   coverage = float("nan")
   if "p10" in p.quantiles and "p90" in p.quantiles:
     _, lo, hi = _sorted_by_subject(p.subject_id, p.quantiles["p10"], p.quantiles["p90"])
@@ -225,8 +232,9 @@ def ratios_csv(rows: Sequence[CostRow], path: str) -> None:
     for r in rows:
       pr = r.ratios
       for i in range(len(pr["group"])):
-        w.writerow([r.name, int(pr["group"][i]), int(pr["n"][i]), pr["mean_pred"][i],
-                    pr["mean_true"][i], pr["ratio"][i]])
+        w.writerow([r.name, int(pr["group"][i]), privacy.count_cell(int(pr["n"][i]))] +
+                   ["" if np.isnan(pr[k][i]) else pr[k][i]
+                    for k in ("mean_pred", "mean_true", "ratio")])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,8 +266,9 @@ def evaluate_chronic(p: preds_io.ChronicPredictions, name: str, num_samples: int
     m = metrics.chronic_metrics(y, pr, mask, names=p.conditions)
     samples = metrics.bootstrap_macro_auroc(y, pr, mask, num_samples=num_samples, seed=seed)
     pops[pop] = {"metrics": m, "samples": samples, "ci": metrics.interval(samples)}
-  return ChronicRow(name, p.meta, ids, p.conditions, pops,
-                    metrics.calibration_curve(y.ravel(), pr.ravel()))
+  curve = privacy.suppress_groups(metrics.calibration_curve(y.ravel(), pr.ravel()), "count",
+                                  ("mean_pred", "frac_pos"))
+  return ChronicRow(name, p.meta, ids, p.conditions, pops, curve)
 
 
 def chronic_report(paths: Sequence[str], runs_dir: str, *, num_samples: int, seed: int,
@@ -309,7 +318,8 @@ def chronic_markdown(rows: Sequence[ChronicRow], best: dict, *, num_samples: int
     for c in conds:
       seen = {(x["n_pos"], x["n"]) for r in rows
               for x in r.populations[pop]["metrics"]["per_condition"] if x["condition"] == c}
-      counts = f"{next(iter(seen))[0]} / {next(iter(seen))[1]}" if len(seen) == 1 else "varies"
+      counts = (" / ".join(privacy.count_cell(n) for n in next(iter(seen))) if len(seen) == 1
+                else "varies")
       cells = []
       for r in rows:
         per = {x["condition"]: x for x in r.populations[pop]["metrics"]["per_condition"]}

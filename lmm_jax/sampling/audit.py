@@ -11,8 +11,11 @@ Compared on event tokens (the timeline after its demographic prefix, without [BO
                    other) to the closest train and the closest held-out reference;
                    `closer_to_train` = share nearer to train than to held-out (ties count half;
                    about 0.5 when the model generalizes)
-The audit fails when exact_share > max_exact_share, ngram_excess > max_ngram_excess or
-closer_to_train > max_closer_to_train.
+  rare_codes       generated code tokens (`decode.CODE_KINDS`) that occur fewer than
+                   `min_train_count` times in the train timelines, and [UNK] tokens (they stand
+                   for codes below the builder's count): a rare code can identify its patient
+The audit fails when exact_share > max_exact_share, ngram_excess > max_ngram_excess,
+closer_to_train > max_closer_to_train or any rare code was generated (rare_codes > 0).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from lmm_jax.conventions import TokenKind
 from lmm_jax.data import records
+from lmm_jax.sampling import decode
 
 AUDIT_FILE = "memorization_audit"
 _MEDICAL = (TokenKind.DIAGNOSIS, TokenKind.PROCEDURE, TokenKind.DRUG, TokenKind.OTHER)
@@ -84,8 +88,12 @@ def load_references(data_dir: str, split: str, special_ids: np.ndarray) -> list[
 def audit(generated: Sequence[np.ndarray], train: Sequence[np.ndarray],
           held_out: Sequence[np.ndarray], vocab: Any, *, ngram: int, reference_patients: int,
           seed: int, max_exact_share: float, max_ngram_excess: float,
-          max_closer_to_train: float) -> dict[str, Any]:
-  """The audit's figures, thresholds, `passed` and the list of `failures` (event-token inputs)."""
+          max_closer_to_train: float, min_train_count: int) -> dict[str, Any]:
+  """The audit's figures, thresholds, `passed` and the list of `failures` (event-token inputs).
+
+  min_train_count: a generated code token must occur at least this often in train (vocab counts);
+  pass the builder's min_code_count (`min_code_count_of(vocab)`) unless a stricter k is wanted.
+  """
   if not generated:
     raise ValueError("no synthetic timelines to audit")
   if not train or not held_out:
@@ -105,6 +113,12 @@ def audit(generated: Sequence[np.ndarray], train: Sequence[np.ndarray],
   d_train = nearest_jaccard(g, _token_sets(train_ref, medical_V))
   d_held = nearest_jaccard(g, _token_sets(held_ref, medical_V))
   closer = float(np.mean((d_train < d_held) + 0.5 * (d_train == d_held)))
+  # Counts only, never the code strings: the report must not carry what it guards against.
+  rare_V = decode.rare_code_mask(vocab, min_train_count)
+  rare = [s[rare_V[s]] for s in generated]
+  rare_timelines = int(sum(r.size > 0 for r in rare))
+  rare_total = int(sum(r.size for r in rare))
+  rare_distinct = int(np.unique(np.concatenate(rare)).size) if rare else 0
   res = {
       "synthetic_timelines": len(generated),
       "train_timelines": len(train), "reference_size": k, "ngram": ngram,
@@ -118,8 +132,11 @@ def audit(generated: Sequence[np.ndarray], train: Sequence[np.ndarray],
       "nn_jaccard_held_out": {"mean": float(d_held.mean()), "median": float(np.median(d_held)),
                               "p05": float(np.quantile(d_held, 0.05))},
       "closer_to_train": closer,
+      "rare_codes": rare_total, "rare_code_tokens": rare_distinct,
+      "timelines_with_rare_codes": rare_timelines,
       "thresholds": {"max_exact_share": max_exact_share, "max_ngram_excess": max_ngram_excess,
-                     "max_closer_to_train": max_closer_to_train},
+                     "max_closer_to_train": max_closer_to_train,
+                     "min_train_count": int(min_train_count)},
   }
   failures = []
   if res["exact_share"] > max_exact_share:
@@ -128,6 +145,10 @@ def audit(generated: Sequence[np.ndarray], train: Sequence[np.ndarray],
     failures.append(f"ngram_excess {res['ngram_excess']:.3f} > {max_ngram_excess}")
   if closer > max_closer_to_train:
     failures.append(f"closer_to_train {closer:.3f} > {max_closer_to_train}")
+  if rare_total:
+    failures.append(f"{rare_total} generated codes ({rare_distinct} distinct tokens, in "
+                    f"{rare_timelines} timelines) occur fewer than {min_train_count} times in "
+                    "train or are [UNK]")
   res["failures"] = failures
   res["passed"] = not failures
   return res
@@ -153,7 +174,9 @@ def write_report(res: dict[str, Any], workdir: str) -> dict[str, str]:
             f"| n-gram excess (train - held-out) | {res['ngram_excess']:.3f} | "
             f"<= {res['thresholds']['max_ngram_excess']} |\n"
             f"| nearer to train than to held-out | {res['closer_to_train']:.3f} | "
-            f"<= {res['thresholds']['max_closer_to_train']} |\n\n"
+            f"<= {res['thresholds']['max_closer_to_train']} |\n"
+            f"| generated codes rarer than {res['thresholds']['min_train_count']} in train "
+            f"or [UNK] | {res['rare_codes']} | 0 |\n\n"
             "| nearest-neighbour Jaccard distance | mean | median | P05 |\n|---|---:|---:|---:|\n"
             f"| to train | {t['mean']:.3f} | {t['median']:.3f} | {t['p05']:.3f} |\n"
             f"| to held-out | {h['mean']:.3f} | {h['median']:.3f} | {h['p05']:.3f} |\n")
@@ -162,9 +185,14 @@ def write_report(res: dict[str, Any], workdir: str) -> dict[str, str]:
   return {"json": js, "md": md}
 
 
+def min_code_count_of(vocab: Any) -> int:
+  """The builder's min_code_count recorded in vocab.json."""
+  return int(vocab.meta["tokenizer"]["min_code_count"])
+
+
 def special_ids(vocab: Any) -> np.ndarray:
   return np.array([vocab.pad_id, vocab.bos_id, vocab.eos_id], np.int64)
 
 
-__all__ = ["audit", "event_tokens", "load_references", "nearest_jaccard", "ngram_hashes",
-           "special_ids", "write_report"]
+__all__ = ["audit", "event_tokens", "load_references", "min_code_count_of", "nearest_jaccard",
+           "ngram_hashes", "special_ids", "write_report"]

@@ -19,6 +19,9 @@ per row and stops early once every row is done. A row is done when
 The inputs of a generated token advance with the clock as in the dataset builder: a gap token
 carries the new day, so days += gap and age += gap / 365.25 (age stays -1 when unknown).
 
+Banned tokens (`banned_token_ids(vocab, min_count)`: [PAD], every [UNK] and every code token seen
+fewer than min_count times on train) get logit -inf before filtering, so no future contains them.
+
 Randomness: row r of patient p uses fold_in(fold_in(PRNGKey(seed), patient_index[p]), sample) and
 folds in the step, so a patient's futures do not depend on the batch it was put in, its padding,
 or the mesh.
@@ -40,6 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from lmm_jax import sharding
+from lmm_jax.conventions import TokenKind
 from lmm_jax.model.backbone import Backbone
 from lmm_jax.model.transformer import Cache, init_cache  # re-exported (lmm_jax.sampling)
 
@@ -47,6 +51,24 @@ DAYS_PER_YEAR = 365.25
 NO_HORIZON = 1e9  # days: a horizon never reached
 STOP_BUDGET, STOP_HORIZON, STOP_EOS = 0, 1, 2
 STOP_REASONS = ("budget", "horizon", "eos")
+# Kinds of the tokens that stand for a MEDS code (the synthetic cohort writes them as rows).
+CODE_KINDS = (TokenKind.DIAGNOSIS, TokenKind.PROCEDURE, TokenKind.DRUG, TokenKind.CLAIM,
+              TokenKind.OTHER)
+UNK_SUFFIX = "//[UNK]"
+
+
+def rare_code_mask(vocab: Any, min_count: int) -> np.ndarray:
+  """bool[V]: [UNK] tokens and code tokens (CODE_KINDS) with a train count below min_count."""
+  unk_V = np.array([t.endswith(UNK_SUFFIX) for t in vocab.tokens], bool)
+  code_V = np.isin(vocab.kinds, np.array(CODE_KINDS, np.int8))
+  return unk_V | (code_V & (np.asarray(vocab.counts) < int(min_count)))
+
+
+def banned_token_ids(vocab: Any, min_count: int) -> np.ndarray:
+  """Token ids generation never emits: [PAD] and `rare_code_mask(vocab, min_count)`."""
+  banned_V = rare_code_mask(vocab, min_count)
+  banned_V[vocab.pad_id] = True
+  return np.flatnonzero(banned_V).astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +157,12 @@ def row_keys(seed: int | jax.Array, patient_index_B: jax.Array, sample_index_B: 
 
 
 def _sample_loop(step_fn, state0: dict[str, Any], keys_B: jax.Array, horizon_B: jax.Array,
-                 gap_days_V: jax.Array, eos_id: int, sc: SamplingConfig) -> dict[str, jax.Array]:
-  """Shared loop: sample, stop rules, clock and time inputs; `step_fn` runs the model."""
+                 gap_days_V: jax.Array, eos_id: int, sc: SamplingConfig,
+                 logit_bias_V: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Shared loop: sample, stop rules, clock and time inputs; `step_fn` runs the model.
+
+  logit_bias_V: added to the logits before sampling (-inf bans a token); None adds nothing.
+  """
   b = keys_B.shape[0]
   t = sc.max_new_tokens
   carry = dict(state0, step=jnp.zeros((), jnp.int32), done=jnp.zeros((b,), bool),
@@ -150,7 +176,10 @@ def _sample_loop(step_fn, state0: dict[str, Any], keys_B: jax.Array, horizon_B: 
   def body(c):
     step = c["step"]
     keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys_B)
-    tok_B = sample_tokens(keys, c["logits"], sc)
+    logits_BxV = c["logits"]
+    if logit_bias_V is not None:
+      logits_BxV = logits_BxV.astype(jnp.float32) + logit_bias_V[None, :]
+    tok_B = sample_tokens(keys, logits_BxV, sc)
     gap_B = gap_days_V[tok_B]
     clock_B = c["clock"] + gap_B
     crossed_B = (gap_B > 0) & (clock_B >= horizon_B)
@@ -180,7 +209,8 @@ def _last(x_BxP: jax.Array, lengths_B: jax.Array) -> jax.Array:
 
 def generate_cached(model: Backbone, batch: Mapping[str, jax.Array],
                     gap_days_V: jax.Array, eos_id: int, seed: int | jax.Array,
-                    sc: SamplingConfig) -> dict[str, jax.Array]:
+                    sc: SamplingConfig, logit_bias_V: jax.Array | None = None
+                    ) -> dict[str, jax.Array]:
   """Samples N futures per patient with one shared prefill (traceable; see `Sampler`).
 
   batch: tokens/age/days [Bp,P] (right-padded histories), lengths [Bp], horizon [Bp] (days after
@@ -204,12 +234,14 @@ def generate_cached(model: Backbone, batch: Mapping[str, jax.Array],
     logits_BxV, new_cache = decode_step(model, tok_B, age_B, days_B, c["pos"], c["cache"])
     return {"logits": logits_BxV, "cache": new_cache, "pos": c["pos"] + 1}
 
-  return _sample_loop(step_fn, state0, keys_B, rep(batch["horizon"]), gap_days_V, eos_id, sc)
+  return _sample_loop(step_fn, state0, keys_B, rep(batch["horizon"]), gap_days_V, eos_id, sc,
+                      logit_bias_V)
 
 
 def generate_uncached(model: Backbone, batch: Mapping[str, jax.Array],
                       gap_days_V: jax.Array, eos_id: int, seed: int | jax.Array,
-                      sc: SamplingConfig) -> dict[str, jax.Array]:
+                      sc: SamplingConfig, logit_bias_V: jax.Array | None = None
+                      ) -> dict[str, jax.Array]:
   """The same sampler without a cache: every token re-runs the full forward pass over [B, P+T].
 
   The reference that peers implement; used by the benchmark (speed-up) and the tests (same
@@ -240,7 +272,8 @@ def generate_uncached(model: Backbone, batch: Mapping[str, jax.Array],
     return {"logits": logits_at(bt, ba, bd, c["pos"] + 1), "buf_tokens": bt, "buf_age": ba,
             "buf_days": bd, "pos": c["pos"] + 1}
 
-  return _sample_loop(step_fn, state0, keys_B, rep(batch["horizon"]), gap_days_V, eos_id, sc)
+  return _sample_loop(step_fn, state0, keys_B, rep(batch["horizon"]), gap_days_V, eos_id, sc,
+                      logit_bias_V)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,11 +318,13 @@ class Sampler:
     context_len: the longest prefill; histories are bucketed to powers of two up to it.
     mesh, rules: shard the rows over the 'batch' mesh axes (data parallel); None: one device.
     use_cache: False runs `generate_uncached` (the reference; tests and the benchmark).
+    banned_ids: token ids never sampled (`banned_token_ids(vocab, min_count)`); () bans none.
   """
 
   def __init__(self, model: Backbone, gap_days: np.ndarray, eos_id: int,
                sc: SamplingConfig, *, context_len: int, mesh: jax.sharding.Mesh | None = None,
-               rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES, use_cache: bool = True):
+               rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES, use_cache: bool = True,
+               banned_ids: Sequence[int] = ()):
     self.cfg = model.cfg
     self.sc = sc
     self.context_len = int(context_len)
@@ -298,14 +333,24 @@ class Sampler:
     gap = np.zeros(self.cfg.padded_vocab_size, np.float32)
     gap[:len(gap_days)] = np.asarray(gap_days, np.float32)
     self.gap_days = jnp.asarray(gap)
+    banned = np.asarray(banned_ids, np.int64).reshape(-1)
+    if banned.size and (banned.min() < 0 or banned.max() >= self.cfg.padded_vocab_size):
+      raise ValueError(f"banned_ids must lie in [0, {self.cfg.padded_vocab_size}), got "
+                       f"{banned.min()}..{banned.max()}")
+    self.banned_ids = banned
+    self.logit_bias = None
+    if banned.size:
+      bias = np.zeros(self.cfg.padded_vocab_size, np.float32)
+      bias[banned] = -np.inf
+      self.logit_bias = jnp.asarray(bias)
     self.graphdef, self.params = nnx.split(model)
     self.batch_shards = 1 if mesh is None else sharding.axis_size(mesh, "batch", self.rules)
     self._fn = generate_cached if use_cache else generate_uncached
     self._jit = jax.jit(self._run, static_argnames=("sc",))
 
-  def _run(self, params, batch, gap_days, seed, sc):
+  def _run(self, params, batch, gap_days, seed, sc, logit_bias=None):
     model = nnx.merge(self.graphdef, params)
-    return self._fn(model, batch, gap_days, self.eos_id, seed, sc)
+    return self._fn(model, batch, gap_days, self.eos_id, seed, sc, logit_bias)
 
   def pad_patients(self, num: int) -> int:
     """Patients per call padded to a multiple of the batch shards."""
@@ -347,9 +392,11 @@ class Sampler:
     if self.mesh is not None:
       batch = sharding.put_batch(batch, self.mesh, self.rules)
       with sharding.activation_rules(self.mesh, self.rules):
-        out = self._jit(self.params, batch, self.gap_days, jnp.uint32(seed), sc=self.sc)
+        out = self._jit(self.params, batch, self.gap_days, jnp.uint32(seed), sc=self.sc,
+                        logit_bias=self.logit_bias)
     else:
-      out = self._jit(self.params, batch, self.gap_days, jnp.uint32(seed), sc=self.sc)
+      out = self._jit(self.params, batch, self.gap_days, jnp.uint32(seed), sc=self.sc,
+                      logit_bias=self.logit_bias)
     out = jax.device_get(out)
     r = len(histories) * self.sc.num_samples
     return Futures(tokens=np.asarray(out["tokens"])[:r], clock=np.asarray(out["clock"])[:r],
@@ -363,6 +410,7 @@ def replicate_params(model: nnx.Module, mesh: jax.sharding.Mesh) -> None:
   nnx.update(model, jax.device_put(state, NamedSharding(mesh, P())))
 
 
-__all__ = ["Cache", "Futures", "History", "NO_HORIZON", "STOP_REASONS", "Sampler",
-           "SamplingConfig", "decode_step", "filter_logits", "generate_cached",
-           "generate_uncached", "init_cache", "prefill", "row_keys", "sample_tokens"]
+__all__ = ["CODE_KINDS", "Cache", "Futures", "History", "NO_HORIZON", "STOP_REASONS",
+           "Sampler", "SamplingConfig", "banned_token_ids", "decode_step", "filter_logits",
+           "generate_cached", "generate_uncached", "init_cache", "prefill", "rare_code_mask",
+           "row_keys", "sample_tokens"]

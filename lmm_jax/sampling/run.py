@@ -55,13 +55,17 @@ def generate_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   logging.info("restored %s parameters from %s (step %d); mesh %s", f"{num_params:,}",
                config.init_from, run.step, dict(mesh.shape))
   s = config.sampling
+  # Generation never emits [PAD], [UNK] or a code rarer than the audit's k (docs/generation.md).
+  min_count = int(config.audit.min_train_count) or audit_lib.min_code_count_of(vocab)
+  banned = decode.banned_token_ids(vocab, min_count)
   out: dict[str, Any] = {"zero_shot": None, "synthetic": None, "audit": None, "passed": True}
 
   if config.mode in ("zero_shot", "all"):
     sc = decode.SamplingConfig(num_samples=s.num_samples, max_new_tokens=s.max_new_tokens,
                                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
     sampler = decode.Sampler(model, vocab.time_gap_days, vocab.eos_id, sc,
-                             context_len=_context_len(config, train_cfg), mesh=mesh, rules=rules)
+                             context_len=_context_len(config, train_cfg), mesh=mesh, rules=rules,
+                             banned_ids=banned)
     desc = (f"zero-shot: mean of {s.num_samples} sampled 12-month futures (T={s.temperature}, "
             f"top_k={s.top_k}, top_p={s.top_p}) of the pretrained model at step "
             f"{run.step}")
@@ -79,7 +83,7 @@ def generate_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     sc = decode.SamplingConfig(num_samples=1, max_new_tokens=y.max_new_tokens,
                                temperature=y.temperature, top_k=y.top_k, top_p=y.top_p)
     sampler = decode.Sampler(model, vocab.time_gap_days, vocab.eos_id, sc, context_len=32,
-                             mesh=mesh, rules=rules)
+                             mesh=mesh, rules=rules, banned_ids=banned)
     horizon = float(y.horizon_days) if y.horizon_days > 0 else decode.NO_HORIZON
     cohort = synthetic.generate_cohort(
         _WithHorizon(sampler, horizon), vocab, config.data_dir,
@@ -96,7 +100,7 @@ def generate_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
         audit_lib.load_references(config.data_dir, conv.HELD_OUT, special), vocab,
         ngram=a.ngram, reference_patients=a.reference_patients, seed=config.seed,
         max_exact_share=a.max_exact_share, max_ngram_excess=a.max_ngram_excess,
-        max_closer_to_train=a.max_closer_to_train)
+        max_closer_to_train=a.max_closer_to_train, min_train_count=min_count)
     res["files"] = audit_lib.write_report(res, workdir)
     out["audit"] = res
     out["passed"] = res["passed"]

@@ -120,10 +120,13 @@ def claims_world(num_patients: int, seed: int = 0, *, start_year: int = 2019, ye
 
 
 def build_config(**overrides):
-  """The builder's default config for tests: one worker, no progress bars, then the overrides."""
+  """The builder's default config for tests: one worker, no progress bars, only the train split
+  required non-empty (a world of a few patients often hashes none into tuning or held-out), then
+  the overrides."""
   c = build_dataset_config.get_config()
   c.num_workers = 1
   c.progress = False
+  c.required_splits = ("train",)
   for k, v in overrides.items():
     setattr(c, k, v)
   return c

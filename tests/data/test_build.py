@@ -247,7 +247,8 @@ def test_binary_summary_and_bad_input_exit(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO)
   ok = subprocess.run([sys.executable, "-m", "data_prep.build_dataset", f"--meds_dir={meds}",
                        f"--output_dir={tmp_path / 'out'}", "--num_workers=1", "--no_progress",
-                       "--min_code_count=1", "--config.drug_grouping=ndc9"],
+                       "--min_code_count=1", "--config.drug_grouping=ndc9",
+                       "--config.required_splits=('train',)"],
                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert ok.returncode == 0, ok.stderr
   assert "input rows" in ok.stdout and "1000" not in ok.stdout  # no subject ids printed

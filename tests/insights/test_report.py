@@ -1,6 +1,7 @@
 """End to end: a tiny chronic fine-tuning run on the synthetic fixture, then the insights report."""
 
 import os
+import re
 
 import numpy as np
 
@@ -40,6 +41,14 @@ def test_insights_report_end_to_end(tiny_data_dir, tmp_path, capsys):
   summary = json.load(open(os.path.join(out, "insights_summary.json")))
   assert summary["explanations"]["median_relative_completeness_gap"] < 0.05
   assert summary["synthetic"] is True
+  # Member-level figures are banded and cells of fewer than 11 members suppressed (issue 15).
+  assert re.findall(r"^Age (?:\d+-\d+|90\+|unknown), ", text, re.M)
+  event_rows = re.findall(r"^\| \d+ \| ([^|]+) \|", text, re.M)
+  assert event_rows and set(r.strip() for r in event_rows) <= {
+      "0-30d", "30-90d", "90-180d", "180-365d", "365d+"}
+  assert not re.search(r"\bage \d+\b(?!-)", text)
+  counts = [c.strip() for c in re.findall(r"^\|(?:[^|]+\|){4} ?([^|]+?) ?\|", text, re.M)]
+  assert all(c == "<11" or not c.isdigit() or int(c) == 0 or int(c) >= 11 for c in counts)
   # Members are anonymous ranks: nothing names a subject in the report or on the console.
   captured = capsys.readouterr()
   for where in (text, captured.out, captured.err):

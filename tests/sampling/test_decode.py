@@ -151,3 +151,26 @@ def test_data_parallel_on_mesh_matches_single_device():
   assert s.pad_patients(3) == 8
   multi = s.generate(hist, seed=5)
   np.testing.assert_array_equal(single.tokens, multi.tokens)
+
+
+def test_banned_tokens_are_never_sampled_cached_or_not():
+  model = _model()
+  rng = np.random.default_rng(5)
+  hist = [_history(rng, n) for n in (6, 11)]
+  allowed = np.array([EOS, *GAP_IDS, 20, 21, 22])
+  banned = np.setdiff1d(np.arange(V), allowed)     # PAD (0) among them
+  sc = decode.SamplingConfig(num_samples=8, max_new_tokens=16, temperature=1.5)
+  free = decode.Sampler(model, _gap_table(), EOS, sc, context_len=16).generate(hist, seed=0)
+  assert np.isin(free.tokens[free.tokens > 0], banned).any()   # the model does sample them
+  cached = decode.Sampler(model, _gap_table(), EOS, sc, context_len=16,
+                          banned_ids=banned).generate(hist, seed=0)
+  plain = decode.Sampler(model, _gap_table(), EOS, sc, context_len=16, use_cache=False,
+                         banned_ids=banned).generate(hist, seed=0)
+  np.testing.assert_array_equal(cached.tokens, plain.tokens)
+  for r in range(cached.tokens.shape[0]):
+    gen = cached.tokens[r, :cached.num_tokens[r]]
+    assert gen.size and np.isin(gen, allowed).all()      # no PAD inside a future either
+  greedy = decode.SamplingConfig(num_samples=1, max_new_tokens=8, temperature=0.0)
+  g = decode.Sampler(model, _gap_table(), EOS, greedy, context_len=16,
+                     banned_ids=banned).generate(hist, seed=0)
+  assert np.isin(g.tokens[g.tokens > 0], allowed).all()

@@ -76,11 +76,15 @@ def test_zero_shot_synthesize_and_audit(tiny_data_dir, pretrain_dir, tmp_path):
   assert result["synthetic"]["patients"] == 8
   bcfg = build_config.get_config()
   bcfg.num_workers, bcfg.progress = 1, False
+  bcfg.required_splits = ()   # every synthetic subject is listed under train, none has a task
+  bcfg.min_share_with_target_year_data = 0.0
   report = build.build_dataset(meds_dir, str(tmp_path / "synrec"), bcfg)
   assert report["used_rows"] > 0
   with open(os.path.join(wd, "memorization_audit.json")) as f:
     audit = json.load(f)
   assert audit["passed"] == result["passed"] and audit["synthetic_timelines"] == 8
+  # Banned in sampling, so never generated: [UNK] and codes rarer than the builder's count.
+  assert audit["rare_codes"] == 0 and audit["thresholds"]["min_train_count"] == 5
 
 
 def test_audit_fails_on_copied_timelines(tiny_data_dir):
@@ -91,12 +95,12 @@ def test_audit_fails_on_copied_timelines(tiny_data_dir):
   copied = [t for t in train if len(t) > 30][:10]
   res = audit_lib.audit(copied, train, held, vocab, ngram=16, reference_patients=len(held),
                         seed=0, max_exact_share=0.01, max_ngram_excess=0.1,
-                        max_closer_to_train=0.75)
+                        max_closer_to_train=0.75, min_train_count=5)
   assert res["exact_share"] == 1.0 and not res["passed"]
   # Held-out timelines as "synthetic" ones copy nothing from train.
   ok = audit_lib.audit(held[:10], train, held[10:], vocab, ngram=16, reference_patients=1000,
                        seed=0, max_exact_share=0.01, max_ngram_excess=0.5,
-                       max_closer_to_train=1.0)
+                       max_closer_to_train=1.0, min_train_count=5)
   assert ok["exact_share"] == 0.0
 
 
