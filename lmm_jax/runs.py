@@ -200,7 +200,8 @@ def load_backbone(init_from: str, backbone: Any, *, data_dir: str, nested_key: s
   check_param_shapes(saved[nested_key] if nested else saved, abstract, where)
   missing = set(abstract) - have
   if missing:
-    raise ValueError(f"{where}: checkpoint params lack {sorted(missing)}; has {sorted(have)}")
+    raise ValueError(f"{where}: checkpoint params lack {sorted(missing)}; has {sorted(have)} "
+                     "(another model size than this config's?)")
   request = {nested_key: abstract} if nested else abstract
   params, _ = restore_params(init_from, request, hint=where)
   return params[nested_key] if nested else params
