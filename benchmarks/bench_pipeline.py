@@ -50,6 +50,7 @@ def write_records(data_dir: str, num_records: int, num_shards: int, seed: int = 
         age = (50 + (days - days[0]) / 365.25).astype(np.float32)
         w.write({"subject_id": np.int64(sid), "tokens": tokens, "days": days, "age": age,
                  "prefix_len": 4})
+  records.write_manifest(data_dir, vocab_size=30_000)
 
 
 def time_config(data_dir: str, split: str, pack: bool, workers: int) -> dict[str, float]:

@@ -21,7 +21,6 @@ has another vocabulary than the one it was trained on.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any, Sequence
@@ -55,14 +54,8 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
                   config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def vocab_digest(data_dir: str) -> str | None:
-  """sha256 of the dataset's vocab.json (identical vocabularies, identical token ids); None when
-  there is none (tasks that bring their own vocabulary)."""
-  path = os.path.join(data_dir, records.VOCAB_FILE) if data_dir else ""
-  if not path or not os.path.exists(path):
-    return None
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
+# The data layer owns the definition (manifest.json stores the same digest).
+vocab_digest = records.vocab_digest
 
 
 def check_vocabulary(workdir: str, data_dir: str, where: str) -> dict[str, Any]:
@@ -87,10 +80,30 @@ def record_run(workdir: str, config: ml_collections.ConfigDict, *, vocab_size: i
     _write_atomic(os.path.join(workdir, RUN_FILE), json.dumps(info, indent=2, sort_keys=True))
 
 
+def check_param_shapes(saved: Any, target: Any, where: str, path: tuple[str, ...] = ()) -> None:
+  """Refuses, in one sentence naming the parameter and both shapes, a checkpoint whose parameters
+  have other shapes than `target` (another model size than the config asks for). Parameters
+  missing from the checkpoint are left to the restore's own error."""
+  if hasattr(target, "shape"):
+    if hasattr(saved, "shape") and tuple(saved.shape) != tuple(target.shape):
+      raise ValueError(f"{where}: parameter {'/'.join(path)} has shape {tuple(saved.shape)} in "
+                       f"the checkpoint but {tuple(target.shape)} in this config (another model "
+                       "size); use the model preset the run was trained with")
+    return
+  if not hasattr(target, "items") or not hasattr(saved, "keys"):
+    return
+  for k, sub in target.items():
+    if k in saved.keys():
+      check_param_shapes(saved[k], sub, where, path + (str(k),))
+
+
 def restore_params(workdir: str, target: Any, step: int | None = None, *, hint: str = ""
                    ) -> tuple[Any, int]:
   """(parameters shaped and sharded like `target`, step) from a run's latest (or given)
-  checkpoint; saved parameters outside target are not read."""
+  checkpoint; saved parameters outside target are not read. Other shapes are refused first
+  (`check_param_shapes`)."""
+  saved, step = ckpt_lib.read_params_structure(workdir, step, hint=hint)
+  check_param_shapes(saved, target, hint or f"run {workdir}")
   return ckpt_lib.restore_latest_params(workdir, target, step, hint=hint)
 
 
@@ -180,9 +193,11 @@ def load_backbone(init_from: str, backbone: Any, *, data_dir: str, nested_key: s
   saved_keys = set(saved.keys()) if hasattr(saved, "keys") else set()
   nested = nested_key is not None and info.get("task") != "pretrain" and nested_key in saved_keys
   have = set(saved[nested_key].keys()) if nested else saved_keys
+  check_param_shapes(saved[nested_key] if nested else saved, abstract, where)
   missing = set(abstract) - have
   if missing:
-    raise ValueError(f"{where}: checkpoint params lack {sorted(missing)}; has {sorted(have)}")
+    raise ValueError(f"{where}: checkpoint params lack {sorted(missing)}; has {sorted(have)} "
+                     "(another model size than this config's?)")
   request = {nested_key: abstract} if nested else abstract
   params, _ = restore_params(init_from, request, hint=where)
   return params[nested_key] if nested else params

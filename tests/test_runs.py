@@ -14,6 +14,7 @@ from experiments.configs import cost as cost_config
 from experiments.configs import pretrain as pretrain_config
 from lmm_jax import runs
 from lmm_jax import tasks
+from lmm_jax.data import records
 from lmm_jax.tasks import registry
 from lmm_jax.train import checkpoint as ckpt_lib
 from lmm_jax.train import trainer as trainer_lib
@@ -74,6 +75,7 @@ def test_a_run_refuses_a_dataset_with_another_vocabulary(pretrained, tiny_data_d
   vocab_path = os.path.join(other, "vocab.json")
   vocab = json.load(open(vocab_path))
   json.dump(vocab, open(vocab_path, "w"), indent=3)  # same tokens, other bytes: refused too
+  records.write_manifest(other, vocab_size=len(vocab["tokens"]))  # a consistent dataset
   with pytest.raises(ValueError, match="another vocabulary"):
     runs.load_run(pretrained, data_dir=other)
   config = chronic_config.get_config("tiny")
@@ -81,6 +83,31 @@ def test_a_run_refuses_a_dataset_with_another_vocabulary(pretrained, tiny_data_d
   tr = trainer_lib.Trainer(config, tasks.make_task(config))
   with pytest.raises(ValueError, match="another vocabulary"):
     tr.load_backbone(tr.init_state(0)["params"], pretrained)
+
+
+def test_another_model_size_is_refused_naming_the_parameter(pretrained, tiny_data_dir, tmp_path):
+  shape_error = (r"parameter \S+ has shape \(\d+(, \d+)*\) in the checkpoint but \(\d+(, \d+)*\) "
+                 r"in this config \(another model size\); use the model preset")
+  # load_run of a tiny run whose config.json was turned into the small preset's.
+  edited = str(tmp_path / "edited")
+  shutil.copytree(pretrained, edited)
+  small = pretrain_config.get_config("small")
+  path = os.path.join(edited, runs.CONFIG_FILE)
+  config = json.load(open(path))
+  config["model"] = json.loads(small.model.to_json_best_effort())
+  json.dump(config, open(path, "w"))
+  with pytest.raises(ValueError, match=shape_error) as e:
+    runs.load_run(edited)
+  assert str(e.value).startswith(f"run {edited}: parameter ") and "\n" not in str(e.value)
+  # init_from: a small fine-tuning config from the tiny pretraining run (abstract parameters, so
+  # nothing of the small model is materialized).
+  config = chronic_config.get_config("small")
+  config.update_from_flattened_dict({"data_dir": tiny_data_dir, "init_from": pretrained,
+                                     "stats_examples": 64})
+  tr = trainer_lib.Trainer(config, tasks.make_task(config))
+  with pytest.raises(ValueError, match=shape_error) as e:
+    tr.load_backbone(tr.abstract_state["params"], pretrained)
+  assert str(e.value).startswith(f"config.init_from={pretrained!r}: parameter ")
 
 
 def test_init_from_a_finetuned_run_takes_its_backbone(tiny_data_dir, finetuned):

@@ -300,6 +300,7 @@ def _write_timelines(data_dir: str, bad_record: bool = False) -> str:
         if bad_record and shard == 1 and i == 7:
           rec["days"] = np.zeros(3, np.int32)
         w.write(rec)
+  records.write_manifest(data_dir, vocab_size=100)
   return path
 
 

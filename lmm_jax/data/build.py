@@ -12,18 +12,30 @@ Per shard, the work is: read the file in chunks of whole subjects (`meds_io.iter
 `memory_budget_mb`), clean each chunk (`clean.clean`), and in pass 2 tokenize each subject's
 events (`timeline.tokenize`) and compute its task record's labels (`labels.py`). Peak memory is
 one chunk per worker plus the vocabulary, whatever the size of a file. See docs/data.md.
+
+The output appears whole or not at all: the build holds an exclusive lock (`lock_path`) for its
+whole run, writes into a temporary directory beside the output (`.NAME.building-*`, the same file
+system), writes `manifest.json` last (`records.write_manifest`) and only then renames the directory
+into place, replacing an older build. A killed build leaves the old output (or none) untouched.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import dataclasses
+import fcntl
+import glob
+import hashlib
 import json
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import ml_collections
 import numpy as np
@@ -49,6 +61,48 @@ TASK_EXCLUSIONS = labels.TASK_EXCLUSIONS
 # Peak bytes a worker holds per input row of the chunk it works on (read, cleaned, tokenized):
 # turns memory_budget_mb into rows per chunk. Measured with benchmarks/bench_build_dataset.py.
 BYTES_PER_ROW = 400
+# Bumped when the same input and config would give other records: stored in manifest.json.
+BUILDER_VERSION = 1
+# Entries of a build's output directory; any other entry means it is not ours to replace.
+_OUTPUT_ENTRIES = {records.VOCAB_FILE, records.REPORT_FILE, records.MANIFEST_FILE,
+                   records.TIMELINE, records.TASK}
+# Tests only: makes the builder kill itself or wait at a chosen moment, e.g. "kill@shards=2" (the
+# parent, after 2 shards of pass 2), "kill@records=5" (the process writing pass-2 records, at its
+# 5th record: mid-shard), "wait@shards=1:PATH" (touch PATH.reached, wait until PATH exists).
+TEST_HOOK_ENV = "LMM_JAX_BUILD_TEST_HOOK"
+
+
+class BuildLockedError(ValueError):
+  """Another build holds the output directory's lock."""
+
+
+def _hook_spec() -> tuple[str, str, int, str] | None:
+  spec = os.environ.get(TEST_HOOK_ENV, "")
+  if not spec:
+    return None
+  action, _, rest = spec.partition("@")
+  point, _, arg = rest.partition("=")
+  n, _, path = arg.partition(":")
+  return action, point, int(n), path
+
+
+_HOOK = _hook_spec()
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_RECORDS_WRITTEN = 0  # pass-2 records this process has written (for the test hook)
+
+
+def _test_hook(point: str, count: int) -> None:
+  if _HOOK is None or _HOOK[1] != point or _HOOK[2] != count:
+    return
+  action, path = _HOOK[0], _HOOK[3]
+  if action == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+  elif action == "wait":
+    with open(f"{path}.reached", "w", encoding="utf-8"):
+      pass
+    deadline = time.time() + 300
+    while not os.path.exists(path) and time.time() < deadline:
+      time.sleep(0.05)
 
 
 def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -75,8 +129,21 @@ _ANALYZER: Optional[tok_lib.CodeAnalyzer] = None
 _TOKENIZER: Optional[tok_lib.Tokenizer] = None
 
 
-def _init_worker(ctx: _Context) -> None:
+def _die_with_parent() -> None:
+  """A worker is killed when the builder dies (Linux): after a kill -9 of the builder no orphan
+  keeps writing (forked siblings hold each other's pipe ends, so none would see the parent go)."""
+  if not sys.platform.startswith("linux"):
+    return
+  libc = ctypes.CDLL(None, use_errno=True)
+  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  if os.getppid() == 1:  # the parent died before prctl took effect
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _init_worker(ctx: _Context, in_worker: bool = False) -> None:
   global _CTX, _ANALYZER, _TOKENIZER
+  if in_worker:
+    _die_with_parent()
   _CTX = ctx
   _ANALYZER = tok_lib.CodeAnalyzer(tok_lib.tokenizer_config(ctx.config))
   _TOKENIZER = None
@@ -108,7 +175,7 @@ class _Runner:
     else:
       method = "spawn" if "jax" in sys.modules else "fork"
       self.pool = workers_lib.ProcessPool(self.workers, start_method=method,
-                                          initializer=_init_worker, initargs=(ctx,))
+                                          initializer=_init_worker, initargs=(ctx, True))
 
   def map(self, fn, items: list, desc: str) -> Iterable:
     bar = dict(total=len(items), desc=desc, disable=not self.ctx.config["progress"],
@@ -213,6 +280,7 @@ def _pass1(path: str) -> dict[str, Any]:
 
 
 def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
+  global _RECORDS_WRITTEN
   index, path, ctx = job
   _set_pass2(ctx)
   tok, ctx = _TOKENIZER, _CTX
@@ -235,6 +303,8 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
                                    stats if split == conventions.TRAIN else None)
         writers[records.TIMELINE, split].write(records.make_record(
             records.TIMELINE, {"subject_id": ev.subject_id, **fields}))
+        _RECORDS_WRITTEN += 1
+        _test_hook("records", _RECORDS_WRITTEN)
         st = per_split[split]
         st["patients"] += 1
         st["tokens"] += int(fields["tokens"].size)
@@ -284,11 +354,82 @@ def _check_subjects_in_one_file(results: list[dict[str, Any]]) -> None:
         "requires all rows of a subject in one file, sorted by time", "subject_id")
 
 
+def lock_path(output_dir: str) -> str:
+  """The lock file a build of output_dir holds (beside it: the output itself is replaced)."""
+  output_dir = os.path.abspath(output_dir)
+  return os.path.join(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}.lock")
+
+
+@contextlib.contextmanager
+def _exclusive_lock(output_dir: str) -> Iterator[None]:
+  path = lock_path(output_dir)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise BuildLockedError(f"another build is writing {output_dir} (it holds the lock {path}); "
+                             "wait for it to finish or pass another --output_dir") from None
+    yield
+  finally:
+    os.close(fd)  # releases the lock (the file stays: removing it would race another build)
+
+
+def _check_replaceable(output_dir: str) -> None:
+  """An existing output_dir must be empty or a build: it is replaced whole."""
+  if not os.path.lexists(output_dir):
+    return
+  if not os.path.isdir(output_dir) or os.path.islink(output_dir):
+    raise ValueError(f"--output_dir {output_dir} exists and is not a directory; pass a new or "
+                     "empty directory")
+  foreign = sorted(set(os.listdir(output_dir)) - _OUTPUT_ENTRIES)
+  if foreign:
+    raise ValueError(f"--output_dir {output_dir} holds files that are not a dataset build "
+                     f"({', '.join(foreign[:5])}); a build replaces the whole directory, so pass "
+                     "a new or empty directory")
+
+
+def _scratch_dirs(output_dir: str) -> list[str]:
+  """Leftovers of killed builds of output_dir (only ever touched under its lock)."""
+  base = os.path.join(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}")
+  return glob.glob(glob.escape(base) + ".building-*") + glob.glob(glob.escape(base) + ".old-*")
+
+
+def _fsync_dir(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _move_into_place(work_dir: str, output_dir: str) -> None:
+  """Renames the complete work_dir to output_dir; an older output is deleted only afterwards."""
+  parent, name = os.path.dirname(output_dir), os.path.basename(output_dir)
+  old = None
+  if os.path.lexists(output_dir):
+    old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+    os.rename(output_dir, old)
+  os.rename(work_dir, output_dir)
+  _fsync_dir(parent)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def config_digest(cfg: dict[str, Any]) -> str:
+  """sha256 of the builder config (canonical JSON): which settings built a dataset."""
+  return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+
+
 def build_dataset(meds_dir: str, output_dir: str,
                   config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Builds vocab.json, report.json and the timeline/ and task/ shards; returns the report.
+  """Builds vocab.json, report.json, the timeline/ and task/ shards and, last, manifest.json;
+  returns the report.
 
-  config: data_prep/configs/build_dataset.py (documented in docs/data.md).
+  The build runs under an exclusive lock on output_dir (a second build fails at once with
+  BuildLockedError), in a temporary directory renamed into place when complete (see the module
+  docstring). config: data_prep/configs/build_dataset.py (documented in docs/data.md).
   """
   t0 = time.time()
   cfg = _plain(config)
@@ -299,13 +440,35 @@ def build_dataset(meds_dir: str, output_dir: str,
   meds_io.dataset_metadata(meds_dir)
   splits = meds_io.read_splits(meds_dir)
   ctx = _Context(cfg, splits, len(paths))
-  if min(int(cfg["num_workers"]), len(paths)) > 1:
-    _warm_terminology()
-  runner = _Runner(ctx, len(paths))
-  try:
-    return _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0)
-  finally:
-    runner.close()
+  with _exclusive_lock(output_dir):
+    _check_replaceable(output_dir)
+    for stale in _scratch_dirs(output_dir):
+      shutil.rmtree(stale, ignore_errors=True)
+    work_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.building-",
+                                dir=os.path.dirname(output_dir))
+    try:
+      if min(int(cfg["num_workers"]), len(paths)) > 1:
+        _warm_terminology()
+      runner = _Runner(ctx, len(paths))
+      try:
+        report = _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, runner,
+                        t0)
+      finally:
+        runner.close()
+      records.write_manifest(work_dir, vocab_size=report["vocab_size"], builder={
+          "version": BUILDER_VERSION, "config_digest": config_digest(cfg)})
+      os.chmod(work_dir, 0o755 & ~_umask())  # mkdtemp makes it 0700; a build is readable by all
+      _move_into_place(work_dir, output_dir)
+    except BaseException:
+      shutil.rmtree(work_dir, ignore_errors=True)
+      raise
+  return report
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def _warm_terminology() -> None:
@@ -314,7 +477,9 @@ def _warm_terminology() -> None:
   terminology.icd9_to_icd10cm("250.00")
 
 
-def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -> dict[str, Any]:
+def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0
+           ) -> dict[str, Any]:
+  """The two passes, writing into work_dir; the report names output_dir, where it will be."""
   rows_per_chunk(cfg, len(paths))  # a bad memory_budget_mb fails before any work
   clean_lib.Limits.from_config(cfg)  # and bad value limits
   # Pass 1.
@@ -345,21 +510,14 @@ def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -
   lobs.discard("")
   vocab = tok_lib.build_vocabulary(tok_cfg, counts, tok_lib.cost_edges_from_sample(
       cost, int(cfg["num_cost_bins"])), lobs)
-  os.makedirs(output_dir, exist_ok=True)
-  for kind in (records.TIMELINE, records.TASK):
-    kind_dir = os.path.join(output_dir, kind)
-    if os.path.isdir(kind_dir):
-      for f in os.listdir(kind_dir):
-        if f.endswith(".array_record"):
-          os.remove(os.path.join(kind_dir, f))
-  vocab_path = os.path.join(output_dir, records.VOCAB_FILE)
+  vocab_path = os.path.join(work_dir, records.VOCAB_FILE)
   vocab.save(vocab_path)
 
   # Pass 2.
   # Open-ended coverage (no enrollment rows, or a START without an END) lasts to the end of the
   # calendar year of the last event: datasets are assumed to cover whole calendar years.
   open_end = meds_io.year_start_day(meds_io.year_start_day(data_end) + 366) - 1
-  ctx2 = dataclasses.replace(ctx, splits=None, output_dir=output_dir, vocab_path=vocab_path,
+  ctx2 = dataclasses.replace(ctx, splits=None, output_dir=work_dir, vocab_path=vocab_path,
                              index_day=index_day, data_end_day=open_end)
   dropped: collections.Counter = collections.Counter({r: 0 for r in DROP_REASONS})
   input_rows = used_rows = hashed = 0
@@ -368,7 +526,8 @@ def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -
   rows_by_system: collections.Counter = collections.Counter()
   stats = None
   jobs = [(i, p, ctx2) for i, p in enumerate(paths)]
-  for r in runner.map(_pass2, jobs, "pass 2/2: writing records"):
+  for done, r in enumerate(runner.map(_pass2, jobs, "pass 2/2: writing records"), 1):
+    _test_hook("shards", done)
     input_rows += r["input_rows"]
     used_rows += r["used_rows"]
     hashed += r["hashed_subjects"]
@@ -412,7 +571,7 @@ def _build(meds_dir, output_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0) -
     raise AssertionError(f"row accounting is off: {input_rows} != {used_rows} + "
                          f"{sum(dropped.values())}")
   labels.check_build(report, cfg)
-  with open(os.path.join(output_dir, records.REPORT_FILE), "w") as f:
+  with open(os.path.join(work_dir, records.REPORT_FILE), "w") as f:
     json.dump(report, f, indent=1, sort_keys=True)
     f.write("\n")
   return report

@@ -15,6 +15,10 @@ Stages (MapDataset, lazy and indexable, then IterDataset):
 Every process sees the same global order and takes every shard_count-th example, so the examples
 a step consumes do not depend on how many processes read them, and processes never overlap.
 
+The data directory must be a complete build (`records.check_dataset`: its manifest matches its
+files and record counts), and every record's token ids must lie in [0, the manifest's
+vocab_size): anything else is refused in one line naming the directory, or the shard and record.
+
 Batches (B = batch_size, L = seq_len):
   tokens int32[B,L] (pad 0), segment_ids int32[B,L] (0 = padding, 1 unpacked, 1..k packed),
   positions int32[B,L] (0-based within a segment), age float32[B,L], days float32[B,L] (days since
@@ -170,9 +174,18 @@ def _locate(paths: list[str], record_index: int) -> str:
   return f"record {record_index} past the end of {paths}"
 
 
+def _check_token_ids(tokens: np.ndarray, vocab_size: int) -> None:
+  """Refuses ids outside [0, vocab_size): records from another build than the vocabulary's."""
+  if tokens.size and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
+    bad = int(tokens.max()) if int(tokens.max()) >= vocab_size else int(tokens.min())
+    raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size}) of its "
+                     f"{records.MANIFEST_FILE}: the records and vocabulary come from different "
+                     f"builds; {records.REBUILD_HINT}...")
+
+
 def _parse(index: int, tagged: tuple[int, bytes | None], *, kind: str, seq_len: int,
            truncation: str, seed: int, epoch_length: int, pad: bool, paths: list[str],
-           task_fields: tuple[Field, ...]) -> Example:
+           task_fields: tuple[Field, ...], vocab_size: int) -> Example:
   """Decodes, truncates and (unless packing) pads one tagged record (TASK: plus task_fields)."""
   record_index, data = tagged
   if data is None:  # an evaluation padding row
@@ -184,6 +197,7 @@ def _parse(index: int, tagged: tuple[int, bytes | None], *, kind: str, seq_len: 
     rng = np.random.default_rng([seed, epoch, record_index])
   try:
     rec = records.decode(data)
+    _check_token_ids(np.asarray(rec[_TOKENS]), vocab_size)
     ex = _sequence_example(rec, seq_len, truncation, rng)
     if pad and kind == records.TASK:
       task = {"length": np.int32(min(len(rec[_TOKENS]), seq_len)), "valid": np.int32(1)}
@@ -251,7 +265,9 @@ def _ensure_absl_flags_parsed() -> None:
 
 def num_examples(data_dir: str, kind: str, split: str) -> int:
   """Number of records of one kind and split (all shards, all processes)."""
-  return len(grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, kind, split)))
+  n = len(grain.sources.ArrayRecordDataSource(records.shard_paths(data_dir, kind, split)))
+  records.check_record_count(data_dir, records.check_dataset(data_dir), kind, split, n)
+  return n
 
 
 def num_batches(data_dir: str, kind: str, split: str, *, batch_size: int,
@@ -314,8 +330,10 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
     raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
 
   paths = records.shard_paths(data_dir, kind, split)
+  manifest = records.check_dataset(data_dir)
   source = grain.sources.ArrayRecordDataSource(paths)
   n = len(source)
+  records.check_record_count(data_dir, manifest, kind, split, n)
   if n == 0:
     raise ValueError(f"no {kind} records for split {split!r} in {data_dir}")
   ds = grain.MapDataset.source(source).map_with_index(functools.partial(_tag, num_records=n))
@@ -329,7 +347,8 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
   ds = ds.map_with_index(functools.partial(
       _parse, kind=kind, seq_len=seq_len, truncation=truncation, seed=seed,
       epoch_length=epoch_length, pad=not pack, paths=paths,
-      task_fields=task_batch_fields() if kind == records.TASK else ()))
+      task_fields=task_batch_fields() if kind == records.TASK else (),
+      vocab_size=int(manifest["vocab_size"])))
   if drop_remainder and len(ds) < sys.maxsize:
     # Finite data: every process gets the same number of examples, hence of batches.
     ds = ds[:len(ds) - len(ds) % shard_count]

@@ -2,6 +2,10 @@
 
 `data_prep.build_dataset` writes, under its output directory:
   vocab.json, report.json
+  manifest.json                                      written last: the vocabulary digest and size,
+                                                     the report digest, every shard with its record
+                                                     count and size, the builder version and config
+                                                     digest (`write_manifest`, `check_dataset`)
   timeline/{split}-{i:05d}-of-{n:05d}.array_record   one record per patient: the whole timeline
   task/{split}-{i:05d}-of-{n:05d}.array_record       one record per patient at its index date:
                                                      the history before it plus the targets after it
@@ -21,8 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
+import json
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 from array_record.python import array_record_data_source
 from array_record.python import array_record_module
@@ -36,6 +42,10 @@ TIMELINE = "timeline"
 TASK = "task"
 VOCAB_FILE = "vocab.json"
 REPORT_FILE = "report.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+KINDS = (TIMELINE, TASK)
+REBUILD_HINT = "rebuild it with python -m data_prep.build_dataset --meds_dir=... --output_dir="
 
 TIMELINE_SCHEMA = (
     Field("subject_id", FieldKind.META, "int64", batch_dtype="int64", batch_pad=-1,
@@ -111,13 +121,158 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
   return f"{split}-{index:05d}-of-{num_shards:05d}.array_record"
 
 
+# ---------------------------------------------------------------------------------------------
+# The manifest: what a complete build holds. Readers check it before reading anything.
+
+
+class DatasetMismatchError(ValueError):
+  """A data directory's files do not match its manifest (a partial, mixed or edited build)."""
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> sha256
+
+
+def file_digest(path: str) -> Optional[str]:
+  """sha256 of a file (cached per path, mtime and size); None when it does not exist."""
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    return None
+  key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+  if key not in _DIGESTS:
+    _DIGESTS[key] = _sha256(path)
+  return _DIGESTS[key]
+
+
+def vocab_digest(data_dir: str) -> Optional[str]:
+  """sha256 of the dataset's vocab.json (identical vocabularies, identical token ids); None when
+  there is none (tasks that bring their own vocabulary)."""
+  return file_digest(os.path.join(data_dir, VOCAB_FILE)) if data_dir else None
+
+
+def _shards_on_disk(data_dir: str, kind: str) -> list[str]:
+  return sorted(os.path.basename(p) for p in glob.glob(os.path.join(data_dir, kind,
+                                                                    "*.array_record")))
+
+
+def _split_of(name: str) -> str:
+  return name.split("-", 1)[0]
+
+
+def write_manifest(data_dir: str, *, vocab_size: int,
+                   builder: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+  """Writes DATA_DIR/manifest.json describing the files there now (call it last); returns it.
+
+  vocab_size: the number of token ids records may hold (the pipeline refuses larger ones).
+  builder: what built the records (the builder's version and config digest).
+  """
+  shards: dict[str, dict[str, list[dict[str, Any]]]] = {}
+  for kind in KINDS:
+    for name in _shards_on_disk(data_dir, kind):
+      path = os.path.join(data_dir, kind, name)
+      source = array_record_data_source.ArrayRecordDataSource([path])
+      shards.setdefault(kind, {}).setdefault(_split_of(name), []).append(
+          {"file": name, "records": len(source), "bytes": os.path.getsize(path)})
+  manifest = {
+      "format": MANIFEST_FORMAT,
+      "vocab_size": int(vocab_size),
+      "vocab_digest": vocab_digest(data_dir),
+      "report_digest": file_digest(os.path.join(data_dir, REPORT_FILE)),
+      "builder": dict(builder or {}),
+      "records": {kind: {split: sum(s["records"] for s in lst) for split, lst in by.items()}
+                  for kind, by in shards.items()},
+      "shards": shards,
+  }
+  tmp = os.path.join(data_dir, f".{MANIFEST_FILE}.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+    f.write("\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(data_dir, MANIFEST_FILE))
+  return manifest
+
+
+def check_dataset(data_dir: str) -> dict[str, Any]:
+  """DATA_DIR's manifest, after checking that the files there are the ones it lists.
+
+  Checked on every call (cheap: two cached digests and a stat per shard): the vocabulary and
+  report digests, the set of shard files and each one's size. Raises FileNotFoundError when there
+  is no manifest and DatasetMismatchError when a file differs, in one sentence saying to rebuild.
+  """
+  data_dir = os.path.abspath(data_dir)
+  path = os.path.join(data_dir, MANIFEST_FILE)
+  rebuild = f"{REBUILD_HINT}{data_dir}"
+  if not os.path.exists(path):
+    what = ("does not exist" if not os.path.isdir(data_dir) else
+            f"has no {MANIFEST_FILE}, so it is not a complete dataset build (an interrupted or "
+            "pre-manifest build)")
+    raise FileNotFoundError(f"{data_dir} {what}; {rebuild}")
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DatasetMismatchError(f"{path} is unreadable ({e}); {rebuild}") from e
+  if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    raise DatasetMismatchError(f"{path} is not a format-{MANIFEST_FORMAT} manifest; {rebuild}")
+
+  def refuse(what: str):
+    raise DatasetMismatchError(f"{data_dir} does not match its {MANIFEST_FILE} ({what}); "
+                               f"{rebuild}")
+
+  for name, key in ((VOCAB_FILE, "vocab_digest"), (REPORT_FILE, "report_digest")):
+    digest = file_digest(os.path.join(data_dir, name))
+    if digest != manifest.get(key):
+      refuse(f"{name} is missing" if digest is None else
+             f"{name} is not the one it lists" if manifest.get(key) else
+             f"{name} is not listed")
+  listed = manifest.get("shards", {})
+  for kind in KINDS:
+    want = {s["file"]: s for lst in listed.get(kind, {}).values() for s in lst}
+    have = set(_shards_on_disk(data_dir, kind))
+    if have != set(want):
+      extra, missing = sorted(have - set(want)), sorted(set(want) - have)
+      refuse(f"{kind}/ has {len(extra)} unlisted shard(s) {extra[:3]} and lacks "
+             f"{len(missing)} listed one(s) {missing[:3]}")
+    for name, s in want.items():
+      size = os.path.getsize(os.path.join(data_dir, kind, name))
+      if size != s["bytes"]:
+        refuse(f"{kind}/{name} has {size} bytes, the manifest lists {s['bytes']}")
+  return manifest
+
+
+def expected_records(manifest: Mapping[str, Any], kind: str, split: str) -> int:
+  """The number of records of one kind and split the manifest lists."""
+  return int(manifest.get("records", {}).get(kind, {}).get(split, 0))
+
+
+def check_record_count(data_dir: str, manifest: Mapping[str, Any], kind: str, split: str,
+                       found: int) -> None:
+  """Refuses a split whose shards hold another number of records than its manifest lists."""
+  want = expected_records(manifest, kind, split)
+  if found != want:
+    raise DatasetMismatchError(
+        f"{os.path.abspath(data_dir)} does not match its {MANIFEST_FILE} ({kind}/{split} holds "
+        f"{found} records, the manifest lists {want}); {REBUILD_HINT}{os.path.abspath(data_dir)}")
+
+
 def shard_paths(data_dir: str, kind: str, split: str) -> list[str]:
-  """Sorted shard paths of one record kind (TIMELINE or TASK) and split; error if there are none."""
-  pattern = os.path.join(data_dir, kind, f"{split}-*-of-*.array_record")
-  paths = sorted(glob.glob(pattern))
-  if not paths:
-    raise FileNotFoundError(f"no {kind} records for split {split!r}: nothing matches {pattern}")
-  return paths
+  """Sorted shard paths of one record kind (TIMELINE or TASK) and split, as its manifest lists
+  them (`check_dataset` first); error if there are none."""
+  manifest = check_dataset(data_dir)
+  names = sorted(s["file"] for s in manifest["shards"].get(kind, {}).get(split, []))
+  if not names:
+    raise FileNotFoundError(f"no {kind} records for split {split!r} in {data_dir} (its "
+                            f"{MANIFEST_FILE} lists none)")
+  return [os.path.join(data_dir, kind, n) for n in names]
 
 
 @dataclasses.dataclass
@@ -148,5 +303,9 @@ def read_shard(path: str) -> Iterator[dict[str, Any]]:
 
 
 def read_records(data_dir: str, kind: str, split: str) -> Iterator[dict[str, Any]]:
-  for path in shard_paths(data_dir, kind, split):
-    yield from read_shard(path)
+  """Every record of one kind and split of a complete build (its manifest checked at the call,
+  not at the first record)."""
+  paths = shard_paths(data_dir, kind, split)
+  source = array_record_data_source.ArrayRecordDataSource(paths)
+  check_record_count(data_dir, check_dataset(data_dir), kind, split, len(source))
+  return (decode(source[i]) for i in range(len(source)))

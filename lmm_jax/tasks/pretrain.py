@@ -33,10 +33,8 @@ SEQUENCE_KEYS = ("tokens", "segment_ids", "positions", "age", "days")
 def load_vocab(data_dir: str) -> Vocabulary:
   if not data_dir:
     raise ValueError("config.data_dir is empty: pass --config.data_dir=<dataset builder output>")
-  path = os.path.join(data_dir, records.VOCAB_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no vocabulary at {path}: is {data_dir} a dataset builder output?")
-  return Vocabulary.load(path)
+  records.check_dataset(data_dir)  # a missing, partial or mixed build: refused, saying rebuild
+  return Vocabulary.load(os.path.join(data_dir, records.VOCAB_FILE))
 
 
 def backbone_config(model_cfg: ml_collections.ConfigDict, vocab_size: int,

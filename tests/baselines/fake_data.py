@@ -90,6 +90,7 @@ def write_dataset(root: str, sizes=(("train", 300), ("tuning", 80), ("held_out",
         next_id += int(rng.integers(1, 50))
         w.write(rec)
         oracle_rows.append(orow)
+  records.write_manifest(data_dir, vocab_size=len(entries))
   if with_oracle:
     table = pa.table({k: [r[k] for r in oracle_rows] for k in oracle_rows[0] if k != "index_day"})
     days = pa.array([r["index_day"] for r in oracle_rows], pa.int32()).cast(pa.date32())

@@ -45,6 +45,7 @@ def _write(data_dir: str) -> dict[int, dict]:
             by_sid[sid] = rec
           w.write(rec)
   assert sid == NUM_RECORDS
+  records.write_manifest(data_dir, vocab_size=(NUM_RECORDS + 1) * 1000)
   return by_sid
 
 
@@ -290,6 +291,7 @@ def test_bad_record_names_its_file(tmp_path, field, value, message):
   path = os.path.join(tmp_path, records.TIMELINE, records.shard_name("train", 0, 1))
   with records.ShardWriter(path) as w:
     w.write(rec)
+  records.write_manifest(str(tmp_path), vocab_size=10_000)
   with pytest.raises(ValueError, match=message) as e:
     next(iter(_make(str(tmp_path), batch_size=1, prefetch_buffer_size=0)))
   assert path in str(e.value) and "record 0" in str(e.value)
