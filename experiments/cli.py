@@ -6,6 +6,7 @@ traceback. The library never imports this module (tests/test_layering.py)."""
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Any, Callable, NoReturn
 
@@ -29,11 +30,29 @@ def _describe(e: BaseException) -> str:
   return str(e) or type(e).__name__
 
 
+def _flag_error(e: flags.Error) -> str:
+  """ml_collections puts the config file's traceback in the message: keep the flag and the
+  exception's last line ("flag --config=x.py:huge: unknown preset 'huge': ...")."""
+  msg = str(e)
+  if "Traceback (most recent call last):" not in msg:
+    return msg
+  head = msg.split("Error whilst parsing config file")[0].strip()
+  last = [line.strip() for line in msg.splitlines() if line.strip()][-1]
+  return f"{head} {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', last)}"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # unknown flag, bad value, a config file or preset that fails to load
-    fail(f"{e} (--help for usage)")
+    fail(f"{_flag_error(e)} (--help for usage)")
+  except OSError as e:  # an override (--config.x=1) of a config file that failed to load
+    fail(_describe(e))
+  except (AttributeError, KeyError) as e:  # --config.x=1 with no field x (a locked config)
+    x: Any = e
+    while isinstance(x, BaseException) and x.args:  # ml_collections nests a KeyError's message
+      x = x.args[0]
+    fail(f"unknown config field {'; '.join(str(x).splitlines())} (--help for usage)")
 
 
 def one_line_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
@@ -44,7 +63,7 @@ def one_line_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], A
     try:
       return main(argv)
     except USER_ERRORS as e:
-      logging.info("%s", type(e).__name__, exc_info=True)  # the traceback, with --alsologtostderr
+      logging.debug("%s", type(e).__name__, exc_info=True)  # the traceback, with --verbosity=1
       suffix = " (--help for usage)" if isinstance(e, app.UsageError) else ""
       fail(_describe(e) + suffix)
 

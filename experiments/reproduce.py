@@ -21,6 +21,7 @@ WORKDIR/stage_times.json is rewritten only when a stage ran.
 from absl import app
 from absl import flags
 
+from experiments import cli
 from experiments import main_job
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the whole run.", required=True)
@@ -42,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
