@@ -169,7 +169,8 @@ def run_stages(workdir: str, stage_fns: Mapping[str, Callable[[], Any]],
     if os.path.exists(marker):
       os.remove(marker)  # first: a crash below must not leave a marker over deleted outputs
     for rel in outputs.get(stage, ()):
-      shutil.rmtree(os.path.join(workdir, rel), ignore_errors=True)
+      if os.path.lexists(os.path.join(workdir, rel)):  # a failure to delete stops the job
+        shutil.rmtree(os.path.join(workdir, rel))
     print(f"[{i}/{len(order)}] {stage} ({why}) ...", flush=True)
     t0 = time.time()
     summary = stage_fns[stage]()
