@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from data_prep.configs import build_dataset as build_config
+from experiments import cli
 from lmm_jax import workers
 from lmm_jax.data import build
 from lmm_jax.data import meds_io
@@ -73,4 +74,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,9 +7,9 @@ See docs/synthetic_world.md for what is modeled and lmm_jax/synth for the librar
 
 import json
 
-from absl import app
 from absl import flags
 
+from experiments import cli
 from lmm_jax.synth import synthesize
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the MEDS dataset is written.",
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

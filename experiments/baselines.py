@@ -11,10 +11,10 @@ the MEDS dataset has ground_truth/oracle.parquet. Then build the tables with
 
 import json
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import cli
 from lmm_jax import conventions
 from lmm_jax.baselines import runner
 
@@ -43,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from lmm_jax.sampling import run
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,6 +12,7 @@ it is one, else --chronic_dir. Members appear only as anonymous ranks; all outpu
 from absl import app
 from absl import flags
 
+from experiments import cli
 from lmm_jax.insights import report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the report.", required=True)
@@ -41,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,17 +3,25 @@ synthetic cohort -> insights -> paper tables, on the embedded synthetic world.
 
 Each stage runs the same library entry point as its binary, in `WORKDIR/<stage>/`, with the config
 of its own experiment file at the size's preset (experiments/configs/main_job.py), and records
-`WORKDIR/stages/<stage>.json` when it finishes, so a rerun skips finished stages (delete the file or
-pass --force to redo one). 'demo' fits a 2-core laptop CPU; the larger sizes run the identical
-chain on GPUs or TPUs.
+`WORKDIR/stages/<stage>.json` when it finishes. The marker holds a digest of the stage's inputs: its
+own parameters or config (`stage_inputs`) and the digests of its upstream markers (`UPSTREAM`, the
+stage graph). A rerun skips a stage whose marker's input digest matches; a changed input (size,
+seed, patient count, a config) reruns that stage and, since its marker's digest changes, everything
+downstream. A stage that reruns first loses its marker and its outputs (`STAGE_OUTPUTS`, e.g. a
+trainer's whole run directory with its checkpoints, so it never resumes an old run under a new
+config). --force=STAGE reruns that stage and its downstream the same way. 'demo' fits a 2-core
+laptop CPU; the larger sizes run the identical chain on GPUs or TPUs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import time
-from typing import Any, Callable
+import uuid
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 import ml_collections
@@ -38,6 +46,29 @@ from lmm_jax.train import trainer
 SIZES = common.PRESETS
 STAGES = ("synthesize", "build_dataset", "pretrain", "finetune_cost", "finetune_chronic",
           "scratch_cost", "scratch_chronic", "baselines", "generate", "insights", "paper_tables")
+PREDICTION_STAGES = ("finetune_cost", "finetune_chronic", "scratch_cost", "scratch_chronic",
+                     "baselines", "generate")
+# The stage graph: what each stage reads (directly; the rest follows transitively).
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "synthesize": (),
+    "build_dataset": ("synthesize",),
+    "pretrain": ("build_dataset",),
+    "finetune_cost": ("pretrain", "build_dataset"),
+    "finetune_chronic": ("pretrain", "build_dataset"),
+    "scratch_cost": ("build_dataset",),
+    "scratch_chronic": ("build_dataset",),
+    "baselines": ("build_dataset",),
+    "generate": ("pretrain",),
+    "insights": ("finetune_cost", "finetune_chronic"),
+    "paper_tables": PREDICTION_STAGES,
+}
+# What a rerun of a stage deletes first, relative to WORKDIR.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "synthesize": ("meds",), "build_dataset": ("records",), "paper_tables": ("tables",),
+    **{s: (s,) for s in STAGES if s not in ("synthesize", "build_dataset", "paper_tables")},
+}
+# Config fields that do not change a stage's results (left out of its digest).
+_NOT_INPUTS = ("progress",)
 
 
 def stage_configs(job: ml_collections.ConfigDict, workdir: str
@@ -70,6 +101,101 @@ def stage_configs(job: ml_collections.ConfigDict, workdir: str
     c.data_dir = data_dir
     c.seed, c.progress = job.seed, job.progress
   return out
+
+
+def stage_inputs(job: ml_collections.ConfigDict, workdir: str,
+                 configs: Mapping[str, ml_collections.ConfigDict]) -> dict[str, Any]:
+  """{stage: its own inputs as JSON}; paths under workdir are written relative to it, so a moved
+  workdir keeps its digests."""
+  build = build_config.get_config().to_dict()
+  inputs = {"synthesize": {"num_patients": job.num_patients, "seed": job.seed},
+            "build_dataset": build, "baselines": {"seed": job.seed}, "insights": {},
+            "paper_tables": {"seed": job.seed}}
+  inputs.update({s: c.to_dict() for s, c in configs.items()})
+  return {s: _relative(_jsonable(_drop(v, _NOT_INPUTS)), workdir) for s, v in inputs.items()}
+
+
+def _drop(d: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+  return {k: v for k, v in d.items() if k not in keys}
+
+
+def _relative(x: Any, workdir: str) -> Any:
+  if isinstance(x, dict):
+    return {k: _relative(v, workdir) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_relative(v, workdir) for v in x]
+  if isinstance(x, str) and (x == workdir or x.startswith(workdir + os.sep)):
+    return "WORKDIR" + x[len(workdir):]
+  return x
+
+
+def digest(obj: Any) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def run_stages(workdir: str, stage_fns: Mapping[str, Callable[[], Any]],
+               inputs: Mapping[str, Any], *, force: Sequence[str] = (),
+               upstream: Mapping[str, Sequence[str]] = UPSTREAM,
+               outputs: Mapping[str, Sequence[str]] = STAGE_OUTPUTS,
+               extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+  """Runs the stages of stage_fns in order, skipping those whose marker is up to date.
+
+  A marker `WORKDIR/stages/STAGE.json` records `inputs_digest` (of the stage's inputs and its
+  upstream markers' `digest`s) and its own `digest` (new at every run, so a rerun upstream, forced
+  or not, makes every downstream marker stale, even across a crash). Returns ({stage: marker},
+  the stages that ran).
+  """
+  order = list(stage_fns)
+  for s in order:
+    missing = [u for u in upstream.get(s, ()) if u not in stage_fns]
+    if missing or order.index(s) < max((order.index(u) for u in upstream.get(s, ())), default=-1):
+      raise ValueError(f"stage {s!r}: upstream {list(upstream[s])} must run before it")
+  stage_dir = os.path.join(workdir, "stages")
+  os.makedirs(stage_dir, exist_ok=True)
+  results: dict[str, Any] = {}
+  ran: list[str] = []
+  for i, stage in enumerate(order, 1):
+    marker = os.path.join(stage_dir, f"{stage}.json")
+    want = digest({"inputs": inputs[stage],
+                   "upstream": {u: results[u]["digest"] for u in upstream.get(stage, ())}})
+    old = _read_marker(marker)
+    if old is not None and old.get("inputs_digest") == want and stage not in force:
+      results[stage] = old
+      print(f"[{i}/{len(order)}] {stage}: finished earlier ({old['seconds']:.0f} s), skipped",
+            flush=True)
+      continue
+    why = ("forced" if stage in force else "new" if old is None else
+           "inputs changed" if "inputs_digest" in old else "marker without inputs")
+    if os.path.exists(marker):
+      os.remove(marker)  # first: a crash below must not leave a marker over deleted outputs
+    for rel in outputs.get(stage, ()):
+      if os.path.lexists(os.path.join(workdir, rel)):  # a failure to delete stops the job
+        shutil.rmtree(os.path.join(workdir, rel))
+    print(f"[{i}/{len(order)}] {stage} ({why}) ...", flush=True)
+    t0 = time.time()
+    summary = stage_fns[stage]()
+    seconds = time.time() - t0
+    results[stage] = {"seconds": seconds, **(extra or {}), "summary": _jsonable(summary),
+                      "inputs_digest": want, "digest": digest([want, uuid.uuid4().hex]),
+                      "upstream": list(upstream.get(stage, ())), "inputs": inputs[stage]}
+    tmp = marker + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(results[stage], f, indent=2)
+    os.replace(tmp, marker)
+    ran.append(stage)
+    print(f"[{i}/{len(order)}] {stage}: done in {seconds:.0f} s", flush=True)
+    logging.info("stage %s done in %.1f s", stage, seconds)
+  return results, ran
+
+
+def _read_marker(path: str) -> dict[str, Any] | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    return {}  # unreadable: treated as stale
 
 
 def run(workdir: str, *, size: str = "demo", seed: int = 0, num_patients: int | None = None,
@@ -131,35 +257,21 @@ def run(workdir: str, *, size: str = "demo", seed: int = 0, num_patients: int | 
     out = report_tables.build_report(workdir, tables_dir, seed=seed, progress=progress)
     return {"files": out["files"]}
 
-  stage_fns = {"synthesize": synthesize, "build_dataset": build_dataset,
-               "baselines": baselines, "generate": generate, "insights": insights,
-               "paper_tables": paper_tables}
-  stage_fns.update({s: train(s) for s in STAGES if s.startswith(("pretrain", "finetune_",
-                                                                  "scratch_"))})
-  os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
-  results: dict[str, Any] = {}
+  fns = {"synthesize": synthesize, "build_dataset": build_dataset,
+         "baselines": baselines, "generate": generate, "insights": insights,
+         "paper_tables": paper_tables}
+  fns.update({s: train(s) for s in STAGES if s.startswith(("pretrain", "finetune_", "scratch_"))})
+  stage_fns = {s: fns[s] for s in STAGES}
   t_start = time.time()
-  for i, stage in enumerate(STAGES, 1):
-    marker = os.path.join(workdir, "stages", f"{stage}.json")
-    if os.path.exists(marker) and stage not in force:
-      with open(marker) as f:
-        results[stage] = json.load(f)
-      print(f"[{i}/{len(STAGES)}] {stage}: finished earlier ({results[stage]['seconds']:.0f} s), "
-            "skipped", flush=True)
-      continue
-    print(f"[{i}/{len(STAGES)}] {stage} ...", flush=True)
-    t0 = time.time()
-    summary = stage_fns[stage]()
-    seconds = time.time() - t0
-    results[stage] = {"seconds": seconds, "size": size, "summary": _jsonable(summary)}
-    with open(marker, "w") as f:
-      json.dump(results[stage], f, indent=2)
-    print(f"[{i}/{len(STAGES)}] {stage}: done in {seconds:.0f} s", flush=True)
-    logging.info("stage %s done in %.1f s", stage, seconds)
-  timing = {s: round(r["seconds"], 1) for s, r in results.items()}
-  with open(os.path.join(workdir, "stage_times.json"), "w") as f:
-    json.dump({"size": size, "num_patients": n, "stage_seconds": timing,
-               "this_run_seconds": round(time.time() - t_start, 1)}, f, indent=2)
+  results, ran = run_stages(workdir, stage_fns, stage_inputs(job, workdir, configs), force=force,
+                            extra={"size": size})
+  if ran:  # stage_times.json describes the stages as they now are; untouched if none ran
+    times_path = os.path.join(workdir, "stage_times.json")
+    with open(times_path + ".tmp", "w") as f:
+      json.dump({"size": size, "num_patients": n, "seed": seed,
+                 "stage_seconds": {s: round(r["seconds"], 1) for s, r in results.items()},
+                 "ran": ran, "this_run_seconds": round(time.time() - t_start, 1)}, f, indent=2)
+    os.replace(times_path + ".tmp", times_path)
   for name in ("cost_table.md", "chronic_table.md"):
     with open(os.path.join(tables_dir, name)) as f:
       print("\n" + f.read())

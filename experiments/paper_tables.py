@@ -6,10 +6,10 @@ Writes cost_table.md/.csv, chronic_table.md/.csv, predictive_ratios.csv and PNG 
 prints both tables. See docs/evaluation.md.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import cli
 from lmm_jax.eval import metrics
 from lmm_jax.report import tables
 
@@ -35,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

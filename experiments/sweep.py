@@ -8,9 +8,9 @@ WORKDIR/sweep_results.md and .json (points ranked by the config's SWEEP_METRIC o
 with the best point's overrides).
 """
 
-from absl import app
 from absl import flags
 
+from experiments import cli
 from experiments import sweeps
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file with preset, e.g. "
@@ -27,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -29,11 +29,22 @@ def test_tiny_main_job_end_to_end_and_resume(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "Next-12-month cost" in out  # both tables are printed at the end
 
-  # A rerun finds every stage finished and redoes none (the stage records are unchanged).
-  before = {s: os.path.getmtime(os.path.join(workdir, "stages", f"{s}.json"))
+  # A rerun finds every stage finished and redoes none (the stage records and stage_times.json
+  # are unchanged).
+  def marker_times():
+    return {s: os.path.getmtime(os.path.join(workdir, "stages", f"{s}.json"))
             for s in reproduce.STAGES}
+  times_path = os.path.join(workdir, "stage_times.json")
+  before, times_before = marker_times(), os.path.getmtime(times_path)
   reproduce.run(workdir, size="tiny", progress=False)
-  after = {s: os.path.getmtime(os.path.join(workdir, "stages", f"{s}.json"))
-           for s in reproduce.STAGES}
-  assert before == after
+  assert marker_times() == before and os.path.getmtime(times_path) == times_before
   assert capsys.readouterr().out.count("finished earlier") == len(reproduce.STAGES)
+
+  # A forced last stage reruns alone (no stage is downstream of it), over cleared outputs.
+  open(os.path.join(tables, "stale.md"), "w").close()
+  reproduce.run(workdir, size="tiny", progress=False, force=("paper_tables",))
+  after = marker_times()
+  assert [s for s in reproduce.STAGES if after[s] != before[s]] == ["paper_tables"]
+  assert not os.path.exists(os.path.join(tables, "stale.md"))
+  with open(times_path) as f:
+    assert json.load(f)["ran"] == ["paper_tables"]

@@ -554,6 +554,7 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
       "splits_source": ("metadata/subject_splits.parquet" if splits is not None
                         else "hash of subject_id"),
       "subjects_hash_split": hashed,
+      "split_directory_conflicts": meds_io.split_directory_conflicts(meds_dir, paths, splits),
       "index_date": meds_io.days_to_date(index_day),
       "index_day": index_day,
       "data_end_date": meds_io.days_to_date(data_end),

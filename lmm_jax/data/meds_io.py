@@ -119,6 +119,36 @@ def read_splits(meds_dir: str) -> Optional[Splits]:
   return Splits(ids, index)
 
 
+def directory_split(meds_dir: str, path: str) -> Optional[str]:
+  """The split a data file's directory names (`data/train/x.parquet` -> 'train'), else None."""
+  parts = os.path.relpath(path, os.path.join(meds_dir, "data")).split(os.sep)
+  return parts[0] if len(parts) > 1 and parts[0] in conventions.SPLITS else None
+
+
+def split_directory_conflicts(meds_dir: str, paths: list[str], splits: Optional[Splits]
+                              ) -> dict[str, int]:
+  """Subjects that subject_splits.parquet puts in another split than the `data/<split>/` directory
+  of their file, as {"train->held_out": subjects, ...}; the metadata's split is the one used.
+  Reads only the subject_id column, in batches."""
+  if splits is None:
+    return {}
+  out: dict[str, int] = {}
+  for path in paths:
+    where = directory_split(meds_dir, path)
+    if where is None:
+      continue
+    pf = _open(path)
+    ids = [np.unique(b.column(0).cast(pa.int64()).to_numpy(zero_copy_only=False))
+           for b in pf.iter_batches(batch_size=1 << 20, columns=["subject_id"])]
+    ids = np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
+    listed = splits.lookup(ids)
+    for index, n in zip(*np.unique(listed[listed >= 0], return_counts=True)):
+      if conventions.SPLITS[index] != where:
+        key = f"{where}->{conventions.SPLITS[index]}"
+        out[key] = out.get(key, 0) + int(n)
+  return dict(sorted(out.items()))
+
+
 def hash_split(subject_ids: np.ndarray, fractions) -> np.ndarray:
   """Deterministic split index per subject from a 64-bit mix of its id (splitmix64)."""
   x = subject_ids.astype(np.uint64)

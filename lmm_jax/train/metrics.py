@@ -64,6 +64,30 @@ class MetricWriter:
         self._tb.add_scalar(k, float(v), int(step))
     self._tb.flush()
 
+  def trim_after(self, step: int) -> int:
+    """Drops the rows logged after `step` (a resumed run's steps past its checkpoint, written
+    before a crash, and a torn last line); returns how many rows were dropped."""
+    if not self.enabled:
+      return 0
+    self._file.close()
+    path = os.path.join(os.path.dirname(self._file.name), METRICS_FILE)
+    with open(path, encoding="utf-8") as f:
+      lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if int(row.get("step", 0)) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+      os.replace(path + ".tmp", path)
+    self._file = open(path, "a", encoding="utf-8")
+    return len(lines) - len(kept)
+
   def close(self) -> None:
     if self._file is not None:
       self._file.close()

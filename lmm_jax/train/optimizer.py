@@ -3,13 +3,48 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from absl import logging
 import jax
 from jax.sharding import Sharding
 import ml_collections
 import optax
+
+
+_POSITIVE = lambda v: v > 0
+_NON_NEGATIVE = lambda v: v >= 0
+# config.optimizer field -> (test, what it must be); checked before any optimizer is built.
+_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "learning_rate": (_POSITIVE, "a finite number > 0"),
+    "warmup_steps": (lambda v: v >= 0 and float(v).is_integer(), "an integer >= 0"),
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eps": (_POSITIVE, "a finite number > 0"),
+    "weight_decay": (_NON_NEGATIVE, "a finite number >= 0"),
+    "grad_clip": (_NON_NEGATIVE, "a finite number >= 0 (0 disables clipping)"),
+    "grad_accum_steps": (lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1"),
+    "backbone_lr_multiplier": (_NON_NEGATIVE, "a finite number >= 0"),
+}
+
+
+def validate(opt: ml_collections.ConfigDict, num_train_steps: int) -> None:
+  """Raises a one-line ValueError naming the first absurd optimizer setting."""
+  for key, (ok, want) in _RULES.items():
+    if key not in opt:
+      continue
+    v = opt[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+      raise ValueError(f"config.optimizer.{key}={v!r}: must be {want}")
+  if not isinstance(num_train_steps, int) or num_train_steps < 0:
+    raise ValueError(f"config.num_train_steps={num_train_steps!r}: must be an integer >= 0")
+  if opt.warmup_steps >= num_train_steps > 0:
+    # Kept for smoke runs shorter than a preset's warmup; the peak is reached at the last step.
+    logging.warning("optimizer.warmup_steps=%d >= num_train_steps=%d: warmup cut to %d steps",
+                    opt.warmup_steps, num_train_steps, max(num_train_steps - 1, 0))
 
 
 def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
@@ -44,6 +79,7 @@ def decay_mask_fn(no_decay_patterns: Sequence[str]):
 def make_optimizer(opt: ml_collections.ConfigDict, num_train_steps: int,
                    labels: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer and its schedule; `labels` is a params-shaped tree of 'backbone'/'head'."""
+  validate(opt, num_train_steps)
   schedule = make_schedule(opt, num_train_steps)
 
   def adamw(scale: float) -> optax.GradientTransformation:

@@ -359,6 +359,10 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
   state, data_state, source = trainer.restore_or_init(checkpointer)
   start_step = int(state["step"])
   logging.info("starting at step %d from %s", start_step, source)
+  trimmed = writer.trim_after(start_step)
+  if trimmed:
+    logging.info("metrics.jsonl: dropped %d rows logged after step %d before the restart",
+                 trimmed, start_step)
   num_steps = config.num_train_steps
   pcount, pindex = jax.process_count(), jax.process_index()
   local_batch = config.batch_size // pcount
@@ -407,11 +411,15 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
     weights = jax.device_get(res.metrics["weights"])
     loss_w = float(weights["loss"])
     loss = float(sums["loss"]) / loss_w if loss_w > 0 else 0.0
-    if not math.isfinite(loss) or not math.isfinite(float(res.metrics["grad_norm"])):
+    values = {"loss": loss, "gradient norm": float(res.metrics["grad_norm"]),
+              "parameter norm": float(res.metrics["param_norm"])}
+    bad = [f"{k} {v}" for k, v in values.items() if not math.isfinite(v)]
+    if bad:
       raise FloatingPointError(
-          f"non-finite training loss {loss} (grad norm {float(res.metrics['grad_norm'])}) at "
-          f"step {res.step}; stopping without saving. Last good checkpoint: step "
-          f"{checkpointer.latest_step()} in {checkpointer.directory}")
+          f"non-finite {', '.join(bad)} at step {res.step} (loss {loss}, gradient norm "
+          f"{values['gradient norm']}, parameter norm {values['parameter norm']}); stopping "
+          f"without saving. Last good checkpoint: step {checkpointer.latest_step()} in "
+          f"{checkpointer.directory}")
     window["tokens"] += res.tokens
     window["steps"] += 1
     if progress is not None:
