@@ -22,7 +22,7 @@ def _binary(*args):
 @pytest.mark.parametrize("args,expected", [
     (("--workdir=W",), "error: config.data_dir is empty"),
     (("--workdir=W", "--config.data_dir=/nonexistent/records"),
-     "error: no vocabulary at /nonexistent/records/vocab.json"),
+     "error: /nonexistent/records does not exist; rebuild it with python -m data_prep.build_dataset"),
     (("--workdir=W", "--config=experiments/configs/pretrain.py:huge"),
      "error: flag --config=experiments/configs/pretrain.py:huge: unknown preset 'huge'"),
     (("--workdir=W", "--config=experiments/configs/nothere.py:tiny", "--config.data_dir=D"),
