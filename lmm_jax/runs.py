@@ -55,13 +55,12 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 # The data layer owns the definition (manifest.json stores the same digest).
-vocab_digest = records.vocab_digest
 
 
 def check_vocabulary(workdir: str, data_dir: str, where: str) -> dict[str, Any]:
   """The run's run.json, after checking that data_dir has the vocabulary it was trained on."""
   info = read_run_info(workdir)
-  digest = vocab_digest(data_dir)
+  digest = records.vocab_digest(data_dir)
   if info.get("vocab_digest") and digest and digest != info["vocab_digest"]:
     raise ValueError(f"{where} was trained on another vocabulary than {data_dir}'s "
                      f"(vocab.json digest {info['vocab_digest'][:12]} != {digest[:12]}); point "
@@ -75,7 +74,8 @@ def record_run(workdir: str, config: ml_collections.ConfigDict, *, vocab_size: i
   write_config(workdir, config)
   if jax.process_index() == 0:
     info = {"task": config.task, "vocab_size": int(vocab_size),
-            "vocab_digest": vocab_digest(config.data_dir), "vocab_multiple": int(vocab_multiple),
+            "vocab_digest": records.vocab_digest(config.data_dir),
+            "vocab_multiple": int(vocab_multiple),
             "num_params": int(num_params)}
     _write_atomic(os.path.join(workdir, RUN_FILE), json.dumps(info, indent=2, sort_keys=True))
 

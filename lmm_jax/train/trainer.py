@@ -39,7 +39,6 @@ from typing import Any, Iterable, Mapping
 
 from absl import logging
 from flax import nnx
-from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -301,27 +300,11 @@ class Trainer:
     target = params if key is None else params[key]
     restored = runs.load_backbone(init_from, target, data_dir=self.config.data_dir,
                                   nested_key=key, hint=f"config.init_from={init_from!r}")
-    _check_same_shapes(restored, target, init_from)
     if key is None:
       return restored
     out = dict(params)
     out[key] = restored
     return out
-
-
-def _check_same_shapes(restored: Any, target: Any, where: str) -> None:
-  r = traverse_util.flatten_dict(restored)
-  t = traverse_util.flatten_dict(target)
-  if set(r) != set(t):
-    raise ValueError(f"init_from {where}: parameter names differ: missing "
-                     f"{sorted(map('/'.join, set(t) - set(r)))[:5]}, extra "
-                     f"{sorted(map('/'.join, set(r) - set(t)))[:5]}")
-  for k in t:
-    if r[k].shape != t[k].shape:
-      raise ValueError(f"init_from {where}: {'/'.join(k)} has shape {r[k].shape}, "
-                       f"model expects {t[k].shape} (same model config needed)")
-
-
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

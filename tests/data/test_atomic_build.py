@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-from lmm_jax import runs
 from lmm_jax.baselines import features
 from lmm_jax.data import build
 from lmm_jax.data import pipeline
@@ -84,7 +83,7 @@ def _assert_readers_refuse(data_dir: str, error=(FileNotFoundError, ValueError),
 def test_a_build_ends_with_a_manifest_of_its_files(built):
   manifest = records.check_dataset(built)
   report = json.load(open(os.path.join(built, records.REPORT_FILE)))
-  assert manifest["vocab_digest"] == runs.vocab_digest(built) == hashlib.sha256(
+  assert manifest["vocab_digest"] == records.vocab_digest(built) == hashlib.sha256(
       open(os.path.join(built, records.VOCAB_FILE), "rb").read()).hexdigest()
   assert manifest["vocab_size"] == report["vocab_size"]
   assert manifest["builder"]["version"] == build.BUILDER_VERSION
