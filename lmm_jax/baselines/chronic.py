@@ -50,12 +50,17 @@ def _single_class(y: np.ndarray) -> bool:
   return y.min() == y.max()
 
 
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+  """sign(x) log1p(|x|): log1p for the counts and dollars, and keeps a trend's sign."""
+  return np.sign(x) * np.log1p(np.abs(x))
+
+
 def logistic_model(train: features.TaskData, test: features.TaskData, x_train: np.ndarray,
                    x_test: np.ndarray, *, seed: int = 0,
                    progress: bool = True) -> ChronicPrediction:
-  scaler = StandardScaler().fit(np.log1p(np.maximum(x_train, 0)))
-  xs_train = scaler.transform(np.log1p(np.maximum(x_train, 0)))
-  xs_test = scaler.transform(np.log1p(np.maximum(x_test, 0)))
+  scaler = StandardScaler().fit(signed_log1p(x_train))
+  xs_train = scaler.transform(signed_log1p(x_train))
+  xs_test = scaler.transform(signed_log1p(x_test))
   notes = collections.Counter()
   out = np.zeros((len(test), conditions.NUM_CONDITIONS))
   for c in tqdm.trange(conditions.NUM_CONDITIONS, desc="logistic", disable=not progress):

@@ -9,6 +9,15 @@ date, so no baseline can see the target window.
   prevalent      the 22 chronic-condition flags coded before the index date (cond_prior)
   code counts    counts of the most frequent tokens (document frequency on the train split)
   HCCs           CMS-HCC V28 indicators and risk score (lmm_jax.baselines.hcc)
+  recency        what happened lately (`recency`; days are counted back from the index date, an
+                 event on day index - d is in the last W days when d <= W):
+                   claims_{W}d, cost_{W}d, inpatient_{W}d, er_{W}d, fill_{W}d  for W = 90, 180, 365:
+                     claims (CLAIM// tokens), allowed dollars (the mean dollars of the COST//BIN
+                     tokens), inpatient stays, ER visits and pharmacy fills in the last W days
+                   days_since_{claim,inpatient,er,fill}: days since the last such claim
+                     (NO_EVENT_DAYS when there is none in the history, and the cap)
+                   cost_prior_half_year: dollars in days 183-365 before the index date
+                   cost_trend: log1p(dollars of the last 182 days) - log1p(cost_prior_half_year)
 """
 
 from __future__ import annotations
@@ -31,6 +40,13 @@ NUM_KINDS = len(TokenKind)
 # the demographic and activity features).
 CODE_KINDS = (TokenKind.DIAGNOSIS, TokenKind.PROCEDURE, TokenKind.DRUG, TokenKind.COST,
               TokenKind.CLAIM, TokenKind.DEATH, TokenKind.OTHER)
+RECENCY_WINDOWS = (90, 180, 365)   # days before the index date
+HALF_YEAR = 182
+NO_EVENT_DAYS = 3650               # days_since_* of a member without such a claim (and the cap)
+# Claim types whose recency is a feature: name -> the claim-type token.
+RECENT_CLAIMS = {"inpatient": "CLAIM//INPATIENT", "er": "CLAIM//EMERGENCY",
+                 "fill": "CLAIM//PHARMACY"}
+_RECENCY_CHUNK = 8192              # members per vectorized chunk (bounds the flat arrays' memory)
 
 
 @dataclasses.dataclass
@@ -134,6 +150,67 @@ def activity(data: TaskData, kinds: np.ndarray) -> tuple[np.ndarray, list[str]]:
   return out, names
 
 
+def recency_names() -> list[str]:
+  names = []
+  for w in RECENCY_WINDOWS:
+    names += [f"claims_{w}d", f"cost_{w}d"] + [f"{c}_{w}d" for c in RECENT_CLAIMS]
+  names += ["days_since_claim"] + [f"days_since_{c}" for c in RECENT_CLAIMS]
+  return names + ["cost_prior_half_year", "cost_trend"]
+
+
+def claim_type_ids(tokens: Sequence[str]) -> dict[str, int]:
+  """RECENT_CLAIMS name -> token id (-1 when the vocabulary lacks that claim type)."""
+  ids = {t: i for i, t in enumerate(tokens)}
+  return {name: ids.get(tok, -1) for name, tok in RECENT_CLAIMS.items()}
+
+
+def recency(data: TaskData, kinds: np.ndarray, cost_value: np.ndarray,
+            claim_ids: dict[str, int]) -> tuple[np.ndarray, list[str]]:
+  """float32[N, R] recency features (module docstring), vectorized over chunks of members.
+
+  kinds and cost_value are per token id (Vocabulary.kinds / .cost_value); claim_ids from
+  `claim_type_ids`.
+  """
+  names = recency_names()
+  n = len(data)
+  out = np.zeros((n, len(names)), np.float32)
+  kinds = np.asarray(kinds)
+  is_claim = kinds == TokenKind.CLAIM
+  value = np.where(kinds == TokenKind.COST, np.asarray(cost_value, np.float64), 0.0)
+  types = list(RECENT_CLAIMS)
+  for start in range(0, n, _RECENCY_CHUNK):
+    stop = min(start + _RECENCY_CHUNK, n)
+    m = stop - start
+    lengths = np.fromiter((t.size for t in data.tokens[start:stop]), np.int64, m)
+    if lengths.sum() == 0:
+      out[start:stop, len(RECENCY_WINDOWS) * (2 + len(types)):-2] = NO_EVENT_DAYS
+      continue
+    tok_T = np.concatenate(data.tokens[start:stop]).astype(np.int64)
+    member_T = np.repeat(np.arange(m), lengths)
+    back_T = (data.index_day[start:stop][member_T].astype(np.int64) -
+              np.concatenate(data.days[start:stop]))      # days before the index, >= 1
+    dollars_T = value[tok_T]
+    claim_T = is_claim[tok_T]
+    type_T = {c: tok_T == claim_ids.get(c, -1) for c in types}
+    cols = []
+    for w in RECENCY_WINDOWS:
+      inside = back_T <= w
+      cols.append(np.bincount(member_T, weights=claim_T & inside, minlength=m))
+      cols.append(np.bincount(member_T, weights=dollars_T * inside, minlength=m))
+      cols += [np.bincount(member_T, weights=type_T[c] & inside, minlength=m) for c in types]
+    for mask in [claim_T] + [type_T[c] for c in types]:
+      last = np.full(m, NO_EVENT_DAYS, np.int64)
+      np.minimum.at(last, member_T[mask], back_T[mask])
+      cols.append(np.minimum(last, NO_EVENT_DAYS))
+    recent = np.bincount(member_T, weights=dollars_T * (back_T <= HALF_YEAR), minlength=m)
+    before = np.bincount(member_T, weights=dollars_T * ((back_T > HALF_YEAR) &
+                                                        (back_T <= conventions.TARGET_WINDOW_DAYS)),
+                         minlength=m)
+    cols += [before, np.log1p(recent) - np.log1p(before)]
+    out[start:stop] = np.stack(cols, axis=1)
+  return out, names
+
+
 def frequent_tokens(train: TaskData, kinds: np.ndarray, max_tokens: int,
                     min_members: int = 5) -> np.ndarray:
   """Ids of the code tokens held by the most train members (at least min_members), sorted."""
@@ -166,14 +243,21 @@ class FeatureSet:
   token_ids: np.ndarray         # frequent code tokens
   token_names: list[str]
   hcc_names: list[str]          # HCCs seen on train, in column order
+  cost_value: np.ndarray        # float[V]: mean dollars of each COST token (0 elsewhere)
+  claim_ids: dict[str, int]     # RECENT_CLAIMS name -> token id (-1 if not in the vocabulary)
 
   @classmethod
   def fit(cls, train: TaskData, kinds: np.ndarray, tokens: Sequence[str], train_hccs,
-          max_tokens: int = 512) -> "FeatureSet":
+          max_tokens: int = 512, *, cost_value: np.ndarray) -> "FeatureSet":
     kinds = np.asarray(kinds, np.int8)
+    cost_value = np.asarray(cost_value, np.float64)
+    if cost_value.shape != kinds.shape:
+      raise ValueError(f"cost_value has shape {cost_value.shape}, expected ({kinds.size},) like "
+                       "the token kinds")
     ids = frequent_tokens(train, kinds, max_tokens)
     hccs = sorted({h for member in train_hccs for h in member})
-    return cls(kinds.size, kinds, ids, [f"tok:{tokens[i]}" for i in ids], hccs)
+    return cls(kinds.size, kinds, ids, [f"tok:{tokens[i]}" for i in ids], hccs, cost_value,
+               claim_type_ids(tokens))
 
   def hcc_matrix(self, hccs) -> np.ndarray:
     col = {h: j for j, h in enumerate(self.hcc_names)}
@@ -193,11 +277,12 @@ class FeatureSet:
                        f"the vocabulary of {self.vocab_size} tokens")
     demo, demo_names = demographics(data)
     act, act_names = activity(data, self.kinds)
+    rec, rec_names = recency(data, self.kinds, self.cost_value, self.claim_ids)
     cost = np.stack([data.cost_prior, np.log1p(np.maximum(data.cost_prior, 0))], 1)
-    parts = [demo, cost.astype(np.float32), act, data.cond_prior.astype(np.float32),
+    parts = [demo, cost.astype(np.float32), act, rec, data.cond_prior.astype(np.float32),
              np.asarray(risk_score, np.float32)[:, None], self.hcc_matrix(hccs),
              token_counts(data, self.token_ids, self.vocab_size)]
-    names = (demo_names + ["cost_prior", "log_cost_prior"] + act_names +
+    names = (demo_names + ["cost_prior", "log_cost_prior"] + act_names + rec_names +
              [f"prior_{c}" for c in conditions.CONDITION_NAMES] + ["hcc_risk_score"] +
              [f"hcc:{h}" for h in self.hcc_names] + self.token_names)
     return np.concatenate(parts, axis=1), names

@@ -143,7 +143,7 @@ def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | Non
   if need_x:
     with timer("features"):
       fs = features.FeatureSet.fit(train, vocab.kinds, vocab.tokens, scores[conventions.TRAIN].hccs,
-                                   max_tokens=max_tokens)
+                                   max_tokens=max_tokens, cost_value=vocab.cost_value)
       for s, d in data.items():
         x[s], names = fs.transform(d, scores[s].risk_score, scores[s].hccs)
     logging.info("baselines: %d features (%d frequent codes, %d HCCs)", len(names),

@@ -68,7 +68,8 @@ def test_frequent_tokens_and_counts(fake_dir, train):
 
 def test_feature_set_rejects_foreign_token_ids(fake_dir, train):
   vocab = Vocabulary.load(fake_dir)
-  fs = features.FeatureSet.fit(train, vocab.kinds, vocab.tokens, [[]] * len(train))
+  fs = features.FeatureSet.fit(train, vocab.kinds, vocab.tokens, [[]] * len(train),
+                               cost_value=vocab.cost_value)
   bad = train.subset(2)
   bad.tokens = [np.array([1, vocab.size + 3], np.int32)] * 2
   with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -161,3 +162,89 @@ def test_baselines_binary(fake_dir, tmp_path):
   assert json.loads(result.stdout)["members"]["held_out"] == 120
   assert os.path.exists(tmp_path / "predictions" / "cost" / "prior_cost.parquet")
   assert os.path.exists(tmp_path / "predictions" / "chronic" / "oracle.parquet")
+
+
+def _recency_data(histories, index_day=1000):
+  """TaskData of members whose histories are lists of (token id, days before the index)."""
+  n = len(histories)
+  z = np.zeros(n)
+  return features.TaskData(
+      "train", np.arange(n, dtype=np.int64), np.full(n, index_day, np.int32),
+      np.ones(n, np.int8), np.ones(n, np.int8), np.full(n, 50, np.float32), z, z, z,
+      np.zeros((n, conditions.NUM_CONDITIONS), np.uint8),
+      np.zeros((n, conditions.NUM_CONDITIONS), np.uint8), [[] for _ in range(n)],
+      [np.array([t for t, _ in h], np.int32) for h in histories],
+      [np.array([index_day - d for _, d in h], np.int32) for h in histories])
+
+
+def test_recency_features_reflect_planted_events():
+  tokens = ["[PAD]", "CLAIM//INPATIENT", "CLAIM//EMERGENCY", "CLAIM//PHARMACY",
+            "CLAIM//PROFESSIONAL", "COST//BIN00", "COST//BIN01", "ICD10CM//I10"]
+  kinds = np.array([0, 7, 7, 7, 7, 6, 6, 3], np.int8)
+  cost_value = np.array([0, 0, 0, 0, 0, 100.0, 5000.0, 0])
+  ids = features.claim_type_ids(tokens)
+  assert ids == {"inpatient": 1, "er": 2, "fill": 3}
+  data = _recency_data([
+      # an admission 30 days ago ($5,000), a fill 100 days ago ($100), an office visit 300 ago
+      [(4, 300), (5, 300), (7, 300), (3, 100), (5, 100), (1, 30), (6, 30)],
+      # an ER visit 200 days ago ($5,000) and nothing since: a falling trend
+      [(2, 200), (6, 200)],
+      [],   # no history at all
+  ])
+  x, names = features.recency(data, kinds, cost_value, ids)
+  col = lambda name: x[:, names.index(name)]
+  assert len(names) == len(set(names)) == x.shape[1]
+  np.testing.assert_array_equal(col("claims_90d"), [1, 0, 0])
+  np.testing.assert_array_equal(col("claims_365d"), [3, 1, 0])
+  np.testing.assert_array_equal(col("cost_90d"), [5000, 0, 0])
+  np.testing.assert_array_equal(col("cost_180d"), [5100, 0, 0])
+  np.testing.assert_array_equal(col("inpatient_90d"), [1, 0, 0])
+  np.testing.assert_array_equal(col("er_180d"), [0, 0, 0])
+  np.testing.assert_array_equal(col("er_365d"), [0, 1, 0])
+  np.testing.assert_array_equal(col("fill_180d"), [1, 0, 0])
+  np.testing.assert_array_equal(col("days_since_inpatient"), [30, features.NO_EVENT_DAYS,
+                                                              features.NO_EVENT_DAYS])
+  np.testing.assert_array_equal(col("days_since_er"), [features.NO_EVENT_DAYS, 200,
+                                                       features.NO_EVENT_DAYS])
+  np.testing.assert_array_equal(col("days_since_claim"), [30, 200, features.NO_EVENT_DAYS])
+  np.testing.assert_array_equal(col("cost_prior_half_year"), [100, 5000, 0])
+  np.testing.assert_allclose(col("cost_trend"), [np.log1p(5100) - np.log1p(100),
+                                                -np.log1p(5000), 0], rtol=1e-6)
+
+
+def test_recency_is_the_same_in_chunks(monkeypatch):
+  rng = np.random.default_rng(0)
+  kinds = np.array([0, 7, 7, 7, 7, 6, 6, 3], np.int8)
+  cost_value = np.array([0, 0, 0, 0, 0, 100.0, 5000.0, 0])
+  ids = {"inpatient": 1, "er": 2, "fill": 3}
+  hist = [[(int(rng.integers(1, 8)), int(rng.integers(1, 700))) for _ in range(rng.integers(0, 9))]
+          for _ in range(50)]
+  whole, _ = features.recency(_recency_data(hist), kinds, cost_value, ids)
+  monkeypatch.setattr(features, "_RECENCY_CHUNK", 7)
+  chunked, _ = features.recency(_recency_data(hist), kinds, cost_value, ids)
+  np.testing.assert_array_equal(whole, chunked)
+
+
+def test_recency_features_predict_a_planted_admission_effect():
+  """Members admitted in the last 90 days cost more next year: LightGBM finds it by recency."""
+  rng = np.random.default_rng(1)
+  kinds = np.array([0, 7, 7, 7, 7, 6, 6, 3], np.int8)
+  cost_value = np.array([0, 0, 0, 0, 0, 100.0, 5000.0, 0])
+  fs_tokens = ["[PAD]", "CLAIM//INPATIENT", "CLAIM//EMERGENCY", "CLAIM//PHARMACY",
+               "CLAIM//PROFESSIONAL", "COST//BIN00", "COST//BIN01", "ICD10CM//I10"]
+
+  def split(n):
+    # Everyone had one admission in the year; only its recency carries the signal.
+    back = rng.integers(1, 365, n)
+    data = _recency_data([[(1, int(b)), (6, int(b)), (4, 400), (7, 400)] for b in back])
+    data.cost_next = np.where(back <= 90, 20_000.0, 2_000.0) * rng.uniform(0.8, 1.2, n)
+    data.cost_next_capped = data.cost_next
+    return data
+
+  train, tuning, test = split(600), split(200), split(300)
+  fs = features.FeatureSet.fit(train, kinds, fs_tokens, [[]] * len(train), cost_value=cost_value)
+  x = {k: fs.transform(d, np.zeros(len(d)), [[]] * len(d))[0]
+       for k, d in (("train", train), ("tuning", tuning), ("test", test))}
+  pred = cost_lib.lightgbm_model(train, tuning, test, x["train"], x["tuning"], x["test"])
+  recent = test.cost_next > 10_000
+  assert pred.y_pred[recent].min() > 3 * pred.y_pred[~recent].max()
