@@ -7,7 +7,10 @@
                        activity counts, prior cost and prevalent-condition flags
   lightgbm_chronic     LightGBM binary classifier per condition on the same features as the cost
                        LightGBM; early stopping on the tuning split
-A condition with a single class on train gets its train rate (counted in `notes`).
+  copy_forward         the prevalent-before-index flag (cond_prior) as the score: "it was coded
+                       before, so it will be coded again"; the floor every model must clear
+A condition with a single class on train gets its train rate (counted in `notes`). The fitted
+models refuse a train split without any positive label (`check_labels`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,22 @@ class ChronicPrediction:
   notes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
+def check_labels(name: str, data: features.TaskData, role: str = "training") -> None:
+  """Raises DegenerateDataError when no condition has a positive label in `data`."""
+  if not np.any(data.cond_next):
+    raise features.DegenerateDataError(
+        f"chronic baseline {name}: no positive label among the {len(data)} {role} members for "
+        f"any of the {data.cond_next.shape[1]} conditions")
+
+
+def copy_forward_model(test: features.TaskData) -> ChronicPrediction:
+  return ChronicPrediction(test.cond_prior.astype(np.float64),
+                           "Copy-forward: 1 if the condition was coded before the index date "
+                           "(cond_prior), else 0.")
+
+
 def prevalence_model(train: features.TaskData, test: features.TaskData) -> ChronicPrediction:
+  check_labels("prevalence_age_sex", train)
   num = len(features.AGE_BANDS) * 3
   ctr, cte = cost_lib.age_sex_cells(train), cost_lib.age_sex_cells(test)
   y = train.cond_next.astype(np.float64)
@@ -58,6 +76,7 @@ def signed_log1p(x: np.ndarray) -> np.ndarray:
 def logistic_model(train: features.TaskData, test: features.TaskData, x_train: np.ndarray,
                    x_test: np.ndarray, *, seed: int = 0,
                    progress: bool = True) -> ChronicPrediction:
+  check_labels("logistic", train)
   scaler = StandardScaler().fit(signed_log1p(x_train))
   xs_train = scaler.transform(signed_log1p(x_train))
   xs_test = scaler.transform(signed_log1p(x_test))
@@ -80,6 +99,7 @@ def lightgbm_model(train: features.TaskData, tuning: features.TaskData, x_train:
                    x_tuning: np.ndarray, x_test: np.ndarray, *, seed: int = 0,
                    num_threads: int = 1, max_rounds: int = 200,
                    progress: bool = True) -> ChronicPrediction:
+  check_labels("lightgbm_chronic", train)
   params = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 15,
             "min_data_in_leaf": 20, "feature_fraction": 0.8, "bagging_fraction": 0.8,
             "bagging_freq": 1, "lambda_l2": 1.0, "seed": seed, "num_threads": num_threads,

@@ -8,8 +8,12 @@ truncated at $250k (`y_pred_capped`), as in the Society of Actuaries comparisons
   cms_hcc_v28  the CMS-HCC V28 risk score, recalibrated to dollars by least squares on train
                (cost = a + b * score): the industry-standard risk model
   lightgbm     gradient-boosted trees (Tweedie loss, variance power 1.5, suited to many zeros and
-               a heavy tail) on demographics, prior cost, HCCs and code counts; early stopping on
-               the tuning split
+               a heavy tail) on demographics, prior cost, HCCs, recency and code counts: the
+               conditional mean
+  lightgbm_median  the same trees with the L1 loss: the conditional median, which NMAE rewards
+Both LightGBM models stop early on the tuning split and pick their number of leaves (LEAVES_GRID)
+by the tuning loss; the held-out split is never looked at. Every model refuses training targets
+that are all zero, negative or not finite (`check_targets`), as real MEDS data without cost gives.
 """
 
 from __future__ import annotations
@@ -31,11 +35,32 @@ class CostPrediction:
   description: str
 
 
+LEAVES_GRID = (15, 31, 63)   # LightGBM num_leaves tried; the tuning loss picks one
+
+
 def _targets(data: features.TaskData) -> dict[str, np.ndarray]:
   return {"raw": data.cost_next, "capped": data.cost_next_capped}
 
 
+def check_targets(name: str, data: features.TaskData, role: str = "training") -> None:
+  """Raises DegenerateDataError unless the cost targets are finite, >= 0 and not all zero."""
+  y = np.asarray(data.cost_next, np.float64)
+  n = y.size
+  bad = int(np.sum(~np.isfinite(y)))
+  if bad:
+    raise features.DegenerateDataError(f"cost baseline {name}: {bad} of {n} {role} targets are "
+                                       "not finite")
+  neg = int(np.sum(y < 0))
+  if neg:
+    raise features.DegenerateDataError(f"cost baseline {name}: {neg} of {n} {role} targets are "
+                                       "negative")
+  if not np.any(y > 0):
+    raise features.DegenerateDataError(f"cost baseline {name}: all {n} {role} targets are zero "
+                                       "(no cost in the target window)")
+
+
 def mean_model(train: features.TaskData, test: features.TaskData) -> CostPrediction:
+  check_targets("mean", train)
   t = _targets(train)
   n = len(test)
   return CostPrediction(np.full(n, t["raw"].mean()), np.full(n, t["capped"].mean()),
@@ -63,6 +88,7 @@ def age_sex_cells(data: features.TaskData) -> np.ndarray:
 
 
 def age_sex_model(train: features.TaskData, test: features.TaskData) -> CostPrediction:
+  check_targets("age_sex", train)
   num = len(features.AGE_BANDS) * 3
   ctr, cte = age_sex_cells(train), age_sex_cells(test)
   t = _targets(train)
@@ -79,6 +105,7 @@ def linear_fit(x_train: np.ndarray, y_train: np.ndarray) -> tuple[float, float]:
 
 def hcc_model(train: features.TaskData, test: features.TaskData, risk_train: np.ndarray,
               risk_test: np.ndarray) -> CostPrediction:
+  check_targets("cms_hcc_v28", train)
   t = _targets(train)
   out = []
   for key in ("raw", "capped"):
@@ -89,29 +116,75 @@ def hcc_model(train: features.TaskData, test: features.TaskData, risk_train: np.
                         "squares on train.")
 
 
+_LGB_PARAMS = {"learning_rate": 0.05, "min_data_in_leaf": 20, "feature_fraction": 0.8,
+               "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "verbose": -1,
+               "deterministic": True}
+
+
+def fit_lightgbm(params: dict, x_train: np.ndarray, y_train: np.ndarray, x_tuning: np.ndarray,
+                 y_tuning: np.ndarray, *, max_rounds: int,
+                 leaves_grid: tuple[int, ...] = LEAVES_GRID) -> lgb.Booster:
+  """The booster of the num_leaves with the best tuning loss, each stopped early on tuning."""
+  dtrain = lgb.Dataset(x_train, y_train, params=params, free_raw_data=False).construct()
+  dtune = lgb.Dataset(x_tuning, y_tuning, reference=dtrain, free_raw_data=False).construct()
+  best, best_loss = None, np.inf
+  for leaves in leaves_grid:
+    booster = lgb.train({**params, "num_leaves": leaves}, dtrain, num_boost_round=max_rounds,
+                        valid_sets=[dtune], valid_names=["tuning"],
+                        callbacks=[lgb.early_stopping(30, verbose=False)])
+    loss = next(iter(booster.best_score["tuning"].values()))
+    if loss < best_loss:
+      best, best_loss = booster, loss
+  return best
+
+
+def _lightgbm(name: str, objective: dict, train: features.TaskData, tuning: features.TaskData,
+              x_train: np.ndarray, x_tuning: np.ndarray, x_test: np.ndarray, *, seed: int,
+              num_threads: int, max_rounds: int, capped_by_truncation: bool) -> list[np.ndarray]:
+  check_targets(name, train)
+  check_targets(name, tuning, "tuning")
+  params = {**_LGB_PARAMS, **objective, "seed": seed, "num_threads": num_threads}
+  out = []
+  for key in ("raw",) if capped_by_truncation else ("raw", "capped"):
+    booster = fit_lightgbm(params, x_train, _targets(train)[key], x_tuning, _targets(tuning)[key],
+                           max_rounds=max_rounds)
+    out.append(booster.predict(x_test, num_iteration=booster.best_iteration).astype(np.float64))
+  if capped_by_truncation:  # the median of min(y, cap) is min(median, cap)
+    out.append(np.minimum(out[0], conventions.COST_CAP))
+  return out
+
+
 def lightgbm_model(train: features.TaskData, tuning: features.TaskData,
                    test: features.TaskData, x_train: np.ndarray, x_tuning: np.ndarray,
                    x_test: np.ndarray, *, seed: int = 0,
                    num_threads: int = 1, max_rounds: int = 400) -> CostPrediction:
-  params = {"objective": "tweedie", "tweedie_variance_power": 1.5, "learning_rate": 0.05,
-            "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 0.8,
-            "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "seed": seed,
-            "num_threads": num_threads, "verbose": -1, "deterministic": True}
-  out = []
-  for key in ("raw", "capped"):
-    y_tr, y_tu = _targets(train)[key], _targets(tuning)[key]
-    dtrain = lgb.Dataset(x_train, y_tr, free_raw_data=False)
-    dtune = lgb.Dataset(x_tuning, y_tu, reference=dtrain)
-    booster = lgb.train(params, dtrain, num_boost_round=max_rounds, valid_sets=[dtune],
-                        callbacks=[lgb.early_stopping(30, verbose=False)])
-    out.append(booster.predict(x_test, num_iteration=booster.best_iteration).astype(np.float64))
-  return CostPrediction(out[0], out[1],
+  del test
+  raw, capped = _lightgbm("lightgbm_cost", {"objective": "tweedie", "tweedie_variance_power": 1.5},
+                          train, tuning, x_train, x_tuning, x_test, seed=seed,
+                          num_threads=num_threads, max_rounds=max_rounds,
+                          capped_by_truncation=False)
+  return CostPrediction(raw, capped,
                         "LightGBM (Tweedie) on demographics, prior cost, CMS-HCC V28 HCCs and "
-                        "risk score, token counts by kind and counts of frequent codes; early "
-                        "stopping on the tuning split.")
+                        "risk score, token counts by kind, recency and counts of frequent codes; "
+                        "leaves and early stopping on the tuning split.")
+
+
+def lightgbm_median_model(train: features.TaskData, tuning: features.TaskData,
+                          test: features.TaskData, x_train: np.ndarray, x_tuning: np.ndarray,
+                          x_test: np.ndarray, *, seed: int = 0, num_threads: int = 1,
+                          max_rounds: int = 600) -> CostPrediction:
+  del test
+  raw, capped = _lightgbm("lightgbm_median", {"objective": "l1"}, train, tuning, x_train,
+                          x_tuning, x_test, seed=seed, num_threads=num_threads,
+                          max_rounds=max_rounds, capped_by_truncation=True)
+  return CostPrediction(np.maximum(raw, 0.0), np.maximum(capped, 0.0),
+                        "LightGBM with the L1 loss (the conditional median, which NMAE rewards) "
+                        "on the features of lightgbm_cost; leaves and early stopping on the "
+                        "tuning split.")
 
 
 COST_BASELINES: dict[str, Callable] = {
     "mean": mean_model, "prior_cost": prior_cost_model, "age_sex": age_sex_model,
     "cms_hcc_v28": hcc_model, "lightgbm_cost": lightgbm_model,
+    "lightgbm_median": lightgbm_median_model,
 }

@@ -49,6 +49,10 @@ RECENT_CLAIMS = {"inpatient": "CLAIM//INPATIENT", "er": "CLAIM//EMERGENCY",
 _RECENCY_CHUNK = 8192              # members per vectorized chunk (bounds the flat arrays' memory)
 
 
+class DegenerateDataError(ValueError):
+  """A baseline cannot be fitted or evaluated on this data; the one-line message says why."""
+
+
 @dataclasses.dataclass
 class TaskData:
   """One split's task records as columns (N members)."""

@@ -4,7 +4,9 @@
 
 writes workdir/predictions/{cost,chronic}/MODEL.parquet (lmm_jax.eval.predictions), the oracle rows
 when the synthetic world's ground truth is available, and workdir/baselines_summary.json (headline
-metrics, timings, member counts and counts of fallbacks by reason; no identifiers).
+metrics, timings, member counts, counts of fallbacks by reason and, under "refused", the one-line
+reason of every baseline that could not be fitted on degenerate data, e.g. all-zero costs; no
+identifiers). A refused baseline writes no file; the others still run.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import numpy as np
+import pyarrow.parquet as pq
 import threadpoolctl
 
 from lmm_jax import conventions
@@ -30,6 +33,7 @@ from lmm_jax.eval import metrics
 from lmm_jax.eval import predictions as preds_io
 
 ORACLE = "oracle"
+ORACLE_MEDIAN = "oracle_median"   # cost row from the oracle's median_cost column, when present
 SUMMARY_FILE = "baselines_summary.json"
 
 
@@ -58,8 +62,12 @@ COST_BASELINES: dict[str, Callable[[Inputs], cost_lib.CostPrediction]] = {
     "lightgbm_cost": lambda i: cost_lib.lightgbm_model(
         i.train, i.tuning, i.test, i.x[conventions.TRAIN], i.x[conventions.TUNING], i.x[i.split],
         seed=i.seed, num_threads=i.num_threads),
+    "lightgbm_median": lambda i: cost_lib.lightgbm_median_model(
+        i.train, i.tuning, i.test, i.x[conventions.TRAIN], i.x[conventions.TUNING], i.x[i.split],
+        seed=i.seed, num_threads=i.num_threads),
 }
 CHRONIC_BASELINES: dict[str, Callable[[Inputs], chronic_lib.ChronicPrediction]] = {
+    "copy_forward": lambda i: chronic_lib.copy_forward_model(i.test),
     "prevalence_age_sex": lambda i: chronic_lib.prevalence_model(i.train, i.test),
     "logistic": lambda i: chronic_lib.logistic_model(i.train, i.test, i.x[conventions.TRAIN],
                                                      i.x[i.split], seed=i.seed,
@@ -68,7 +76,7 @@ CHRONIC_BASELINES: dict[str, Callable[[Inputs], chronic_lib.ChronicPrediction]] 
         i.train, i.tuning, i.x[conventions.TRAIN], i.x[conventions.TUNING], i.x[i.split],
         seed=i.seed, num_threads=i.num_threads, progress=i.progress),
 }
-NEEDS_FEATURES = frozenset({"lightgbm_cost", "logistic", "lightgbm_chronic"})
+NEEDS_FEATURES = frozenset({"lightgbm_cost", "lightgbm_median", "logistic", "lightgbm_chronic"})
 NEEDS_HCC = NEEDS_FEATURES | {"cms_hcc_v28"}
 COST_MODELS = tuple(COST_BASELINES)
 CHRONIC_MODELS = tuple(CHRONIC_BASELINES)
@@ -98,6 +106,31 @@ def _check_models(models: Sequence[str] | None) -> tuple[set[str], set[str], boo
   if unknown:
     raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(known)}")
   return set(models) & set(COST_MODELS), set(models) & set(CHRONIC_MODELS), ORACLE in models
+
+
+def oracle_median(path: str, o: oracle_lib.OracleRows,
+                  test: features.TaskData) -> np.ndarray | None:
+  """float64[M] median_cost of the oracle rows o (None when the oracle file has no such column)."""
+  median = getattr(o, "median_cost", None)
+  if median is not None:
+    return np.asarray(median, np.float64)
+  table = pq.read_table(path)
+  if "median_cost" not in table.column_names:
+    return None
+  ids = table.column("subject_id").to_numpy().astype(np.int64)
+  if "index_date" in table.column_names:
+    days = oracle_lib._days(table.column("index_date"), path)  # pylint: disable=protected-access
+    keys = list(zip(ids.tolist(), days.tolist()))
+    want = list(zip(test.subject_id[o.rows].tolist(),
+                    test.index_day[o.rows].astype(np.int64).tolist()))
+  else:
+    keys, want = ids.tolist(), test.subject_id[o.rows].tolist()
+  lookup = dict(zip(keys, range(len(keys))))
+  median = table.column("median_cost").to_numpy(zero_copy_only=False).astype(np.float64)
+  out = median[np.array([lookup[k] for k in want], np.int64)]
+  if not np.all(np.isfinite(out)) or np.any(out < 0):
+    raise ValueError(f"{path}: column median_cost must hold finite dollars >= 0")
+  return out
 
 
 def run_baselines(data_dir: str, workdir: str, *, split: str = conventions.HELD_OUT,
@@ -156,12 +189,32 @@ def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | Non
   inputs = Inputs(train=train, tuning=tuning, test=test,
                   risk={s: sc.risk_score for s, sc in scores.items()}, x=x, split=split,
                   seed=seed, num_threads=num_threads, progress=progress)
-  files, headline = [], {}
+  files, headline, refused = [], {}, {}
+
+  def fit(name: str, fit_predict: Callable[[Inputs], Any], check: Callable[[str], None]):
+    """The baseline's prediction, or None (with the reason in `refused`) on degenerate data."""
+    try:
+      with timer(name):
+        pred = fit_predict(inputs)   # refuses degenerate training data first
+      check(name)
+      return pred
+    except features.DegenerateDataError as e:
+      refused[name] = str(e)
+      logging.warning("baseline %s refused: %s", name, e)
+      return None
+
+  def check_cost(name: str) -> None:
+    cost_lib.check_targets(name, test, f"{split} (evaluated)")
+
+  def check_chronic(name: str) -> None:
+    chronic_lib.check_labels(name, test, f"{split} (evaluated)")
+
   for name, fit_predict in COST_BASELINES.items():
     if name not in cost_models:
       continue
-    with timer(name):
-      pred = fit_predict(inputs)
+    pred = fit(name, fit_predict, check_cost)
+    if pred is None:
+      continue
     files.append(preds_io.write_cost_predictions(
         workdir, name, test.subject_id, test.cost_next, pred.y_pred,
         y_pred_capped=pred.y_pred_capped, meta=meta(pred.description)))
@@ -170,8 +223,9 @@ def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | Non
   for name, fit_predict in CHRONIC_BASELINES.items():
     if name not in chronic_models:
       continue
-    with timer(name):
-      pred = fit_predict(inputs)
+    pred = fit(name, fit_predict, check_chronic)
+    if pred is None:
+      continue
     if pred.notes:
       notes[name] = pred.notes
     files.append(preds_io.write_chronic_predictions(
@@ -199,6 +253,14 @@ def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | Non
     headline[ORACLE] = {
         "nmae": metrics.cost_metrics(test.cost_next[r], o.expected_cost)["nmae"],
         "macro_auroc": metrics.chronic_metrics(test.cond_next[r], o.p_MxC)["macro_auroc"]}
+    median = oracle_median(path, o, test)
+    if median is not None:
+      files.append(preds_io.write_cost_predictions(
+          workdir, ORACLE_MEDIAN, test.subject_id[r], test.cost_next[r], median,
+          y_pred_capped=np.minimum(median, conventions.COST_CAP),
+          meta=meta("Conditional median cost of the synthetic world's ground truth (not a "
+                    "model): the NMAE limit.", "oracle")))
+      headline[ORACLE_MEDIAN] = {"nmae": metrics.cost_metrics(test.cost_next[r], median)["nmae"]}
 
   for name, h in headline.items():
     logging.info("baseline %-20s %s", name, "  ".join(f"{k}={v:.4f}" for k, v in h.items()))
@@ -207,7 +269,8 @@ def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | Non
   summary = {"data_dir": data_dir, "split": split,
              "members": {s: len(d) for s, d in data.items()},
              "files": [os.path.relpath(f, workdir) for f in files], "headline": headline,
-             "seconds": {k: round(v, 3) for k, v in timer.seconds.items()}, "notes": notes}
+             "seconds": {k: round(v, 3) for k, v in timer.seconds.items()}, "notes": notes,
+             "refused": refused}
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=1, default=lambda v: v.item() if isinstance(v, np.generic) else v)

@@ -34,7 +34,8 @@ BASE_DAY = 19_000
 DIABETES = conditions.CONDITION_NAMES.index("diabetes_t2")
 
 
-def make_member(rng: np.random.Generator, subject_id: int) -> tuple[dict, dict]:
+def make_member(rng: np.random.Generator, subject_id: int,
+                zero_cost: bool = False) -> tuple[dict, dict]:
   """A task record and its oracle row."""
   sex = int(rng.integers(1, 3))
   lob = int(rng.integers(1, 4))
@@ -50,7 +51,7 @@ def make_member(rng: np.random.Generator, subject_id: int) -> tuple[dict, dict]:
     tokens += [5, 15] + [DX[d] for d in dx] + [11, 13 if not diabetic else 14]
     days += [day] * (4 + len(dx))
   expected = 2000.0 + 8000.0 * diabetic + 6000.0 * ("I5022" in dx) + 50.0 * age
-  cost_next = float(rng.gamma(1.0, expected))
+  cost_next = 0.0 if zero_cost else float(rng.gamma(1.0, expected))
   cond_prior = conditions.condition_flags(dx)
   p = np.clip(0.1 + 0.8 * cond_prior, 0, 1) * 0.9
   cond_next = (rng.random(conditions.NUM_CONDITIONS) < p).astype(np.uint8)
@@ -71,8 +72,13 @@ def make_member(rng: np.random.Generator, subject_id: int) -> tuple[dict, dict]:
 
 
 def write_dataset(root: str, sizes=(("train", 300), ("tuning", 80), ("held_out", 120)),
-                  seed: int = 0, with_oracle: bool = True) -> str:
-  """Writes DATA_DIR (returned) and a MEDS dir holding only ground_truth/oracle.parquet."""
+                  seed: int = 0, with_oracle: bool = True, zero_cost: bool = False,
+                  with_median: bool = False) -> str:
+  """Writes DATA_DIR (returned) and a MEDS dir holding only ground_truth/oracle.parquet.
+
+  zero_cost: every cost target is zero (as real MEDS data without cost events); with_median: the
+  oracle carries a median_cost column (the exponential's median, ln 2 x the mean).
+  """
   rng = np.random.default_rng(seed)
   data_dir = os.path.join(root, "data")
   meds_dir = os.path.join(root, "meds")
@@ -86,7 +92,9 @@ def write_dataset(root: str, sizes=(("train", 300), ("tuning", 80), ("held_out",
     path = os.path.join(data_dir, records.TASK, records.shard_name(split, 0, 1))
     with records.ShardWriter(path) as w:
       for _ in range(n):
-        rec, orow = make_member(rng, next_id)
+        rec, orow = make_member(rng, next_id, zero_cost)
+        if with_median:
+          orow["median_cost"] = np.log(2.0) * orow["expected_cost"]
         next_id += int(rng.integers(1, 50))
         w.write(rec)
         oracle_rows.append(orow)

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmm_jax import conditions
+from lmm_jax.baselines import chronic as chronic_lib
 from lmm_jax.baselines import cost as cost_lib
 from lmm_jax.baselines import features
 from lmm_jax.baselines import hcc as hcc_lib
@@ -248,3 +249,65 @@ def test_recency_features_predict_a_planted_admission_effect():
   pred = cost_lib.lightgbm_model(train, tuning, test, x["train"], x["tuning"], x["test"])
   recent = test.cost_next > 10_000
   assert pred.y_pred[recent].min() > 3 * pred.y_pred[~recent].max()
+
+
+def test_median_and_copy_forward_baselines(fake_dir, tmp_path):
+  summary = runner.run_baselines(
+      fake_dir, str(tmp_path), models=["lightgbm_cost", "lightgbm_median", "copy_forward"],
+      progress=False)
+  assert summary["refused"] == {}
+  found = P.find_predictions(str(tmp_path))
+  cost = {P.read_cost_predictions(p).model: P.read_cost_predictions(p) for p in found["cost"]}
+  # Costs are exponential given the features: the median (ln 2 x mean) sits below the mean.
+  assert cost["lightgbm_median"].y_pred.mean() < 0.9 * cost["lightgbm_cost"].y_pred.mean()
+  assert summary["headline"]["lightgbm_median"]["nmae"] < summary["headline"]["lightgbm_cost"]["nmae"]
+  np.testing.assert_array_equal(cost["lightgbm_median"].y_pred_capped,
+                                np.minimum(cost["lightgbm_median"].y_pred, 250_000))
+  chronic = P.read_chronic_predictions(found["chronic"][0])
+  assert chronic.model == "copy_forward"
+  np.testing.assert_array_equal(chronic.y_pred, chronic.y_prior)
+
+
+def test_lightgbm_picks_leaves_on_tuning_only(monkeypatch, fake_dir):
+  """The held-out rows never reach the fit: permuting their labels changes nothing."""
+  data = {s: features.load_split(fake_dir, s, progress=False) for s in ("train", "tuning",
+                                                                        "held_out")}
+  x = {s: np.c_[d.cost_prior, d.age] for s, d in data.items()}
+  a = cost_lib.lightgbm_median_model(data["train"], data["tuning"], data["held_out"], x["train"],
+                                     x["tuning"], x["held_out"])
+  data["held_out"].cost_next = data["held_out"].cost_next[::-1].copy()
+  b = cost_lib.lightgbm_median_model(data["train"], data["tuning"], data["held_out"], x["train"],
+                                     x["tuning"], x["held_out"])
+  np.testing.assert_array_equal(a.y_pred, b.y_pred)
+
+
+def test_baselines_refuse_all_zero_costs_and_run_the_rest(tmp_path):
+  data_dir = fake_data.write_dataset(str(tmp_path / "d"), zero_cost=True)
+  summary = runner.run_baselines(data_dir, str(tmp_path / "w"), progress=False)
+  refused = summary["refused"]
+  assert refused["lightgbm_cost"] == ("cost baseline lightgbm_cost: all 300 training targets "
+                                      "are zero (no cost in the target window)")
+  assert set(refused) == set(runner.COST_MODELS)  # prior_cost: held-out costs are all zero
+  assert "held_out (evaluated)" in refused["prior_cost"]
+  assert all("\n" not in m for m in refused.values())
+  assert set(runner.CHRONIC_MODELS) <= set(summary["headline"])  # the chronic task still runs
+  found = P.find_predictions(str(tmp_path / "w"))
+  assert not any(os.path.basename(p)[:-8] in runner.COST_MODELS for p in found["cost"])
+
+
+def test_chronic_baselines_refuse_a_split_without_positives(train):
+  empty = train.subset(50)
+  empty.cond_next = np.zeros_like(empty.cond_next)
+  with pytest.raises(features.DegenerateDataError, match="no positive label among the 50 "):
+    chronic_lib.logistic_model(empty, empty, np.ones((50, 2)), np.ones((50, 2)), progress=False)
+
+
+def test_oracle_median_row(tmp_path):
+  data_dir = fake_data.write_dataset(str(tmp_path / "d"), with_median=True)
+  summary = runner.run_baselines(data_dir, str(tmp_path / "w"), models=["oracle"],
+                                 progress=False)
+  p = P.read_cost_predictions(str(tmp_path / "w" / "predictions" / "cost" / "oracle_median.parquet"))
+  o = P.read_cost_predictions(str(tmp_path / "w" / "predictions" / "cost" / "oracle.parquet"))
+  assert p.meta["kind"] == "oracle"
+  np.testing.assert_allclose(p.y_pred, np.log(2.0) * o.y_pred)
+  assert summary["headline"]["oracle_median"]["nmae"] < summary["headline"]["oracle"]["nmae"]
