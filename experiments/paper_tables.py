@@ -20,6 +20,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the tables and plot
 _SAMPLES = flags.DEFINE_integer("bootstrap_samples", metrics.DEFAULT_BOOTSTRAP_SAMPLES,
                                 "Bootstrap resamples for the intervals.")
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+_MIN_POSITIVES = flags.DEFINE_integer(
+    "min_positives", metrics.MIN_NEW_ONSET_POSITIVES,
+    "The new-onset macro AUROC averages the conditions with at least this many new onsets.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write PNG plots.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 
@@ -27,7 +30,8 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 def main(argv):
   del argv
   out = tables.build_report(_RUNS_DIR.value, _OUTPUT_DIR.value, num_samples=_SAMPLES.value,
-                            seed=_SEED.value, plots=_PLOTS.value, progress=_PROGRESS.value)
+                            seed=_SEED.value, plots=_PLOTS.value, progress=_PROGRESS.value,
+                            min_positives=_MIN_POSITIVES.value)
   logging.info("wrote %s to %s", ", ".join(out["files"]), _OUTPUT_DIR.value)
   for key in ("cost", "chronic"):
     if out[key]:

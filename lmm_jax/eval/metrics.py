@@ -27,6 +27,7 @@ from sklearn import metrics as sk_metrics
 from lmm_jax import conventions
 
 DEFAULT_BOOTSTRAP_SAMPLES = 1000
+MIN_NEW_ONSET_POSITIVES = 30  # new-onset macro AUROC: conditions with at least this many onsets
 _MAX_CHUNK_ELEMENTS = 1 << 22  # resamples x members per vectorized chunk (32 MiB of float64)
 
 
@@ -186,16 +187,35 @@ def _matrices(y_true_NxC, y_pred_NxC, mask_NxC):
   return y, p, mask
 
 
+def incident_positives(y_true_NxC, y_prior_NxC) -> np.ndarray:
+  """int[C]: new onsets per condition (coded in the target window, not before the index)."""
+  y = _labels("y_true", y_true_NxC)
+  return np.sum((y == 1) & new_onset_mask(y_prior_NxC), axis=0)
+
+
+def _include(include_C, num_conditions: int) -> np.ndarray:
+  if include_C is None:
+    return np.ones(num_conditions, bool)
+  include = np.asarray(include_C, bool)
+  if include.shape != (num_conditions,):
+    raise ValueError(f"include_C has shape {include.shape}, expected ({num_conditions},)")
+  return include
+
+
 def chronic_metrics(y_true_NxC, y_pred_NxC, mask_NxC=None,
-                    names: Sequence[str] | None = None, num_bins: int = 10) -> dict:
+                    names: Sequence[str] | None = None, num_bins: int = 10,
+                    include_C=None) -> dict:
   """Per-condition and averaged metrics over the member-condition pairs where mask is True.
 
-  Returns {"per_condition": [{condition, n, n_pos, auroc, auprc, brier, ece}, ...],
-  "macro_auroc", "macro_auprc" (means over conditions with both classes present),
+  include_C (bool[C], default all) restricts the macro averages to some conditions (e.g. those
+  with enough new onsets); the micro averages, Brier and ECE pool all evaluated pairs.
+  Returns {"per_condition": [{condition, n, n_pos, auroc, auprc, brier, ece, in_macro}, ...],
+  "macro_auroc", "macro_auprc" (means over included conditions with both classes present),
   "micro_auroc", "micro_auprc", "brier", "ece" (all evaluated pairs pooled), "n_pairs",
   "n_conditions" (conditions entering the macro averages)}.
   """
   y, p, mask = _matrices(y_true_NxC, y_pred_NxC, mask_NxC)
+  include = _include(include_C, y.shape[1])
   names = list(names) if names is not None else [f"c{i}" for i in range(y.shape[1])]
   if len(names) != y.shape[1]:
     raise ValueError(f"{len(names)} names for {y.shape[1]} conditions")
@@ -211,7 +231,9 @@ def chronic_metrics(y_true_NxC, y_pred_NxC, mask_NxC=None,
     })
   aurocs = np.array([r["auroc"] for r in rows])
   auprcs = np.array([r["auprc"] for r in rows])
-  valid = ~np.isnan(aurocs)
+  valid = ~np.isnan(aurocs) & include
+  for r, v in zip(rows, valid):
+    r["in_macro"] = bool(v)
   yf, pf = y[mask], p[mask]
   return {
       "per_condition": rows,
@@ -299,15 +321,17 @@ def _weighted_auroc(w_BxN: np.ndarray, members_M: np.ndarray, y_M: np.ndarray,
 
 def bootstrap_macro_auroc(y_true_NxC, y_pred_NxC, mask_NxC=None, *,
                           num_samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
-                          seed: int = 0) -> np.ndarray:
+                          seed: int = 0, include_C=None) -> np.ndarray:
   """Bootstrap distribution (float64[num_samples]) of the macro AUROC over members.
 
-  Conditions without both classes among the evaluated pairs of the full sample are left out, as
-  in `chronic_metrics`; a resample in which a condition lacks a class averages over the rest.
+  Conditions without both classes among the evaluated pairs of the full sample, or not in
+  include_C, are left out, as in `chronic_metrics`; a resample in which a condition lacks a class
+  averages over the rest.
   """
   y, p, mask = _matrices(y_true_NxC, y_pred_NxC, mask_NxC)
+  include = _include(include_C, y.shape[1])
   cols = [c for c in range(y.shape[1])
-          if mask[:, c].any() and 0 < y[mask[:, c], c].sum() < mask[:, c].sum()]
+          if include[c] and mask[:, c].any() and 0 < y[mask[:, c], c].sum() < mask[:, c].sum()]
   members = {c: np.flatnonzero(mask[:, c]) for c in cols}
   chunks = []
   for w_BxN in bootstrap_counts(y.shape[0], num_samples, seed):
@@ -342,6 +366,16 @@ def improvement_percent(model, baseline, lower_is_better: bool):
   with np.errstate(divide="ignore", invalid="ignore"):
     diff = baseline - model if lower_is_better else model - baseline
     return 100.0 * diff / baseline
+
+
+def gap_closed_percent(model, baseline, limit):
+  """Share of the headroom (limit - baseline) a model closes, in percent: 0 at the baseline, 100
+  at the limit (the oracle), negative below the baseline; the same formula for errors and scores.
+  Floats or paired bootstrap arrays (the same resamples for all three)."""
+  model, baseline, limit = (np.asarray(a, np.float64) for a in (model, baseline, limit))
+  gap = limit - baseline
+  with np.errstate(divide="ignore", invalid="ignore"):  # no headroom: NaN (left out of intervals)
+    return np.where(gap != 0, 100.0 * (model - baseline) / np.where(gap != 0, gap, 1.0), np.nan)
 
 
 def summarize(samples: Mapping[str, np.ndarray], alpha: float = 0.05) -> dict[str, tuple]:

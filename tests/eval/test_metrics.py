@@ -163,3 +163,33 @@ def test_interval_and_improvement():
       100 * 0.128 / 0.911)
   assert metrics.improvement_percent(0.897, 0.88, lower_is_better=False) == pytest.approx(
       100 * 0.017 / 0.88)
+
+
+def test_include_restricts_the_macro_and_its_bootstrap():
+  rng = np.random.default_rng(2)
+  y = rng.integers(0, 2, (120, 3))
+  p = np.clip(0.4 * y + 0.6 * rng.random((120, 3)), 0, 1)
+  p[:, 2] = rng.random(120)
+  include = np.array([True, True, False])
+  m = metrics.chronic_metrics(y, p, include_C=include)
+  per = [r["auroc"] for r in m["per_condition"]]
+  assert m["macro_auroc"] == pytest.approx(np.mean(per[:2]))
+  assert m["n_conditions"] == 2 and [r["in_macro"] for r in m["per_condition"]] == [1, 1, 0]
+  assert m["micro_auroc"] == pytest.approx(metrics.auroc(y.ravel(), p.ravel()))  # all pairs
+  full = metrics.bootstrap_macro_auroc(y, p, num_samples=40, seed=1)
+  two = metrics.bootstrap_macro_auroc(y, p, num_samples=40, seed=1, include_C=include)
+  one_two = metrics.bootstrap_macro_auroc(y[:, :2], p[:, :2], num_samples=40, seed=1)
+  np.testing.assert_allclose(two, one_two)
+  assert not np.allclose(full, two)
+  with pytest.raises(ValueError, match="include_C"):
+    metrics.chronic_metrics(y, p, include_C=[True])
+
+
+def test_incident_positives_and_gap_closed():
+  y = np.array([[1, 1], [1, 0], [0, 1]])
+  prior = np.array([[1, 0], [0, 0], [0, 0]])
+  np.testing.assert_array_equal(metrics.incident_positives(y, prior), [1, 2])
+  # Errors (lower is better) and scores use the same share: 0 at the baseline, 100 at the oracle.
+  assert metrics.gap_closed_percent(0.65, 0.70, 0.60) == pytest.approx(50.0)
+  assert metrics.gap_closed_percent(0.95, 0.90, 1.00) == pytest.approx(50.0)
+  assert metrics.gap_closed_percent(0.88, 0.90, 1.00) == pytest.approx(-20.0)

@@ -133,3 +133,96 @@ def test_binary_prints_both_tables(runs, tmp_path):
   assert "# Next-12-month cost" in result.stdout
   assert "# Chronic conditions" in result.stdout
   assert os.path.exists(tmp_path / "cost_table.md")
+
+
+def test_paired_intervals_pin_an_exact_difference_and_gap(tmp_path):
+  """|y - model| is exactly 1.5x the baseline's error on every member and the oracle has none:
+  the paired gap closed is -50% and the improvement -50% on every resample, though each model's
+  own NMAE interval is wide; the oracle lacks some members, so pairing uses the common ones."""
+  rng = np.random.default_rng(3)
+  n = 300
+  ids = np.arange(n) * 7 + 1
+  y = rng.gamma(0.8, 4000.0, n)
+  e = rng.normal(0, 2000.0, n)
+  runs = tmp_path / "runs"
+  P.write_cost_predictions(str(runs / "b"), "base", ids, y, y + e, meta=_meta())
+  P.write_cost_predictions(str(runs / "b"), "worse", ids, y, y + 1.5 * e, meta=_meta())
+  P.write_cost_predictions(str(runs / "m"), "lmm", ids, y, y + 0.5 * e, meta=_meta("finetuned"))
+  keep = slice(20, None)
+  P.write_cost_predictions(str(runs / "o"), "oracle", ids[keep], y[keep], y[keep],
+                           meta=_meta("oracle"))
+  out = tables.build_report(str(runs), str(tmp_path / "out"), num_samples=200, plots=False,
+                            progress=False)
+  rows = {r["model"]: r for r in _rows(tmp_path / "out" / "cost_table.csv")}
+  f = lambda r, k: float(rows[r][k])
+  assert rows["lmm"]["best_baseline_raw"] == "base" and rows["lmm"]["oracle_raw"] == "oracle"
+  for k in ("nmae_improvement_pct_raw", "nmae_improvement_pct_raw_lo",
+            "nmae_improvement_pct_raw_hi"):
+    assert f("worse", k) == pytest.approx(-50.0)
+    assert f("lmm", k) == pytest.approx(50.0)
+  for k in ("gap_closed_pct_raw", "gap_closed_pct_raw_lo", "gap_closed_pct_raw_hi"):
+    assert f("lmm", k) == pytest.approx(50.0)
+    assert f("worse", k) == pytest.approx(-50.0)
+    assert f("base", k) == pytest.approx(0.0, abs=1e-9)
+  assert f("lmm", "nmae_raw_hi") - f("lmm", "nmae_raw_lo") > 0.02  # unpaired: wide
+  # Headroom: the base NMAE on the members the oracle holds (the oracle's NMAE is 0).
+  base_common = metrics.cost_metrics(y[keep], y[keep] + e[keep])["nmae"]
+  assert f("base", "headroom_nmae_raw") == pytest.approx(base_common)
+  assert f("base", "headroom_nmae_raw_lo") < base_common < f("base", "headroom_nmae_raw_hi")
+  assert f"paired on {n - 20} members" in out["cost"]
+  assert "Headroom (NMAE, raw): the oracle row oracle is better than the best baseline base" in (
+      out["cost"])
+
+
+def test_paired_bootstrap_intervals_cover_a_known_difference():
+  """Samples of a population whose NMAE improvement is known: the paired 95% interval covers it
+  in about 95% of the samples."""
+  rng = np.random.default_rng(0)
+  pop_n = 200_000
+  y = rng.gamma(0.7, 5000.0, pop_n)
+  a = y * rng.lognormal(0, 0.5, pop_n)
+  b = y * rng.lognormal(0, 0.6, pop_n)
+  truth = metrics.improvement_percent(metrics.cost_metrics(y, b)["nmae"],
+                                      metrics.cost_metrics(y, a)["nmae"], lower_is_better=True)
+  covered, trials = 0, 80
+  for t in range(trials):
+    idx = rng.integers(0, pop_n, 400)
+    sa = metrics.bootstrap_cost(y[idx], a[idx], num_samples=300, seed=t)["nmae"]
+    sb = metrics.bootstrap_cost(y[idx], b[idx], num_samples=300, seed=t)["nmae"]
+    lo, hi = metrics.interval(metrics.improvement_percent(sb, sa, lower_is_better=True))
+    covered += lo <= truth <= hi
+  assert covered / trials >= 0.85
+
+
+def test_new_onset_macro_only_over_conditions_with_enough_onsets(tmp_path):
+  rng = np.random.default_rng(5)
+  n = 400
+  ids = np.arange(n) + 100
+  prior = np.zeros((n, C), np.uint8)
+  yt = (rng.random((n, C)) < 0.2).astype(np.uint8)
+  yt[:, 0] = 0
+  yt[:29, 0] = 1          # condition 0: 29 new onsets, one short of the rule
+  yt[:, 1] = 0
+  yt[:30, 1] = 1          # condition 1: exactly 30, included
+  score = np.clip(0.3 * yt + 0.7 * rng.random((n, C)), 0, 1)
+  score[:, 0] = rng.random(n)   # a random score on the excluded condition
+  runs = tmp_path / "runs"
+  P.write_chronic_predictions(str(runs), "logistic", ids, yt, score, prior, meta=_meta())
+  out = tables.build_report(str(runs), str(tmp_path / "out"), num_samples=50, plots=False,
+                            progress=False)
+  rows = _rows(tmp_path / "out" / "chronic_table.csv")
+  get = lambda pop, cond: next(r for r in rows if r["population"] == pop and r["condition"] == cond)
+  names = conditions.CONDITION_NAMES
+  assert get("new_onset", names[0])["in_macro"] == "0"
+  assert get("new_onset", names[1])["in_macro"] == "1"
+  per = [float(get("new_onset", c)["auroc"]) for c in names[1:]]
+  assert float(get("new_onset", "macro")["auroc"]) == pytest.approx(np.mean(per))
+  # All members: every condition with both classes counts.
+  per_all = [float(get("all", c)["auroc"]) for c in names]
+  assert float(get("all", "macro")["auroc"]) == pytest.approx(np.mean(per_all))
+  assert (f"1 condition(s) with fewer left out: {names[0]}." in out["chronic"])
+  assert f"{names[0]} (not in macro)" in out["chronic"]
+  # The bootstrap macro leaves it out too: its interval sits around the included mean.
+  lo, hi = float(get("new_onset", "macro")["auroc_lo"]), float(get("new_onset", "macro")["auroc_hi"])
+  assert lo < np.mean(per) < hi
+  assert int(get("new_onset", "macro")["n_pos"]) == int(yt.sum())
