@@ -46,7 +46,7 @@ NO_EVENT_DAYS = 3650               # days_since_* of a member without such a cla
 # Claim types whose recency is a feature: name -> the claim-type token.
 RECENT_CLAIMS = {"inpatient": "CLAIM//INPATIENT", "er": "CLAIM//EMERGENCY",
                  "fill": "CLAIM//PHARMACY"}
-_RECENCY_CHUNK = 8192              # members per vectorized chunk (bounds the flat arrays' memory)
+_RECENCY_CHUNK = 2048              # members per vectorized chunk (bounds the flat arrays' memory)
 
 
 class DegenerateDataError(ValueError):
@@ -168,6 +168,17 @@ def claim_type_ids(tokens: Sequence[str]) -> dict[str, int]:
   return {name: ids.get(tok, -1) for name, tok in RECENT_CLAIMS.items()}
 
 
+def _group_min(group_K: np.ndarray, value_K: np.ndarray, num_groups: int,
+               empty: int) -> np.ndarray:
+  """Minimum of value per group (groups sorted ascending), capped at `empty` (also the value of
+  a group without entries)."""
+  out = np.full(num_groups, empty, np.int64)
+  if group_K.size:
+    starts = np.flatnonzero(np.r_[True, group_K[1:] != group_K[:-1]])
+    out[group_K[starts]] = np.minimum(np.minimum.reduceat(value_K, starts), empty)
+  return out
+
+
 def recency(data: TaskData, kinds: np.ndarray, cost_value: np.ndarray,
             claim_ids: dict[str, int]) -> tuple[np.ndarray, list[str]]:
   """float32[N, R] recency features (module docstring), vectorized over chunks of members.
@@ -186,30 +197,26 @@ def recency(data: TaskData, kinds: np.ndarray, cost_value: np.ndarray,
     stop = min(start + _RECENCY_CHUNK, n)
     m = stop - start
     lengths = np.fromiter((t.size for t in data.tokens[start:stop]), np.int64, m)
-    if lengths.sum() == 0:
-      out[start:stop, len(RECENCY_WINDOWS) * (2 + len(types)):-2] = NO_EVENT_DAYS
-      continue
-    tok_T = np.concatenate(data.tokens[start:stop]).astype(np.int64)
+    tok_T = np.concatenate(data.tokens[start:stop])
     member_T = np.repeat(np.arange(m), lengths)
     back_T = (data.index_day[start:stop][member_T].astype(np.int64) -
               np.concatenate(data.days[start:stop]))      # days before the index, >= 1
+    keep = is_claim[tok_T] | (value[tok_T] != 0)         # only claim and cost tokens matter
+    tok_T, member_T, back_T = tok_T[keep], member_T[keep], back_T[keep]
     dollars_T = value[tok_T]
     claim_T = is_claim[tok_T]
     type_T = {c: tok_T == claim_ids.get(c, -1) for c in types}
+    count = lambda w: np.bincount(member_T, weights=w, minlength=m)
     cols = []
     for w in RECENCY_WINDOWS:
       inside = back_T <= w
-      cols.append(np.bincount(member_T, weights=claim_T & inside, minlength=m))
-      cols.append(np.bincount(member_T, weights=dollars_T * inside, minlength=m))
-      cols += [np.bincount(member_T, weights=type_T[c] & inside, minlength=m) for c in types]
+      cols += [count(claim_T & inside), count(dollars_T * inside)]
+      cols += [count(type_T[c] & inside) for c in types]
     for mask in [claim_T] + [type_T[c] for c in types]:
-      last = np.full(m, NO_EVENT_DAYS, np.int64)
-      np.minimum.at(last, member_T[mask], back_T[mask])
-      cols.append(np.minimum(last, NO_EVENT_DAYS))
-    recent = np.bincount(member_T, weights=dollars_T * (back_T <= HALF_YEAR), minlength=m)
-    before = np.bincount(member_T, weights=dollars_T * ((back_T > HALF_YEAR) &
-                                                        (back_T <= conventions.TARGET_WINDOW_DAYS)),
-                         minlength=m)
+      cols.append(_group_min(member_T[mask], back_T[mask], m, NO_EVENT_DAYS))
+    half = back_T <= HALF_YEAR
+    recent = count(dollars_T * half)
+    before = count(dollars_T * (~half & (back_T <= conventions.TARGET_WINDOW_DAYS)))
     cols += [before, np.log1p(recent) - np.log1p(before)]
     out[start:stop] = np.stack(cols, axis=1)
   return out, names
