@@ -15,8 +15,16 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=wrong-import-position
+from lmm_jax import conventions
+from lmm_jax import workers
+from lmm_jax.baselines import features
+from lmm_jax.baselines import runner
+# pylint: enable=wrong-import-position
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "A built dataset (default: synthesize one).")
 _NUM_PATIENTS = flags.DEFINE_integer("num_patients", 6000, "Patients to synthesize.")
@@ -27,8 +35,6 @@ _THREADS = flags.DEFINE_integer("num_threads", 1, "LightGBM / BLAS threads.")
 
 def _one(job: tuple[str, int, int]) -> tuple:
   data_dir, n, num_threads = job
-  from lmm_jax import conventions  # pylint: disable=g-import-not-at-top
-  from lmm_jax.baselines import features, runner  # pylint: disable=g-import-not-at-top
   data = {s: features.load_split(data_dir, s, progress=False) for s in conventions.SPLITS}
   data[conventions.TRAIN] = data[conventions.TRAIN].subset(n)
   with tempfile.TemporaryDirectory() as workdir:
@@ -43,11 +49,12 @@ def _one(job: tuple[str, int, int]) -> tuple:
 
 def main(argv):
   del argv
-  from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   tmp = None
   data_dir = _DATA_DIR.value
   if data_dir is None:
+    # Imported here, not at the top: each size's spawned process re-imports this module, and the
+    # synthesizer's imports would count in the baselines' peak memory.
     from data_prep.configs import build_dataset as build_config  # pylint: disable=g-import-not-at-top
     from lmm_jax.data import build  # pylint: disable=g-import-not-at-top
     from lmm_jax.synth import synthesize  # pylint: disable=g-import-not-at-top
@@ -61,7 +68,6 @@ def main(argv):
     build.build_dataset(os.path.join(tmp.name, "meds"), data_dir, config)
     print(f"synthesized and built {_NUM_PATIENTS.value} patients in "
           f"{time.perf_counter() - start:.1f} s")
-  from lmm_jax import workers  # pylint: disable=g-import-not-at-top
   header = None
   for n in sorted({int(s) for s in _SIZES.value}):
     # A fresh process per size; its error or death (out of memory) ends the benchmark.
