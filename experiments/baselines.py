@@ -7,7 +7,8 @@ shards). Writes W/predictions/{cost,chronic}/MODEL.parquet for: mean, prior_cost
 cms_hcc_v28, lightgbm_cost, lightgbm_median; copy_forward, prevalence_age_sex, logistic,
 lightgbm_chronic; and the oracle (and oracle_median, from its median_cost column) when the MEDS
 dataset has ground_truth/oracle.parquet. A baseline that cannot be fitted on degenerate data (e.g.
-all-zero costs) is skipped with its one-line reason in the printed "refused". Then build the tables with
+all-zero costs) is skipped with its one-line reason in the printed "refused". Then build the
+tables with
 `python -m experiments.paper_tables --runs_dir=W --output_dir=...`. See docs/evaluation.md.
 """
 
@@ -41,8 +42,6 @@ def main(argv):
                                  models=_MODELS.value, seed=_SEED.value,
                                  max_tokens=_MAX_TOKENS.value, num_threads=_THREADS.value,
                                  progress=_PROGRESS.value)
-  for name, reason in summary["refused"].items():
-    logging.warning("%s", reason)
   print(json.dumps({k: summary[k] for k in ("members", "headline", "seconds", "notes", "refused")},
                    indent=1))
 

@@ -260,7 +260,8 @@ def test_median_and_copy_forward_baselines(fake_dir, tmp_path):
   cost = {P.read_cost_predictions(p).model: P.read_cost_predictions(p) for p in found["cost"]}
   # Costs are exponential given the features: the median (ln 2 x mean) sits below the mean.
   assert cost["lightgbm_median"].y_pred.mean() < 0.9 * cost["lightgbm_cost"].y_pred.mean()
-  assert summary["headline"]["lightgbm_median"]["nmae"] < summary["headline"]["lightgbm_cost"]["nmae"]
+  h = summary["headline"]
+  assert h["lightgbm_median"]["nmae"] < h["lightgbm_cost"]["nmae"]
   np.testing.assert_array_equal(cost["lightgbm_median"].y_pred_capped,
                                 np.minimum(cost["lightgbm_median"].y_pred, 250_000))
   chronic = P.read_chronic_predictions(found["chronic"][0])
@@ -306,8 +307,9 @@ def test_oracle_median_row(tmp_path):
   data_dir = fake_data.write_dataset(str(tmp_path / "d"), with_median=True)
   summary = runner.run_baselines(data_dir, str(tmp_path / "w"), models=["oracle"],
                                  progress=False)
-  p = P.read_cost_predictions(str(tmp_path / "w" / "predictions" / "cost" / "oracle_median.parquet"))
-  o = P.read_cost_predictions(str(tmp_path / "w" / "predictions" / "cost" / "oracle.parquet"))
+  cost_dir = tmp_path / "w" / "predictions" / "cost"
+  p = P.read_cost_predictions(str(cost_dir / "oracle_median.parquet"))
+  o = P.read_cost_predictions(str(cost_dir / "oracle.parquet"))
   assert p.meta["kind"] == "oracle"
   np.testing.assert_allclose(p.y_pred, np.log(2.0) * o.y_pred)
   assert summary["headline"]["oracle_median"]["nmae"] < summary["headline"]["oracle"]["nmae"]
