@@ -1,0 +1,111 @@
+"""Small test worlds written in each importer's input format (claims extract, FHIR, Synthea).
+
+One list of members (a seeded draw: birth, sex, coverage, claims with codes and amounts) is
+written in the three published shapes, so each importer's output can be built and trained on.
+The draw favours no model: codes and amounts are independent draws from fixed pools.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import os
+
+import numpy as np
+
+DX = ("E11.9", "I10", "J45.909", "M54.5", "N18.3", "F32.9", "E78.5", "Z00.00", "K21.9", "I50.9")
+CPT = ("99213", "99214", "80053", "93000", "71046", "J1745", "G0439")
+NDC = ("00002143380", "00093017101", "00378018001", "00071015523")
+TYPES = ("PROFESSIONAL", "OUTPATIENT", "INPATIENT", "PHARMACY")
+FIRST_YEAR, LAST_YEAR = 2019, 2021
+
+
+@dataclasses.dataclass
+class Claim:
+  key: str
+  day: datetime.date
+  kind: str
+  dx: list[str]
+  procs: list[str]
+  ndc: str
+  allowed: float
+  paid: float
+
+
+@dataclasses.dataclass
+class Member:
+  key: str
+  birth: datetime.date
+  sex: str  # F / M
+  death: datetime.date | None
+  claims: list[Claim]
+
+
+def members(n: int, seed: int = 0) -> list[Member]:
+  rng = np.random.default_rng(seed)
+  out = []
+  start = datetime.date(FIRST_YEAR, 1, 1)
+  span = (datetime.date(LAST_YEAR, 12, 31) - start).days
+  for i in range(n):
+    claims = []
+    for j in range(int(rng.integers(6, 20))):
+      kind = TYPES[int(rng.choice(4, p=[0.5, 0.2, 0.05, 0.25]))]
+      allowed = float(np.round(np.exp(rng.normal(5 if kind != "INPATIENT" else 9, 1.0)), 2))
+      claims.append(Claim(
+          key=f"C{i:05d}{j:03d}", day=start + datetime.timedelta(days=int(rng.integers(span))),
+          kind=kind, dx=[] if kind == "PHARMACY" else list(rng.choice(DX, int(rng.integers(1, 4)),
+                                                                      replace=False)),
+          procs=[] if kind == "PHARMACY" else [str(rng.choice(CPT))],
+          ndc=str(rng.choice(NDC)) if kind == "PHARMACY" else "", allowed=allowed,
+          paid=float(np.round(allowed * 0.8, 2))))
+    claims.sort(key=lambda c: (c.day, c.key))
+    out.append(Member(key=f"M{i:05d}", birth=datetime.date(int(rng.integers(1940, 2010)),
+                                                         int(rng.integers(1, 13)), 15),
+                      sex="F" if rng.random() < 0.5 else "M", death=None, claims=claims))
+  return out
+
+
+def _write_csv(path: str, header: list[str], rows: list[list]) -> None:
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    w.writerows(rows)
+
+
+_KIND_CODE = {"PROFESSIONAL": "P", "OUTPATIENT": "O", "INPATIENT": "I", "PHARMACY": "RX"}
+_POS = {"PROFESSIONAL": "11", "OUTPATIENT": "22", "INPATIENT": "21", "PHARMACY": "01"}
+
+
+def write_extract(out_dir: str, people: list[Member]) -> None:
+  """Tables in the shape of data_prep/configs/claims_mapping.py (header, line, member, enrollment)."""
+  os.makedirs(out_dir, exist_ok=True)
+  headers, lines = [], []
+  for m in people:
+    for c in m.claims:
+      dx = (c.dx + ["", "", "", ""])[:4]
+      headers.append([c.key, m.key, c.day.isoformat(), _KIND_CODE[c.kind], _POS[c.kind], *dx,
+                      "", ""])
+      if c.kind == "PHARMACY":
+        lines.append([c.key, m.key, c.day.isoformat(), "", c.ndc, "01", c.allowed, c.paid])
+      else:
+        # Two lines splitting the amount: the importer sums a claim's lines.
+        half = round(c.allowed / 2, 2)
+        lines.append([c.key, m.key, c.day.isoformat(), c.procs[0], "", _POS[c.kind], half,
+                      round(half * 0.8, 2)])
+        lines.append([c.key, m.key, "", "", "", "", round(c.allowed - half, 2),
+                      round((c.allowed - half) * 0.8, 2)])
+  _write_csv(os.path.join(out_dir, "claim_header.csv"),
+             ["CLM_ID", "MBR_ID", "CLM_FROM_DT", "CLM_TYPE_CD", "CLM_POS_CD", "ICD_DGNS_CD1",
+              "ICD_DGNS_CD2", "ICD_DGNS_CD3", "ICD_DGNS_CD4", "ICD_PRCDR_CD1", "ICD_PRCDR_CD2"],
+             headers)
+  _write_csv(os.path.join(out_dir, "claim_line.csv"),
+             ["CLM_ID", "MBR_ID", "LINE_SRVC_DT", "HCPCS_CD", "NDC_CD", "LINE_POS_CD",
+              "LINE_ALWD_AMT", "LINE_PD_AMT"], lines)
+  _write_csv(os.path.join(out_dir, "member.csv"), ["MBR_ID", "BIRTH_DT", "SEX_CD", "DEATH_DT"],
+             [[m.key, m.birth.isoformat(), "2" if m.sex == "F" else "1",
+               m.death.isoformat() if m.death else ""] for m in people])
+  _write_csv(os.path.join(out_dir, "enrollment.csv"),
+             ["MBR_ID", "ENRL_START_DT", "ENRL_END_DT", "LOB_CD"],
+             [[m.key, f"{FIRST_YEAR}-01-01", f"{LAST_YEAR}-12-31", "COM"] for m in people])
