@@ -11,6 +11,7 @@ from experiments.configs import pretrain as pretrain_config
 from lmm_jax import tasks
 from lmm_jax.data import build
 from lmm_jax.importers import claims
+from lmm_jax.importers import fhir
 from lmm_jax.train import predict
 from lmm_jax.train import trainer as trainer_lib
 from tests.importers import worlds
@@ -23,7 +24,12 @@ def _claims_meds(src: str, out: str) -> dict:
   return claims.import_claims(src, out, claims_mapping.get_config())
 
 
-IMPORTERS = {"claims": _claims_meds}
+def _fhir_meds(src: str, out: str) -> dict:
+  worlds.write_fhir(src, worlds.members(NUM_MEMBERS, seed=4))
+  return fhir.import_fhir(src, out)
+
+
+IMPORTERS = {"claims": _claims_meds, "fhir": _fhir_meds}
 
 
 @pytest.mark.time_limit(600)

@@ -109,3 +109,65 @@ def write_extract(out_dir: str, people: list[Member]) -> None:
   _write_csv(os.path.join(out_dir, "enrollment.csv"),
              ["MBR_ID", "ENRL_START_DT", "ENRL_END_DT", "LOB_CD"],
              [[m.key, f"{FIRST_YEAR}-01-01", f"{LAST_YEAR}-12-31", "COM"] for m in people])
+
+
+_FHIR_TYPE = {"PROFESSIONAL": ("professional", None), "OUTPATIENT": ("institutional", "outpatient"),
+              "INPATIENT": ("institutional", "inpatient"), "PHARMACY": ("pharmacy", None)}
+_ADJ = "http://terminology.hl7.org/CodeSystem/adjudication"
+
+
+def _adj(code: str, value: float) -> dict:
+  return {"category": {"coding": [{"system": _ADJ, "code": code}]},
+          "amount": {"value": value, "currency": "USD"}}
+
+
+def fhir_resources(people: list[Member]) -> dict[str, list[dict]]:
+  """CARIN-shaped Patient, Coverage and ExplanationOfBenefit resources of the members."""
+  out = {"Patient": [], "Coverage": [], "ExplanationOfBenefit": []}
+  for m in people:
+    out["Patient"].append({"resourceType": "Patient", "id": m.key, "birthDate": m.birth.isoformat(),
+                           "gender": "female" if m.sex == "F" else "male"})
+    out["Coverage"].append({
+        "resourceType": "Coverage", "id": f"cov-{m.key}", "status": "active",
+        "type": {"coding": [{"system": "https://nahdo.org/sopt", "code": "51"}]},
+        "beneficiary": {"reference": f"Patient/{m.key}"},
+        "payor": [{"reference": "Organization/Payer1"}],
+        "period": {"start": f"{FIRST_YEAR}-01-01", "end": f"{LAST_YEAR}-12-31"}})
+    for c in m.claims:
+      kind, sub = _FHIR_TYPE[c.kind]
+      item = {"sequence": 1, "servicedDate": c.day.isoformat(),
+              "locationCodeableConcept": {"coding": [{"system": (
+                  "https://www.cms.gov/Medicare/Coding/place-of-service-codes/"
+                  "Place_of_Service_Code_Set"), "code": _POS[c.kind]}]},
+              "adjudication": [_adj("eligible", c.allowed), _adj("benefit", c.paid)]}
+      if c.kind == "PHARMACY":
+        item["productOrService"] = {"coding": [{"system": "http://hl7.org/fhir/sid/ndc",
+                                                "code": c.ndc}]}
+      else:
+        item["productOrService"] = {"coding": [{"system": "http://www.ama-assn.org/go/cpt",
+                                                "code": c.procs[0]}]}
+      eob = {"resourceType": "ExplanationOfBenefit", "id": c.key, "status": "active",
+             "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type",
+                                  "code": kind}]},
+             "use": "claim", "patient": {"reference": f"Patient/{m.key}"},
+             "created": c.day.isoformat(), "insurer": {"reference": "Organization/Payer1"},
+             "provider": {"reference": "Organization/Provider1"}, "outcome": "complete",
+             "insurance": [{"focal": True, "coverage": {"reference": f"Coverage/cov-{m.key}"}}],
+             "billablePeriod": {"start": c.day.isoformat()}, "item": [item],
+             "diagnosis": [{"sequence": k + 1, "diagnosisCodeableConcept": {"coding": [{
+                 "system": "http://hl7.org/fhir/sid/icd-10-cm", "code": d}]}}
+                 for k, d in enumerate(c.dx)]}
+      if sub:
+        eob["subType"] = {"coding": [{"system": "http://hl7.org/fhir/us/carin-bb/CodeSystem/"
+                                                "C4BBInstitutionalClaimSubType", "code": sub}]}
+      out["ExplanationOfBenefit"].append(eob)
+  return out
+
+
+def write_fhir(out_dir: str, people: list[Member]) -> None:
+  """A bulk export: one NDJSON file per resource type."""
+  os.makedirs(out_dir, exist_ok=True)
+  for rtype, resources in fhir_resources(people).items():
+    with open(os.path.join(out_dir, f"{rtype}.ndjson"), "w") as f:
+      for r in resources:
+        f.write(json.dumps(r) + "\n")
