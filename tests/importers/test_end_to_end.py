@@ -12,6 +12,7 @@ from lmm_jax import tasks
 from lmm_jax.data import build
 from lmm_jax.importers import claims
 from lmm_jax.importers import fhir
+from lmm_jax.importers import synthea
 from lmm_jax.train import predict
 from lmm_jax.train import trainer as trainer_lib
 from tests.importers import worlds
@@ -29,7 +30,12 @@ def _fhir_meds(src: str, out: str) -> dict:
   return fhir.import_fhir(src, out)
 
 
-IMPORTERS = {"claims": _claims_meds, "fhir": _fhir_meds}
+def _synthea_meds(src: str, out: str) -> dict:
+  worlds.write_synthea(src, worlds.members(NUM_MEMBERS, seed=5))
+  return synthea.import_synthea(src, out)
+
+
+IMPORTERS = {"claims": _claims_meds, "fhir": _fhir_meds, "synthea": _synthea_meds}
 
 
 @pytest.mark.time_limit(600)

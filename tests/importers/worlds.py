@@ -171,3 +171,91 @@ def write_fhir(out_dir: str, people: list[Member]) -> None:
     with open(os.path.join(out_dir, f"{rtype}.ndjson"), "w") as f:
       for r in resources:
         f.write(json.dumps(r) + "\n")
+
+
+# Synthea's own codes (SNOMED CT, RxNorm) for the pools above; headers of Synthea 3's CSV export.
+SNOMED_DX = {"E11.9": ("44054006", "Diabetes mellitus type 2 (disorder)"),
+             "I10": ("59621000", "Essential hypertension (disorder)"),
+             "J45.909": ("195967001", "Asthma (disorder)"),
+             "M54.5": ("279039007", "Low back pain (finding)"),
+             "N18.3": ("433144002", "Chronic kidney disease stage 3 (disorder)"),
+             "F32.9": ("35489007", "Depressive disorder (disorder)"),
+             "E78.5": ("55822004", "Hyperlipidemia (disorder)"),
+             "Z00.00": ("314529007", "Medication review due (situation)"),
+             "K21.9": ("235595009", "Gastroesophageal reflux disease (disorder)"),
+             "I50.9": ("84114007", "Heart failure (disorder)")}
+SYNTHEA_CLASS = {"PROFESSIONAL": ("ambulatory", "185345009", "Encounter for symptom (procedure)"),
+                 "OUTPATIENT": ("outpatient", "185347001", "Encounter for problem (procedure)"),
+                 "INPATIENT": ("inpatient", "183452005", "Emergency hospital admission (procedure)"),
+                 "PHARMACY": ("wellness", "410620009", "Well child visit (procedure)")}
+RXNORM = {"00002143380": ("860975", "24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet"),
+          "00093017101": ("314076", "lisinopril 10 MG Oral Tablet"),
+          "00378018001": ("197361", "amlodipine 5 MG Oral Tablet"),
+          "00071015523": ("259255", "atorvastatin 80 MG Oral Tablet")}
+SYNTHEA_HEADERS = {
+    "patients": "Id,BIRTHDATE,DEATHDATE,SSN,DRIVERS,PASSPORT,PREFIX,FIRST,MIDDLE,LAST,SUFFIX,MAIDEN,MARITAL,RACE,ETHNICITY,GENDER,BIRTHPLACE,ADDRESS,CITY,STATE,COUNTY,FIPS,ZIP,LAT,LON,HEALTHCARE_EXPENSES,HEALTHCARE_COVERAGE,INCOME",
+    "payers": "Id,NAME,OWNERSHIP,ADDRESS,CITY,STATE_HEADQUARTERED,ZIP,PHONE,AMOUNT_COVERED,AMOUNT_UNCOVERED,REVENUE,COVERED_ENCOUNTERS,UNCOVERED_ENCOUNTERS,COVERED_MEDICATIONS,UNCOVERED_MEDICATIONS,COVERED_PROCEDURES,UNCOVERED_PROCEDURES,COVERED_IMMUNIZATIONS,UNCOVERED_IMMUNIZATIONS,UNIQUE_CUSTOMERS,QOLS_AVG,MEMBER_MONTHS",
+    "payer_transitions": "PATIENT,MEMBERID,START_DATE,END_DATE,PAYER,SECONDARY_PAYER,PLAN_OWNERSHIP,OWNER_NAME",
+    "encounters": "Id,START,STOP,PATIENT,ORGANIZATION,PROVIDER,PAYER,ENCOUNTERCLASS,CODE,DESCRIPTION,BASE_ENCOUNTER_COST,TOTAL_CLAIM_COST,PAYER_COVERAGE,REASONCODE,REASONDESCRIPTION",
+    "conditions": "START,STOP,PATIENT,ENCOUNTER,SYSTEM,CODE,DESCRIPTION",
+    "procedures": "START,STOP,PATIENT,ENCOUNTER,SYSTEM,CODE,DESCRIPTION,BASE_COST,REASONCODE,REASONDESCRIPTION",
+    "medications": "START,STOP,PATIENT,PAYER,ENCOUNTER,CODE,DESCRIPTION,BASE_COST,PAYER_COVERAGE,DISPENSES,TOTALCOST,REASONCODE,REASONDESCRIPTION",
+    "claims": "Id,PATIENTID,PROVIDERID,PRIMARYPATIENTINSURANCEID,SECONDARYPATIENTINSURANCEID,DEPARTMENTID,PATIENTDEPARTMENTID,DIAGNOSIS1,DIAGNOSIS2,DIAGNOSIS3,DIAGNOSIS4,DIAGNOSIS5,DIAGNOSIS6,DIAGNOSIS7,DIAGNOSIS8,REFERRINGPROVIDERID,APPOINTMENTID,CURRENTILLNESSDATE,SERVICEDATE,SUPERVISINGPROVIDERID,STATUS1,STATUS2,STATUSP,OUTSTANDING1,OUTSTANDING2,OUTSTANDINGP,LASTBILLEDDATE1,LASTBILLEDDATE2,LASTBILLEDDATEP,HEALTHCARECLAIMTYPEID1,HEALTHCARECLAIMTYPEID2",
+    "claims_transactions": "ID,CLAIMID,CHARGEID,PATIENTID,TYPE,AMOUNT,METHOD,FROMDATE,TODATE,PLACEOFSERVICE,PROCEDURECODE,MODIFIER1,MODIFIER2,DIAGNOSISREF1,DIAGNOSISREF2,DIAGNOSISREF3,DIAGNOSISREF4,UNITS,DEPARTMENTID,NOTES,UNITAMOUNT,TRANSFEROUTID,TRANSFERTYPE,PAYMENTS,ADJUSTMENTS,TRANSFERS,OUTSTANDING,APPOINTMENTID,LINENOTE,PATIENTINSURANCEID,FEESCHEDULEID,PROVIDERID,SUPERVISINGPROVIDERID",
+}
+
+
+def synthea_tables(people: list[Member]) -> dict[str, list[dict]]:
+  """The members as Synthea CSV rows (dicts keyed by the Synthea header names)."""
+  t: dict[str, list[dict]] = {name: [] for name in SYNTHEA_HEADERS}
+  t["payers"] = [{"Id": "payer-a", "NAME": "Aetna"}, {"Id": "payer-m", "NAME": "Medicare"},
+                 {"Id": "payer-n", "NAME": "NO_INSURANCE"}]
+  for m in people:
+    t["patients"].append({"Id": m.key, "BIRTHDATE": m.birth.isoformat(),
+                          "DEATHDATE": m.death.isoformat() if m.death else "", "SSN": "999-00-0000",
+                          "FIRST": "Ann", "LAST": "Example", "GENDER": m.sex})
+    t["payer_transitions"].append({"PATIENT": m.key, "MEMBERID": f"mid-{m.key}",
+                                   "START_DATE": f"{FIRST_YEAR}-01-01T00:00:00Z",
+                                   "END_DATE": f"{LAST_YEAR}-12-31T23:59:59Z", "PAYER": "payer-a"})
+    for c in m.claims:
+      ts = f"{c.day.isoformat()}T09:00:00Z"
+      cls, code, desc = SYNTHEA_CLASS[c.kind]
+      t["encounters"].append({"Id": c.key, "START": ts, "PATIENT": m.key, "PAYER": "payer-a",
+                              "ENCOUNTERCLASS": cls, "CODE": code, "DESCRIPTION": desc,
+                              "TOTAL_CLAIM_COST": c.allowed})
+      for d in c.dx:
+        sn, sdesc = SNOMED_DX[d]
+        t["conditions"].append({"START": c.day.isoformat(), "PATIENT": m.key,
+                                "ENCOUNTER": c.key, "SYSTEM": "http://snomed.info/sct",
+                                "CODE": sn, "DESCRIPTION": sdesc})
+      if c.procs:
+        t["procedures"].append({"START": ts, "PATIENT": m.key, "ENCOUNTER": c.key,
+                                "SYSTEM": "http://snomed.info/sct", "CODE": "430193006",
+                                "DESCRIPTION": "Medication reconciliation (procedure)"})
+      if c.ndc:
+        rx, rdesc = RXNORM[c.ndc]
+        t["medications"].append({"START": ts, "PATIENT": m.key, "ENCOUNTER": c.key,
+                                 "CODE": rx, "DESCRIPTION": rdesc, "DISPENSES": 1})
+      dx = {f"DIAGNOSIS{i + 1}": SNOMED_DX[d][0] for i, d in enumerate(c.dx)}
+      t["claims"].append({"Id": f"claim-{c.key}", "PATIENTID": m.key, "APPOINTMENTID": c.key,
+                          "SERVICEDATE": ts, "HEALTHCARECLAIMTYPEID1": 1, **dx})
+      charge = round(c.allowed * 1.25, 2)
+      base = {"CLAIMID": f"claim-{c.key}", "PATIENTID": m.key, "FROMDATE": ts, "TODATE": ts,
+              "APPOINTMENTID": c.key, "CHARGEID": 1}
+      t["claims_transactions"] += [
+          {**base, "ID": f"{c.key}-1", "TYPE": "CHARGE", "AMOUNT": charge, "PROCEDURECODE": code},
+          {**base, "ID": f"{c.key}-2", "TYPE": "ADJUSTMENT", "METHOD": "SYSTEM",
+           "ADJUSTMENTS": round(charge - c.allowed, 2)},
+          {**base, "ID": f"{c.key}-3", "TYPE": "PAYMENT", "METHOD": "ECHECK", "PAYMENTS": c.paid},
+          {**base, "ID": f"{c.key}-4", "TYPE": "TRANSFEROUT", "TRANSFERS": round(c.allowed - c.paid, 2)}]
+  return t
+
+
+def write_synthea(out_dir: str, people: list[Member]) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  tables = synthea_tables(people)
+  for name, header in SYNTHEA_HEADERS.items():
+    with open(os.path.join(out_dir, f"{name}.csv"), "w", newline="") as f:
+      w = csv.DictWriter(f, header.split(","), restval="")
+      w.writeheader()
+      w.writerows(tables[name])
