@@ -1,4 +1,4 @@
-r"""Example column mapping for `python -m data_prep.import_claims` (docs/data.md, "Claims extracts").
+r"""Example column mapping of `python -m data_prep.import_claims` (docs/data.md, "Claims extracts").
 
   python -m data_prep.import_claims --input_dir=EXTRACT --output_dir=MEDS \
       --mapping=data_prep/configs/claims_mapping.py --mapping.format=parquet

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
+import types
 from typing import Callable, Optional
 
 import ml_collections
@@ -34,7 +35,12 @@ class _Converter:
 
   def __init__(self, mapping: ml_collections.ConfigDict, writer: common.MEDSWriter,
                acct: common.Accounting):
-    self.m, self.w, self.acct = mapping, writer, acct
+    # Plain namespaces: a ConfigDict attribute read costs microseconds, per row and field.
+    self.m = types.SimpleNamespace(**{
+        k: types.SimpleNamespace(**v.to_dict()) if isinstance(v, ml_collections.ConfigDict)
+        else v for k, v in mapping.items()})
+    self.w, self.acct = writer, acct
+    self.what = "row" if mapping.format == "parquet" else "line"  # how errors number records
     if mapping.diagnosis_system not in _SYSTEMS:
       raise ValueError(f"mapping.diagnosis_system must be one of {_SYSTEMS}, got "
                        f"{mapping.diagnosis_system!r}")
@@ -62,9 +68,9 @@ class _Converter:
 
   def _amounts(self, t, row, path, line, sid, day, claim) -> None:
     for field, code in (("allowed", conv.COST_ALLOWED_CODE), ("paid", common.COST_PAID_CODE)):
-      col = t.get(field, "")
+      col = getattr(t, field, "")
       if col:
-        amount = common.parse_amount(row[col], path, line, col)
+        amount = common.parse_amount(row[col], path, line, col, self.what)
         if amount is not None:
           self.w.add(sid, day, code, amount, claim)
 
@@ -77,7 +83,7 @@ class _Converter:
     reason, sid, claim = self._member_claim(t, row, path, line)
     if reason:
       return reason
-    day = common.cell_day(row[t.from_date], path, line, t.from_date)
+    day = common.cell_day(row[t.from_date], path, line, t.from_date, self.what)
     if day is None:
       return "no_service_date"
     if t.claim_type:
@@ -85,7 +91,7 @@ class _Converter:
       if value not in self.claim_types:
         raise common.InputFormatError(
             path, f"claim type {value[:20]!r} is not in mapping.claim_type_values "
-            f"({sorted(self.claim_types)})", line, t.claim_type)
+            f"({sorted(self.claim_types)})", line, t.claim_type, self.what)
       self.w.add(sid, day, f"{conv.CLAIM}{conv.SEP}{self.claim_types[value]}", None, claim)
     if t.place_of_service and (pos := self._pos(row[t.place_of_service])):
       self.w.add(sid, day, pos, None, claim)
@@ -107,7 +113,7 @@ class _Converter:
     if reason:
       return reason
     # A line without its own date takes its claim's (every claim row gets the earliest date).
-    day = common.cell_day(row[t.service_date], path, line, t.service_date) if (
+    day = common.cell_day(row[t.service_date], path, line, t.service_date, self.what) if (
         t.service_date) else None
     if t.procedure and (raw := common.text(row[t.procedure])):
       code = common.procedure_code(raw)
@@ -132,28 +138,23 @@ class _Converter:
     reason, sid, _ = self._member_claim(t, row, path, line, with_claim=False)
     if reason:
       return reason
-    birth = common.cell_day(row[t.birth_date], path, line, t.birth_date) if t.birth_date else None
+    def day(col: str) -> Optional[int]:
+      return common.cell_day(row[col], path, line, col, self.what) if col else None
+    birth = day(t.birth_date)
     sex = common.sex_code(common.text(row[t.sex])) if t.sex else None
-    death = common.cell_day(row[t.death_date], path, line, t.death_date) if t.death_date else None
-    if birth is None and sex is None and death is None:
-      return "no_member_facts"
-    if birth is not None:
-      self.w.add(sid, birth, conv.BIRTH_CODE)
-    if sex:
-      self.w.add(sid, None, sex)
-    if death is not None:
-      self.w.add(sid, death, conv.DEATH_CODE)
-    return None
+    death = day(t.death_date)
+    return self.w.add_member(sid, birth, sex, death)
 
   def enrollment(self, path: str, line: int, row: dict) -> Optional[str]:
     t = self.m.enrollment
     reason, sid, _ = self._member_claim(t, row, path, line, with_claim=False)
     if reason:
       return reason
-    start = common.cell_day(row[t.start_date], path, line, t.start_date)
+    start = common.cell_day(row[t.start_date], path, line, t.start_date, self.what)
     if start is None:
       return "no_enrollment_start"
-    end = common.cell_day(row[t.end_date], path, line, t.end_date) if t.end_date else None
+    end = common.cell_day(row[t.end_date], path, line, t.end_date, self.what) if (
+        t.end_date) else None
     raw = common.text(row[t.line_of_business]) if t.line_of_business else ""
     lob = self.lobs.get(raw) or (code_systems.lob_of(raw) if raw else self.m.default_lob)
     self.w.add(sid, start, conv.enrollment_code("START", lob))

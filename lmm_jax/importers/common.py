@@ -146,7 +146,7 @@ class MEDSWriter:
   """Streams MEDS rows into per-subject buckets, then writes the sorted MEDS dataset."""
 
   def __init__(self, output_dir: str, num_shards: int, *, id_key: bytes = b"",
-               flush_rows: int = 200_000):
+               flush_rows: int = 50_000):
     if num_shards < 1:
       raise ValueError(f"num_shards must be positive, got {num_shards}")
     self.output_dir, self.num_shards, self.id_key = output_dir, num_shards, id_key
@@ -186,6 +186,19 @@ class MEDSWriter:
     if self._pending >= self._flush_rows:
       self._flush()
 
+  def add_member(self, subject_id: int, birth: Optional[int], sex: Optional[str],
+                 death: Optional[int]) -> Optional[str]:
+    """Birth, sex (static) and death rows; 'no_member_facts' (a drop reason) when all are None."""
+    if birth is None and sex is None and death is None:
+      return "no_member_facts"
+    if birth is not None:
+      self.add(subject_id, birth, conv.BIRTH_CODE)
+    if sex:
+      self.add(subject_id, None, sex)
+    if death is not None:
+      self.add(subject_id, death, conv.DEATH_CODE)
+    return None
+
   def describe(self, code: str, description: str) -> None:
     """A description for codes.parquet (the first one seen for a code is kept)."""
     if description:
@@ -207,7 +220,7 @@ class MEDSWriter:
     self._pending = 0
 
   def finish(self, dataset: Mapping, accounting: Accounting) -> dict:
-    """Writes data/, metadata/{dataset.json,codes.parquet,import_report.json}; returns the report."""
+    """Writes data/ and metadata/ (dataset.json, codes.parquet, the report); returns the report."""
     self._flush()
     for w in self._writers:
       if w is not None:
@@ -300,7 +313,8 @@ def code_metadata(used: Iterable[str], descriptions: Mapping[str, str]) -> pa.Ta
     codes.append(code)
     descs.append(desc)
     parents.append(parent)
-  return pa.table({"code": pa.array(codes, pa.string()), "description": pa.array(descs, pa.string()),
+  return pa.table({"code": pa.array(codes, pa.string()),
+                   "description": pa.array(descs, pa.string()),
                    "parent_codes": pa.array(parents, pa.list_(pa.string()))})
 
 

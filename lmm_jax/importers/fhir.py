@@ -91,15 +91,7 @@ class _Mapper:
     birth, death = _day(p.birthDate), _day(p.deceasedDateTime)
     if p.deceasedBoolean and death is None:
       self.acct.notes["deceased_without_date"] += 1
-    if birth is None and sex is None and death is None:
-      return "no_member_facts"
-    if birth is not None:
-      self.w.add(sid, birth, conv.BIRTH_CODE)
-    if sex:
-      self.w.add(sid, None, sex)
-    if death is not None:
-      self.w.add(sid, death, conv.DEATH_CODE)
-    return None
+    return self.w.add_member(sid, birth, sex, death)
 
   def coverage(self, c: fhir_coverage.Coverage) -> Optional[str]:
     if c.status in _SKIPPED_STATUS:

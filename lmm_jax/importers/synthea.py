@@ -114,15 +114,7 @@ class _Mapper:
     birth = common.cell_day(r["BIRTHDATE"], path, line, "BIRTHDATE")
     death = common.cell_day(r["DEATHDATE"], path, line, "DEATHDATE")
     sex = common.sex_code(r["GENDER"])
-    if birth is None and death is None and sex is None:
-      return "no_member_facts"
-    if birth is not None:
-      self.w.add(sid, birth, conv.BIRTH_CODE)
-    if sex:
-      self.w.add(sid, None, sex)
-    if death is not None:
-      self.w.add(sid, death, conv.DEATH_CODE)
-    return None
+    return self.w.add_member(sid, birth, sex, death)
 
   def payer_transitions(self, path, line, r) -> Optional[str]:
     sid = self._subject(r["PATIENT"])
@@ -226,7 +218,7 @@ def _payers(path: str) -> dict[str, str]:
 
 def import_synthea(input_dir: str, output_dir: str, *, shard_input_mb: float = 64.0,
                    id_key: bytes = b"") -> dict:
-  """Converts a Synthea CSV export (input_dir/*.csv) to a claims MEDS dataset; returns the report."""
+  """Converts a Synthea CSV export (input_dir/*.csv) to claims MEDS; returns the report."""
   paths = {name: os.path.join(input_dir, f"{name}.csv") for name in FILES}
   for name in REQUIRED_FILES:
     if not os.path.exists(paths[name]):

@@ -3,11 +3,12 @@
 import json
 import os
 
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
 from data_prep.configs import claims_mapping
-from lmm_jax.data import meds_io
 from lmm_jax.importers import claims
 from lmm_jax.importers import common
 from tests.importers import worlds
@@ -27,13 +28,6 @@ def _extract(tmp_path, headers: str, lines: str, members: str = "", enrollment: 
   return str(d)
 
 
-def _rows(meds_dir: str) -> list[dict]:
-  rows = []
-  for path in meds_io.data_files(meds_dir):
-    rows += pq.read_table(path).to_pylist()
-  return rows
-
-
 def test_claim_rows_follow_the_conventions_and_every_record_is_counted(tmp_path):
   src = _extract(
       tmp_path,
@@ -50,7 +44,7 @@ def test_claim_rows_follow_the_conventions_and_every_record_is_counted(tmp_path)
   assert report["records"] == 8 and report["converted"] == 6
   assert report["dropped"] == {"no_member_id": 1, "no_service_date": 1}
   assert report["notes"] == {"procedure_not_cpt_or_hcpcs": 1}
-  rows = _rows(out)
+  rows = worlds.meds_rows(out)
   assert len({r["subject_id"] for r in rows}) == 1
   claim = [r for r in rows if r["claim_id"] is not None]
   assert len({r["time"] for r in claim}) == 1  # one date per claim: its earliest
@@ -91,7 +85,7 @@ def test_a_missing_mapped_column_names_file_and_column(tmp_path):
     claims.import_claims(src, str(tmp_path / "meds"), claims_mapping.get_config())
 
 
-def test_output_is_deterministic_and_independent_of_shard_flushes(tmp_path):
+def test_output_is_deterministic_and_independent_of_the_shard_count(tmp_path):
   src = str(tmp_path / "extract")
   worlds.write_extract(src, worlds.members(30, seed=1))
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
@@ -99,9 +93,35 @@ def test_output_is_deterministic_and_independent_of_shard_flushes(tmp_path):
   rb = claims.import_claims(src, b, claims_mapping.get_config(), shard_input_mb=0.01)
   assert rb["shards"] > 1 and ra["rows_written"] == rb["rows_written"]
   key = lambda r: (r["subject_id"], str(r["time"]), r["claim_id"] or -1, r["code"])  # noqa: E731
-  assert sorted(_rows(a), key=key) == sorted(_rows(b), key=key)
+  assert sorted(worlds.meds_rows(a), key=key) == sorted(worlds.meds_rows(b), key=key)
   c = str(tmp_path / "c")
   claims.import_claims(src, c, claims_mapping.get_config())
   for name in sorted(os.listdir(os.path.join(a, "data"))):
     assert pq.read_table(os.path.join(a, "data", name)).equals(
         pq.read_table(os.path.join(c, "data", name)))
+
+
+def test_parquet_extract_gives_the_csv_rows_and_numbers_errors_by_row(tmp_path):
+  src = tmp_path / "csv"
+  worlds.write_extract(str(src), worlds.members(20, seed=2))
+  pq_dir = tmp_path / "parquet"
+  pq_dir.mkdir()
+  for name in os.listdir(src):
+    table = pa_csv.read_csv(str(src / name), convert_options=pa_csv.ConvertOptions(
+        strings_can_be_null=True))  # types inferred: dates, numbers (NDCs lose leading zeros)
+    pq.write_table(table, str(pq_dir / name.replace(".csv", ".parquet")))
+  mapping = claims_mapping.get_config()
+  mapping.format = "parquet"
+  for t in ("headers", "lines", "members", "enrollment"):
+    mapping[t].files = mapping[t].files.replace(".csv", ".parquet")
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  claims.import_claims(str(src), a, claims_mapping.get_config())
+  claims.import_claims(str(pq_dir), b, mapping)
+  key = lambda r: (r["subject_id"], str(r["time"]), r["claim_id"] or -1, r["code"])  # noqa: E731
+  assert sorted(worlds.meds_rows(a), key=key) == sorted(worlds.meds_rows(b), key=key)
+  table = pq.read_table(str(pq_dir / "claim_line.parquet"))
+  bad = table.set_column(table.schema.get_field_index("LINE_ALWD_AMT"), "LINE_ALWD_AMT",
+                         pa.array(["12x"] * table.num_rows))
+  pq.write_table(bad, str(pq_dir / "claim_line.parquet"))
+  with pytest.raises(common.InputFormatError, match=r"claim_line.parquet, row 1, field 'LINE_ALWD_AMT'"):
+    claims.import_claims(str(pq_dir), b, mapping)

@@ -4,22 +4,13 @@ import json
 import os
 import shutil
 
-import pyarrow.parquet as pq
 import pytest
 
-from lmm_jax.data import meds_io
 from lmm_jax.importers import common
 from lmm_jax.importers import fhir
 from tests.importers import worlds
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "fhir")
-
-
-def _rows(meds_dir: str) -> list[dict]:
-  rows = []
-  for path in meds_io.data_files(meds_dir):
-    rows += pq.read_table(path).to_pylist()
-  return rows
 
 
 def test_carin_examples_map_to_claims_conventions(tmp_path):
@@ -30,7 +21,7 @@ def test_carin_examples_map_to_claims_conventions(tmp_path):
                                                 "status_entered-in-error": 1}}
   assert report["by_file"]["Patient.ndjson"]["dropped"] == {"no_member_facts": 1}
   assert report["notes"]["coding_of_another_system"] >= 2  # revenue-less data-absent, CDT
-  rows = _rows(out)
+  rows = worlds.meds_rows(out)
   assert len({r["subject_id"] for r in rows}) == 1
   claims = {}
   for r in rows:
@@ -76,7 +67,7 @@ def test_bundles_read_like_ndjson(tmp_path):
   ra, rb = fhir.import_fhir(str(nd), a), fhir.import_fhir(str(bundle), b)
   assert ra["converted"] == rb["converted"] == len(entries)
   key = lambda r: (r["subject_id"], str(r["time"]), r["claim_id"] or -1, r["code"])  # noqa: E731
-  assert sorted(_rows(a), key=key) == sorted(_rows(b), key=key)
+  assert sorted(worlds.meds_rows(a), key=key) == sorted(worlds.meds_rows(b), key=key)
 
 
 @pytest.mark.parametrize("line,message", [

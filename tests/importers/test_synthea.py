@@ -7,19 +7,11 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from lmm_jax.data import meds_io
 from lmm_jax.importers import common
 from lmm_jax.importers import synthea
 from tests.importers import worlds
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "synthea")
-
-
-def _rows(meds_dir: str) -> list[dict]:
-  rows = []
-  for path in meds_io.data_files(meds_dir):
-    rows += pq.read_table(path).to_pylist()
-  return rows
 
 
 def _copy(tmp_path) -> str:
@@ -43,7 +35,7 @@ def test_synthea_export_maps_encounters_to_claims_with_costs(tmp_path):
   assert report["by_file"]["payer_transitions.csv"]["dropped"] == {"uninsured_span": 1}
   assert report["records"] == report["converted"] + sum(report["dropped"].values())
   people = worlds.members(2, seed=5)
-  rows = _rows(out)
+  rows = worlds.meds_rows(out)
   assert len({r["subject_id"] for r in rows}) == 2
   claims = {}
   for r in rows:
@@ -75,7 +67,7 @@ def test_older_exports_with_coverage_years(tmp_path):
             "M00000,,2019,2021,payer-m,,Self,\n")
   out = str(tmp_path / "meds")
   synthea.import_synthea(src, out)
-  spans = sorted((r["code"], r["time"].date().isoformat()) for r in _rows(out)
+  spans = sorted((r["code"], r["time"].date().isoformat()) for r in worlds.meds_rows(out)
                  if r["code"].startswith("ENROLLMENT"))
   assert spans == [("ENROLLMENT//END//MEDICARE", "2021-12-31"),
                    ("ENROLLMENT//START//MEDICARE", "2019-01-01")]

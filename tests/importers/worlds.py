@@ -14,6 +14,9 @@ import json
 import os
 
 import numpy as np
+import pyarrow.parquet as pq
+
+from lmm_jax.data import meds_io
 
 DX = ("E11.9", "I10", "J45.909", "M54.5", "N18.3", "F32.9", "E78.5", "Z00.00", "K21.9", "I50.9")
 CPT = ("99213", "99214", "80053", "93000", "71046", "J1745", "G0439")
@@ -259,3 +262,11 @@ def write_synthea(out_dir: str, people: list[Member]) -> None:
       w = csv.DictWriter(f, header.split(","), restval="")
       w.writeheader()
       w.writerows(tables[name])
+
+
+def meds_rows(meds_dir: str) -> list[dict]:
+  """All rows of a MEDS dataset's data files, in file order."""
+  rows = []
+  for path in meds_io.data_files(meds_dir):
+    rows += pq.read_table(path).to_pylist()
+  return rows
