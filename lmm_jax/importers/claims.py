@@ -182,22 +182,22 @@ def import_claims(input_dir: str, output_dir: str, mapping: ml_collections.Confi
                      f"({mapping.headers.files!r}) or mapping.lines.files "
                      f"({mapping.lines.files!r})")
   all_files = [p for name in _TABLES for p in files[name]]
-  writer = common.MEDSWriter(output_dir, common.shards_for(all_files, shard_input_mb),
-                             id_key=id_key)
-  acct = common.Accounting()
-  conv_ = _Converter(mapping, writer, acct)
-  handlers: dict[str, Callable] = {"headers": conv_.header, "lines": conv_.line,
-                                   "members": conv_.member, "enrollment": conv_.enrollment}
-  for name in _TABLES:
-    table = mapping[name]
-    for path in files[name]:
-      source = os.path.relpath(path, input_dir)
-      for line, row in common.iter_table(path, mapping.format, _columns(table)):
-        reason = handlers[name](path, line, row)
-        if reason:
-          acct.dropped(source, reason)
-        else:
-          acct.converted(source)
-  return writer.finish({"dataset_name": mapping.dataset_name, "etl_name": ETL_NAME,
-                        "source": f"claims extract ({mapping.format}) mapped by "
-                                  f"{mapping.mapping_name}"}, acct)
+  with common.MEDSWriter(output_dir, common.shards_for(all_files, shard_input_mb),
+                         id_key=id_key) as writer:
+    acct = common.Accounting()
+    conv_ = _Converter(mapping, writer, acct)
+    handlers: dict[str, Callable] = {"headers": conv_.header, "lines": conv_.line,
+                                     "members": conv_.member, "enrollment": conv_.enrollment}
+    for name in _TABLES:
+      table = mapping[name]
+      for path in files[name]:
+        source = os.path.relpath(path, input_dir)
+        for line, row in common.iter_table(path, mapping.format, _columns(table)):
+          reason = handlers[name](path, line, row)
+          if reason:
+            acct.dropped(source, reason)
+          else:
+            acct.converted(source)
+    return writer.finish({"dataset_name": mapping.dataset_name, "etl_name": ETL_NAME,
+                          "source": f"claims extract ({mapping.format}) mapped by "
+                                    f"{mapping.mapping_name}"}, acct)

@@ -164,6 +164,17 @@ class MEDSWriter:
     self.codes: set[str] = set()
     self.descriptions: dict[str, str] = {}
 
+  def __enter__(self) -> "MEDSWriter":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    """On an error, closes and removes the spill (data/ stays empty: no partial dataset)."""
+    if exc_type is not None:
+      for w in self._writers:
+        if w is not None:
+          w.close()
+      shutil.rmtree(self._spill_dir, ignore_errors=True)
+
   def subject(self, member_key: str) -> int:
     return hash_id("member", member_key, self.id_key)
 

@@ -79,6 +79,7 @@ class _Mapper:
 
   def __init__(self, writer: common.MEDSWriter, acct: common.Accounting, default_lob: str):
     self.w, self.acct, self.default_lob = writer, acct, default_lob
+    self.where = ""  # file:line of the resource being mapped
 
   def __call__(self, resource) -> Optional[str]:
     return getattr(self, resource.get_resource_type().lower())(resource)
@@ -150,8 +151,9 @@ class _Mapper:
     days = [d for d in days if d is not None]
     if not days:
       return "no_service_date"
-    day, sid, claim = min(days), self.w.subject(member), self.w.claim(
-        "ExplanationOfBenefit/" + (e.id or ""))
+    # An EOB without an id is its own claim: keyed by its place in the input.
+    day, sid = min(days), self.w.subject(member)
+    claim = self.w.claim("ExplanationOfBenefit/" + e.id if e.id else "at/" + self.where)
     add = lambda code, value=None: self.w.add(sid, day, code, value, claim)  # noqa: E731
     kind = next((c.code for c in _codings(e.type) if c.system == CLAIM_TYPE_SYSTEM), "")
     sub = next((c.code for c in _codings(e.subType)), "")
@@ -227,31 +229,33 @@ def import_fhir(input_dir: str, output_dir: str, *, default_lob: str = "COMMERCI
                 shard_input_mb: float = 64.0, id_key: bytes = b"") -> dict:
   """Converts the FHIR resources under input_dir to a claims MEDS dataset; returns the report."""
   paths = input_files(input_dir)
-  writer = common.MEDSWriter(output_dir, common.shards_for(paths, shard_input_mb), id_key=id_key)
-  acct = common.Accounting()
-  mapper = _Mapper(writer, acct, default_lob)
-  for path in paths:
-    source = os.path.relpath(path, input_dir)
-    for n, what, obj in _resources(path):
-      rtype = obj.get("resourceType") if isinstance(obj, dict) else None
-      model = MODELS.get(rtype)
-      if model is None:
-        acct.dropped(source, "other_resource_type")
-        continue
-      try:
-        resource = model.model_validate(obj)
-      except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"])
-        raise common.InputFormatError(path, f"invalid {rtype}: {err['msg']}", n, field,
-                                      what) from None
-      reason = mapper(resource)
-      if reason:
-        acct.dropped(source, reason)
-      else:
-        acct.converted(source)
-  return writer.finish({"dataset_name": "fhir_eob", "etl_name": ETL_NAME,
-                        "source": "FHIR R4 ExplanationOfBenefit / Patient / Coverage "
-                                  "(CARIN Blue Button), validated by fhir.resources "
-                                  f"{importlib.metadata.version('fhir.resources')} R4B"},
-                       acct)
+  with common.MEDSWriter(output_dir, common.shards_for(paths, shard_input_mb),
+                         id_key=id_key) as writer:
+    acct = common.Accounting()
+    mapper = _Mapper(writer, acct, default_lob)
+    for path in paths:
+      source = os.path.relpath(path, input_dir)
+      for n, what, obj in _resources(path):
+        rtype = obj.get("resourceType") if isinstance(obj, dict) else None
+        model = MODELS.get(rtype)
+        if model is None:
+          acct.dropped(source, "other_resource_type")
+          continue
+        try:
+          resource = model.model_validate(obj)
+        except pydantic.ValidationError as e:
+          err = e.errors()[0]
+          field = ".".join(str(x) for x in err["loc"])
+          raise common.InputFormatError(path, f"invalid {rtype}: {err['msg']}", n, field,
+                                        what) from None
+        mapper.where = f"{source}:{what}{n}"
+        reason = mapper(resource)
+        if reason:
+          acct.dropped(source, reason)
+        else:
+          acct.converted(source)
+    return writer.finish({"dataset_name": "fhir_eob", "etl_name": ETL_NAME,
+                          "source": "FHIR R4 ExplanationOfBenefit / Patient / Coverage "
+                                    "(CARIN Blue Button), validated by fhir.resources "
+                                    f"{importlib.metadata.version('fhir.resources')} R4B"},
+                         acct)

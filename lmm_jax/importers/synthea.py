@@ -144,6 +144,8 @@ class _Mapper:
     sid = self._subject(r["PATIENT"])
     if sid is None:
       return "no_patient_id"
+    if not r["ID"].strip():
+      return "no_encounter_id"
     day = common.cell_day(r["START"], path, line, "START")
     if day is None:
       return "no_date"
@@ -169,10 +171,12 @@ class _Mapper:
   def medications(self, path, line, r) -> Optional[str]:
     return self._coded(RXNORM, path, line, r)
 
-  def _claim(self, r: dict) -> int:
+  def _claim(self, r: dict) -> Optional[int]:
     appointment = r["APPOINTMENTID"].strip()
-    return self._encounter(appointment) if appointment else self.w.claim(
-        "claim/" + (r.get("CLAIMID") or r.get("ID") or ""))
+    if appointment:
+      return self._encounter(appointment)
+    claim = (r.get("CLAIMID") or r.get("ID") or "").strip()
+    return self.w.claim("claim/" + claim) if claim else None
 
   def claims(self, path, line, r) -> Optional[str]:
     sid = self._subject(r["PATIENTID"])
@@ -182,6 +186,8 @@ class _Mapper:
     if day is None:
       return "no_date"
     claim = self._claim(r)
+    if claim is None:
+      return "no_claim_id"
     for i in range(1, 9):
       code = r[f"DIAGNOSIS{i}"].strip()
       if code:
@@ -204,8 +210,11 @@ class _Mapper:
     if amount is None:
       return "no_amount"
     # The claim's date comes from its other rows (each claim row takes the earliest).
+    claim = self._claim(r)
+    if claim is None:
+      return "no_claim_id"
     day = common.cell_day(r["FROMDATE"], path, line, "FROMDATE")
-    self.w.add(sid, day, code, sign * amount, self._claim(r))
+    self.w.add(sid, day, code, sign * amount, claim)
     return None
 
 
@@ -224,22 +233,22 @@ def import_synthea(input_dir: str, output_dir: str, *, shard_input_mb: float = 6
     if not os.path.exists(paths[name]):
       raise ValueError(f"{input_dir}: no {name}.csv (a Synthea CSV export: exporter.csv.export)")
   present = [p for p in paths.values() if os.path.exists(p)]
-  writer = common.MEDSWriter(output_dir, common.shards_for(present, shard_input_mb),
-                             id_key=id_key)
-  acct = common.Accounting()
-  mapper = _Mapper(writer, acct, _payers(os.path.join(input_dir, "payers.csv")))
-  for name, required in FILES.items():
-    path = paths[name]
-    if not os.path.exists(path):
-      acct.notes[f"missing_{name}.csv"] += 1
-      continue
-    handler: Callable = getattr(mapper, name)
-    source = os.path.relpath(path, input_dir)
-    for line, row in _rows(path, required):
-      reason = handler(path, line, row)
-      if reason:
-        acct.dropped(source, reason)
-      else:
-        acct.converted(source)
-  return writer.finish({"dataset_name": "synthea", "etl_name": ETL_NAME,
-                        "source": "Synthea CSV export (CSV data dictionary columns)"}, acct)
+  with common.MEDSWriter(output_dir, common.shards_for(present, shard_input_mb),
+                         id_key=id_key) as writer:
+    acct = common.Accounting()
+    mapper = _Mapper(writer, acct, _payers(os.path.join(input_dir, "payers.csv")))
+    for name, required in FILES.items():
+      path = paths[name]
+      if not os.path.exists(path):
+        acct.notes[f"missing_{name}.csv"] += 1
+        continue
+      handler: Callable = getattr(mapper, name)
+      source = os.path.relpath(path, input_dir)
+      for line, row in _rows(path, required):
+        reason = handler(path, line, row)
+        if reason:
+          acct.dropped(source, reason)
+        else:
+          acct.converted(source)
+    return writer.finish({"dataset_name": "synthea", "etl_name": ETL_NAME,
+                          "source": "Synthea CSV export (CSV data dictionary columns)"}, acct)

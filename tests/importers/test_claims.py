@@ -76,6 +76,8 @@ def test_malformed_input_is_one_line_naming_file_line_and_field(tmp_path, header
   with pytest.raises(common.InputFormatError, match=message) as e:
     claims.import_claims(src, str(tmp_path / "meds"), claims_mapping.get_config())
   assert "\n" not in str(e.value) and "M1" not in str(e.value)
+  assert not os.path.exists(tmp_path / "meds" / ".spill")  # no partial output left behind
+  assert not os.listdir(tmp_path / "meds" / "data")
 
 
 def test_a_missing_mapped_column_names_file_and_column(tmp_path):

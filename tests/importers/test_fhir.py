@@ -94,3 +94,16 @@ def test_date_error_names_the_element(tmp_path):
   (src / "ExplanationOfBenefit.ndjson").write_text(json.dumps(r) + "\n")
   with pytest.raises(common.InputFormatError, match=r"line 1, field 'billablePeriod.start'"):
     fhir.import_fhir(str(src), str(tmp_path / "meds"))
+
+
+def test_eobs_without_ids_stay_separate_claims(tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  eobs = worlds.fhir_resources(worlds.members(1, seed=8))["ExplanationOfBenefit"][:2]
+  for r in eobs:
+    del r["id"]
+    r["billablePeriod"] = {"start": "2020-01-01"}
+  (src / "ExplanationOfBenefit.ndjson").write_text("".join(json.dumps(r) + "\n" for r in eobs))
+  out = str(tmp_path / "meds")
+  fhir.import_fhir(str(src), out)
+  assert len({r["claim_id"] for r in worlds.meds_rows(out)}) == 2
