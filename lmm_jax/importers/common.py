@@ -268,7 +268,8 @@ class MEDSWriter:
 
 
 def _finalize_bucket(t: pa.Table) -> pa.Table:
-  """One date per claim (its earliest row), one cost row per claim and measure, sorted."""
+  """One date per claim (its earliest row), one cost row per claim and measure, no repeated
+  rows, sorted."""
   claimed = t.filter(pc.is_valid(t.column("claim_id")))
   first = claimed.group_by(["subject_id", "claim_id"]).aggregate([("time", "min")])
   t = t.join(first, ["subject_id", "claim_id"], join_type="left outer")
@@ -279,7 +280,11 @@ def _finalize_bucket(t: pa.Table) -> pa.Table:
   summed = cost.group_by(["subject_id", "claim_id", "code", "time"]).aggregate(
       [("numeric_value", "sum"), ("seq", "max")]).rename_columns(
           {"numeric_value_sum": "numeric_value", "seq_max": "seq"})
-  rest = t.filter(pc.invert(pc.and_(is_cost, pc.is_valid(t.column("claim_id")))))
+  # Other rows repeated within a claim (a place of service on header and line, a diagnosis in
+  # two tables) or for a member (a repeated Patient record) are kept once, at their first place.
+  rest = t.filter(pc.invert(pc.and_(is_cost, pc.is_valid(t.column("claim_id"))))).group_by(
+      ["subject_id", "time", "code", "numeric_value", "claim_id"], use_threads=False).aggregate(
+          [("seq", "min")]).rename_columns({"seq_min": "seq"})
   t = pa.concat_tables([rest.select(_SPILL_SCHEMA.names),
                         summed.select(_SPILL_SCHEMA.names).cast(_SPILL_SCHEMA)])
   time_key = pc.fill_null(t.column("time"), np.iinfo(np.int64).min)

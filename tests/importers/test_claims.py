@@ -52,6 +52,7 @@ def test_claim_rows_follow_the_conventions_and_every_record_is_counted(tmp_path)
   codes = [r["code"] for r in claim]
   assert {"CLAIM//INPATIENT", "POS//21", "ICD10CM//E11.9", "ICD10CM//I10", "ICD10PCS//0SRC0J9",
           "CPT//99223", "HCPCS//J1745"} <= set(codes)
+  assert codes.count("POS//21") == 1  # on the header and a line: written once
   costs = {r["code"]: r["numeric_value"] for r in claim if r["code"].startswith("COST//")}
   assert costs == {"COST//ALLOWED": pytest.approx(1500.5), "COST//PAID": pytest.approx(1200.0)}
   member = {r["code"] for r in rows if r["claim_id"] is None}

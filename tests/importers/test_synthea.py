@@ -45,6 +45,8 @@ def test_synthea_export_maps_encounters_to_claims_with_costs(tmp_path):
   allowed = sorted(round(r["numeric_value"], 2) for rs in claims.values() for r in rs
                    if r["code"] == "COST//ALLOWED")
   assert allowed == pytest.approx(sorted(c.allowed for m in people for c in m.claims), abs=0.02)
+  keys = [(r["subject_id"], r["time"], r["code"], r["claim_id"]) for r in rows]
+  assert len(keys) == len(set(keys))  # a diagnosis in conditions.csv and claims.csv: once
   for rs in claims.values():
     assert len({r["time"] for r in rs}) == 1
     assert sum(r["code"].startswith("CLAIM//") for r in rs) == 1
