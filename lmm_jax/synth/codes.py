@@ -284,6 +284,22 @@ def _condition_bits() -> np.ndarray:
 CONDITION_BITS = _condition_bits()
 
 
+def _case_single_bits() -> np.ndarray:
+  """int32[NUM_CODES]: at a claim-type code, the conditions one such claim makes a case of."""
+  if any(c.rule.other_claims != 2 for c in cond_lib.CONDITIONS):
+    raise ValueError("the simulator counts 'other' claims on two different days; a CaseRule "
+                     "with other_claims != 2 needs lmm_jax.synth.sim.Sink extended")
+  bits = np.zeros(NUM_CODES, np.int64)
+  for ctype, i in CLAIM_TYPE.items():
+    for k, c in enumerate(cond_lib.CONDITIONS):
+      if ctype in c.rule.single_claim_types:
+        bits[i] |= 1 << k
+  return bits.astype(np.int32)
+
+
+CASE_SINGLE_BITS = _case_single_bits()
+
+
 def diagnosis_codes() -> list[str]:
   """All ICD-10-CM codes (without prefix) the simulator can emit."""
   prefix = conv.ICD10CM + conv.SEP

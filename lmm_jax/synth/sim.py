@@ -35,8 +35,12 @@ class Calendar:
     self.length = np.diff(days)
 
 
+_AR_C = np.arange(world.NUM_TARGET)
+
+
 class Sink:
-  """Receives claims; totals cost and coded target conditions per person and year."""
+  """Receives claims; totals cost, the coded target conditions (`bits`) and the conditions that
+  meet their CCW-style case rule (`case`, lmm_jax.conditions.CaseRule) per person and year."""
 
   def __init__(self, n: int, num_years: int, first_month: int, rng: np.random.Generator,
                emit: bool):
@@ -46,6 +50,9 @@ class Sink:
     self.emit = emit
     self.cost = np.zeros((num_years, n), np.float64)
     self.bits = np.zeros((num_years, n), np.int32)
+    self.case = np.zeros((num_years, n), np.int32)
+    # Day of the first qualifying claim per (person, condition) and year (-1: none yet).
+    self.first_day = np.full((num_years, n * world.NUM_TARGET), -1, np.int32)
     self.parts: list[tuple[np.ndarray, ...]] = []
     self.dropped = 0
 
@@ -62,6 +69,7 @@ class Sink:
     self.cost[y] += np.bincount(pidx, weights=cost, minlength=self.n)
     claim_bits = np.bitwise_or.reduce(code_lib.CONDITION_BITS[codes_MxW], axis=1)
     np.bitwise_or.at(self.bits[y], pidx, claim_bits)
+    self._cases(y, pidx, day, claim_bits & code_lib.CASE_SINGLE_BITS[ctype], claim_bits)
     if self.emit:
       # A code is listed once per claim (a principal diagnosis may also be drawn as a secondary).
       order = np.argsort(codes_MxW, axis=1, kind="stable")
@@ -76,6 +84,32 @@ class Sink:
                          np.full(len(pidx), ctype, np.int32), np.full(len(pidx), pos, np.int32),
                          cost.astype(np.float32), valid.sum(1).astype(np.int32),
                          codes_MxW[valid].astype(np.int32)))
+
+
+  def _cases(self, y: int, pidx: np.ndarray, day: np.ndarray, single: np.ndarray,
+             claim_bits: np.ndarray) -> None:
+    """A claim of a single-claim type makes a case; else a second qualifying day does."""
+    if single.any():
+      np.bitwise_or.at(self.case[y], pidx, single)
+    r, c = np.nonzero((claim_bits[:, None] >> _AR_C) & 1)
+    if not len(r):
+      return
+    key = pidx[r].astype(np.int64) * world.NUM_TARGET + c
+    d = day[r].astype(np.int32)
+    order = np.lexsort((d, key))
+    key, d = key[order], d[order]
+    start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ukey, dmin = key[start], d[start]
+    dmax = np.maximum.reduceat(d, start)
+    first = self.first_day[y]
+    f = first[ukey]
+    new = f < 0
+    second = (dmax != dmin) | (~new & (dmin != f)) | (~new & (dmax != f))
+    first[ukey[new]] = dmin[new]
+    if second.any():
+      k2 = ukey[second]
+      np.bitwise_or.at(self.case[y], (k2 // world.NUM_TARGET).astype(np.int64),
+                       (np.int32(1) << (k2 % world.NUM_TARGET)).astype(np.int32))
 
 
 @dataclasses.dataclass

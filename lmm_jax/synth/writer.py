@@ -143,7 +143,7 @@ def _oracle(snap: world.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0
     cost = sink.cost[0].reshape(b, n)
     cost_sum += cost.sum(0)
     capped_sum += np.minimum(cost, conv.COST_CAP).sum(0)
-    bits = sink.bits[0].reshape(b, n)
+    bits = sink.case[0].reshape(b, n)
     coded += ((bits[:, :, None] >> np.arange(cond_lib.NUM_CONDITIONS)) & 1).sum(0)
     done += b
   index_day = int(cal.start[t0])
@@ -168,7 +168,7 @@ def _calibration_stats(st_age_at: np.ndarray, sink: sim.Sink, covered_months: np
   """Per-chunk figures for calibration: costs of full-year members, coded prevalence by age."""
   full = covered_months[year] == 12
   costs = sink.cost[year][full]
-  bits = sink.bits[year][full]
+  bits = sink.case[year][full]
   age = st_age_at[full]
   band = np.searchsorted([b[1] for b in AGE_BANDS[:-1]], age, side="right")
   flags = (bits[:, None] >> np.arange(cond_lib.NUM_CONDITIONS)) & 1
