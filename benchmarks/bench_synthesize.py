@@ -4,7 +4,9 @@ r"""Throughput and memory of the synthetic claims world, and its calibration fig
 
 Prints, per size: wall seconds, patients/s, MEDS rows/s, peak RSS of the parent and of the largest
 worker process, and the calibration figures that synthesize() computed from the generated data
-(cost concentration, coded prevalence among members 65-74, oracle versus simple predictors).
+beside their published references (lmm_jax.synth.calibration.REFERENCES): top-decile persistence,
+30-day readmissions, end-of-life spending share, winter/summer admissions, cost concentration,
+CCW-rule prevalence among members 65-74, distinct codes, and the oracle versus simple predictors.
 """
 
 import json
@@ -16,12 +18,15 @@ import time
 from absl import app
 from absl import flags
 
+from lmm_jax.synth import calibration
 from lmm_jax.synth import synthesize
 
 _SIZES = flags.DEFINE_list("sizes", ["10000", "100000"], "Numbers of patients to generate.")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Worker processes.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_ROLLOUTS = flags.DEFINE_integer("oracle_rollouts", 16, "Oracle roll-outs per person.")
+_ROLLOUTS = flags.DEFINE_integer("oracle_rollouts", 256, "Oracle roll-outs per held-out member.")
+_ROLLOUTS_OTHER = flags.DEFINE_integer("oracle_rollouts_other", 16,
+                                       "Oracle roll-outs per train/tuning member.")
 _KEEP = flags.DEFINE_string("keep_dir", None, "Write here (kept) instead of a temporary folder.")
 
 
@@ -35,7 +40,8 @@ def main(argv):
     out = _KEEP.value or tempfile.mkdtemp(prefix="bench_synth_")
     start = time.time()
     summary = synthesize(out, size, _SEED.value, num_workers=_NUM_WORKERS.value,
-                         oracle_rollouts=_ROLLOUTS.value, progress=False)
+                         oracle_rollouts=_ROLLOUTS.value,
+                         oracle_rollouts_other=_ROLLOUTS_OTHER.value, progress=False)
     seconds = time.time() - start
     prev = summary["coded_prevalence_by_age"].get("65-74", {})
     report = {
@@ -48,6 +54,11 @@ def main(argv):
             "calibration_year", "calibration_members", "mean_cost", "median_cost",
             "zero_cost_share", "top1_share", "top5_share", "top10_share", "bottom50_share")},
         "coded_prevalence_65_74": {k: round(v, 3) for k, v in prev.items()},
+        "distinct_codes_by_system": summary.get("distinct_codes_by_system"),
+        "against_references": {
+            k: {"world": (summary["dynamics"] | summary).get(k), "published": ref[0],
+                "source": ref[1]} for k, ref in calibration.REFERENCES.items()},
+        "dynamics": summary.get("dynamics"),
         "held_out_cost_prediction": summary.get("held_out_cost_prediction"),
     }
     print(json.dumps(report, indent=2), flush=True)

@@ -21,8 +21,10 @@ _LAST_YEAR = flags.DEFINE_integer("last_year", 2022, "Last service year (the tar
 _PATIENTS_PER_SHARD = flags.DEFINE_integer(
     "patients_per_shard", 10_000, "People per chunk and parquet shard (part of the seed's meaning).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
-_ORACLE_ROLLOUTS = flags.DEFINE_integer("oracle_rollouts", 16,
-                                        "Roll-outs per person for the oracle's expectations.")
+_ORACLE_ROLLOUTS = flags.DEFINE_integer(
+    "oracle_rollouts", 256, "Simulated target years per held-out member for the oracle.")
+_ORACLE_ROLLOUTS_OTHER = flags.DEFINE_integer(
+    "oracle_rollouts_other", 16, "Simulated target years per train/tuning member.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -32,6 +34,7 @@ def main(argv):
                        first_year=_FIRST_YEAR.value, last_year=_LAST_YEAR.value,
                        patients_per_shard=_PATIENTS_PER_SHARD.value,
                        num_workers=_NUM_WORKERS.value, oracle_rollouts=_ORACLE_ROLLOUTS.value,
+                       oracle_rollouts_other=_ORACLE_ROLLOUTS_OTHER.value,
                        progress=_PROGRESS.value)
   keys = ("patients", "rows", "shards", "seconds", "mean_cost", "top5_share", "bottom50_share")
   print(json.dumps({k: summary.get(k) for k in keys}, indent=2))

@@ -3,15 +3,25 @@
 No PyPI package ships the CMS Chronic Conditions Warehouse (CCW) algorithms, so we define the code
 sets here, following the condition list of the CCW "Chronic Conditions" and "Other Chronic or
 Potentially Disabling Conditions" categories (https://www2.ccwdata.org/condition-categories) and the
-ICD-10-CM categories their reference code lists are built from. Differences from the CCW: we use a
-single claim with a qualifying diagnosis in any position (the CCW asks for 1-2 claims over a 1-3 year
-look-back, by condition), and split the CCW's combined conditions (RA/OA, hip/pelvic fracture,
-stroke/TIA) where the issue list asks for them separately. Every prefix is a valid ICD-10-CM
-category or subcategory (checked against `simple-icd-10-cm` in tests).
+ICD-10-CM categories their reference code lists are built from. We split the CCW's combined
+conditions (RA/OA, hip/pelvic fracture, stroke/TIA) where the issue list asks for them separately.
+Every prefix is a valid ICD-10-CM category or subcategory (checked against `simple-icd-10-cm` in
+tests).
 
-A condition is *present* in a window when any diagnosis whose dotless ICD-10-CM code starts with one
-of its prefixes is coded in that window; it is *prevalent* at an index date when coded at any time
-before it, and a *new onset* when present in the target window but not prevalent.
+A *qualifying claim* carries a diagnosis (any position) whose dotless ICD-10-CM code starts with
+one of the condition's prefixes. The CCW-style case rule (`CaseRule`, per condition) makes a
+*case* in a window when the window holds at least one qualifying claim of a claim type in
+`single_claim_types` (inpatient; for most conditions also skilled nursing and home health, as in
+the CCW algorithms), or at least `other_claims` (2) qualifying claims of any other type on
+different days. So a rule-out diagnosis on a single lab, imaging or emergency claim makes no case.
+A condition is *prevalent* at an index date when the rule is met over the whole history before it
+(`cond_prior`), and *present in the target year* when the rule is met by the claims of
+[index, index + 365d) alone (`cond_next`): a prior case is NOT carried forward (the CCW's "ever"
+flags carry it; its annual flags, like ours, need claims in the reference period), so the
+synthetic oracle's condition probabilities, which apply the same rule to the simulated target
+year, estimate exactly this label. Differences from the CCW: the CCW uses a per-condition
+reference period of 1-3 years and, for a few conditions, other claim counts; we use the index
+window given (the target year, or the whole history) for every condition.
 """
 
 from __future__ import annotations
@@ -23,11 +33,29 @@ from typing import Iterable, Sequence
 import numpy as np
 
 
+# Claim types (conventions.CLAIM_TYPES) of which one qualifying claim makes a case (CCW: "at least
+# 1 inpatient, SNF or HHA claim"); claims of every other type need a second one on another day.
+FACILITY_CLAIM_TYPES = ("INPATIENT", "SNF", "HOME_HEALTH")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseRule:
+  """CCW-style claims rule: one claim of `single_claim_types`, or `other_claims` other qualifying
+  claims on different days, in the window."""
+  single_claim_types: tuple[str, ...] = FACILITY_CLAIM_TYPES
+  other_claims: int = 2
+
+
+CCW_RULE = CaseRule()
+INPATIENT_RULE = CaseRule(single_claim_types=("INPATIENT",))  # CCW stroke/TIA: inpatient only
+
+
 @dataclasses.dataclass(frozen=True)
 class Condition:
   name: str                      # snake_case; used in column names (`{name}_true`, `{name}_pred`)
   description: str
   icd10cm_prefixes: tuple[str, ...]  # dotless ICD-10-CM prefixes
+  rule: CaseRule = CCW_RULE
 
 
 CONDITIONS: tuple[Condition, ...] = (
@@ -54,7 +82,8 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition("prostate_cancer", "Prostate cancer", ("C61", "D075")),
     Condition("colorectal_cancer", "Colorectal cancer", ("C18", "C19", "C20")),
     Condition("lung_cancer", "Lung cancer", ("C34",)),
-    Condition("stroke", "Stroke and transient ischemic attack", ("I60", "I61", "I63", "G45")),
+    Condition("stroke", "Stroke and transient ischemic attack", ("I60", "I61", "I63", "G45"),
+              INPATIENT_RULE),
 )
 CONDITION_NAMES: tuple[str, ...] = tuple(c.name for c in CONDITIONS)
 NUM_CONDITIONS = len(CONDITIONS)
@@ -84,6 +113,26 @@ def condition_flags(icd10cm_codes: Iterable[str]) -> np.ndarray:
     for i in conditions_of(code):
       flags[i] = 1
   return flags
+
+
+def case_flags(cond_ExC: np.ndarray, claim_type: Sequence[str], day: np.ndarray) -> np.ndarray:
+  """uint8[NUM_CONDITIONS]: the case rule over the diagnosis rows of one window.
+
+  cond_ExC: uint8/bool [E, C] conditions of each diagnosis row; claim_type: the claim type of the
+  row's claim (an unknown or empty type counts as an "other" claim); day: int [E].
+  """
+  out = np.zeros(NUM_CONDITIONS, np.uint8)
+  cond_ExC = np.asarray(cond_ExC, bool)
+  if cond_ExC.size == 0:
+    return out
+  day = np.asarray(day, np.int64)
+  for k, c in enumerate(CONDITIONS):
+    rows = np.flatnonzero(cond_ExC[:, k])
+    if rows.size == 0:
+      continue
+    single = np.isin(np.asarray(claim_type, object)[rows], c.rule.single_claim_types)
+    out[k] = bool(single.any()) or len(np.unique(day[rows])) >= c.rule.other_claims
+  return out
 
 
 def index_of(names: Sequence[str]) -> list[int]:

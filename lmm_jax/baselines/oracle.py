@@ -1,7 +1,10 @@
 """Oracle rows: the synthetic world's expected values, the limit any model could reach.
 
 The synthesizer writes `meds_dir/ground_truth/oracle.parquet` with subject_id, index_date,
-expected_cost, expected_cost_capped and p_{condition} for each of conditions.CONDITION_NAMES.
+expected_cost, expected_cost_capped and p_{condition} for each of conditions.CONDITION_NAMES; world
+v2 adds the conditional median cost (median_cost, NMAE's best predictor) and the Monte-Carlo
+standard errors (expected_cost_se, median_cost_se, p_{condition}_se), loaded when present.
+`write_median_row` writes the "oracle_median" cost row (ORACLE_MEDIAN) from median_cost.
 Rows are joined to the task records on (subject_id, index date); members without an oracle row are
 counted and left out of the oracle files (their count shows in the tables' members column).
 """
@@ -18,10 +21,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmm_jax import conditions
+from lmm_jax import conventions
 from lmm_jax.baselines import features
 from lmm_jax.data import records
+from lmm_jax.eval import predictions as preds_io
 
 ORACLE_FILE = os.path.join("ground_truth", "oracle.parquet")
+ORACLE_MEDIAN = "oracle_median"   # the cost row of the conditional median
 
 
 @dataclasses.dataclass
@@ -31,6 +37,11 @@ class OracleRows:
   expected_cost_capped: np.ndarray
   p_MxC: np.ndarray              # float64[M, C]
   notes: dict[str, int]
+  # Present in world-v2 oracle files (None in older ones):
+  median_cost: np.ndarray | None = None       # float64[M]: conditional median of the cost
+  expected_cost_se: np.ndarray | None = None  # float64[M]: Monte-Carlo standard errors
+  median_cost_se: np.ndarray | None = None
+  p_se_MxC: np.ndarray | None = None          # float64[M, C]
 
 
 def oracle_path(data_dir: str) -> str | None:
@@ -91,4 +102,25 @@ def load(path: str, data: features.TaskData) -> OracleRows:
   p = np.stack([col(f"p_{c}") for c in conditions.CONDITION_NAMES], axis=1)
   if np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
     raise ValueError(f"{path}: p_* columns must be probabilities in [0, 1]")
-  return OracleRows(rows, col("expected_cost"), col("expected_cost_capped"), p, notes)
+  have = set(table.column_names)
+  opt = lambda name: col(name) if name in have else None  # noqa: E731
+  se_names = [f"p_{c}_se" for c in conditions.CONDITION_NAMES]
+  p_se = np.stack([col(n) for n in se_names], axis=1) if set(se_names) <= have else None
+  for name in ("median_cost", "expected_cost_se", "median_cost_se"):
+    if name in have and table.column(name).null_count:
+      raise ValueError(f"{path}: column {name} has {table.column(name).null_count} null(s)")
+  return OracleRows(rows, col("expected_cost"), col("expected_cost_capped"), p, notes,
+                    median_cost=opt("median_cost"), expected_cost_se=opt("expected_cost_se"),
+                    median_cost_se=opt("median_cost_se"), p_se_MxC=p_se)
+
+
+def write_median_row(workdir: str, data: features.TaskData, o: OracleRows,
+                     meta: dict) -> str | None:
+  """Writes predictions/cost/oracle_median.parquet (the conditional median, whose absolute
+  error is the least any model can reach); None when the oracle file has no median_cost."""
+  if o.median_cost is None:
+    return None
+  r = o.rows
+  return preds_io.write_cost_predictions(
+      workdir, ORACLE_MEDIAN, data.subject_id[r], data.cost_next[r], o.median_cost,
+      y_pred_capped=np.minimum(o.median_cost, conventions.COST_CAP), meta=meta)

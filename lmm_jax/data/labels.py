@@ -223,23 +223,51 @@ def _condition_flags(codes: events.CodeTable) -> np.ndarray:
   return out
 
 
-def _any_condition(flags_KxC: np.ndarray, code_index: np.ndarray) -> np.ndarray:
-  if code_index.size == 0:
-    return np.zeros(conditions.NUM_CONDITIONS, np.uint8)
-  return flags_KxC[code_index].max(axis=0)
+def _claim_type_keys(codes: events.CodeTable) -> np.ndarray:
+  """object[max(K, 1)]: the claim type of each CLAIM//<type> code ('' for other codes)."""
+  out = np.full(max(len(codes.codes), 1), "", object)
+  for i, (code, info) in enumerate(zip(codes.codes, codes.infos)):
+    if info.role == Role.CLAIM:
+      out[i] = code.partition("//")[2].strip().upper()
+  return out
+
+
+def _row_claim_types(ev: events.SubjectEvents, rows: np.ndarray) -> np.ndarray:
+  """object[len(rows)]: the claim type of each row's claim ('' without a claim or its type row)."""
+  keys = ev.codes.derived(_claim_type_keys)
+  is_type = (ev.role == Role.CLAIM) & (ev.claim >= 0)
+  type_claim = ev.claim[is_type]
+  order = np.argsort(type_claim, kind="stable")
+  type_claim, type_key = type_claim[order], keys[ev.code_index[is_type]][order]
+  out = np.full(len(rows), "", object)
+  if type_claim.size == 0:
+    return out
+  claim = ev.claim[rows]
+  pos = np.minimum(np.searchsorted(type_claim, claim), type_claim.size - 1)
+  hit = (claim >= 0) & (type_claim[pos] == claim)
+  out[hit] = type_key[pos[hit]]
+  return out
+
+
+def _cases(ev: events.SubjectEvents, flags_KxC: np.ndarray, rows: np.ndarray) -> np.ndarray:
+  return conditions.case_flags(flags_KxC[ev.code_index[rows]], _row_claim_types(ev, rows),
+                               ev.day[rows])
 
 
 @register(
     Field("cond_next", FieldKind.TARGET, "uint8", (conditions.NUM_CONDITIONS,),
-          doc="condition coded in the target year", batch_dtype="int32"),
+          doc="the condition's case rule (conditions.CaseRule) met by the target year's claims",
+          batch_dtype="int32"),
     Field("cond_prior", FieldKind.COVARIATE, "uint8", (conditions.NUM_CONDITIONS,),
-          doc="condition coded at any time before the index date (prevalent)",
+          doc="the case rule met by the claims before the index date (prevalent)",
           batch_dtype="int32"))
 def chronic_conditions(ev: events.SubjectEvents, w: Window) -> dict[str, Any]:
+  """CCW-style labels: one inpatient (or, by condition, SNF / home health) claim or two other
+  claims on different days with a qualifying diagnosis (see lmm_jax.conditions)."""
   flags_KxC = ev.codes.derived(_condition_flags)
   dx = ev.role == Role.DX
-  return {"cond_next": _any_condition(flags_KxC, ev.code_index[dx & w.target_year(ev.day)]),
-          "cond_prior": _any_condition(flags_KxC, ev.code_index[dx & w.before(ev.day)])}
+  return {"cond_next": _cases(ev, flags_KxC, np.flatnonzero(dx & w.target_year(ev.day))),
+          "cond_prior": _cases(ev, flags_KxC, np.flatnonzero(dx & w.before(ev.day)))}
 
 
 def _dotless_icd10(codes: events.CodeTable) -> list[str]:

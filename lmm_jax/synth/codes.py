@@ -11,11 +11,13 @@ int32 ids and the writer turns ids into strings once per shard.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
 
 import numpy as np
+import simple_icd_10_cm as icd
 
 from lmm_jax import conditions as cond_lib
 from lmm_jax import conventions as conv
@@ -107,6 +109,79 @@ for _n, _codes in _ALTS.items():
 for _k in range(NUM_LATENT):
   ALT_TABLE[_k, ALT_COUNT[_k]:] = ALT_TABLE[_k, 0]
 
+# Code diversity: a coding that does not use the state's primary code draws from every billable
+# ICD-10-CM leaf under the condition's categories (simple-icd-10-cm) that counts for that
+# condition alone, with a Zipf-like frequency: the curated codes above take the first ranks, the
+# other leaves follow in code order; rank r has weight r^-ZIPF_S.
+ZIPF_S = 1.1
+_EXTRA_POOL_ROOTS = {"smoker": ("F17.2",), "prediabetes": ("R73.0",),
+                     "mild_cognitive_impairment": ()}
+
+
+def _dotted(prefix: str) -> str:
+  return prefix if len(prefix) <= 3 else f"{prefix[:3]}.{prefix[3:]}"
+
+
+def _leaves(roots) -> list[str]:
+  out = []
+  for root in roots:
+    root = _dotted(root)
+    if not icd.is_valid_item(root):
+      continue
+    out += [root] if icd.is_leaf(root) else [d for d in icd.get_descendants(root)
+                                              if icd.is_leaf(d)]
+  return sorted(set(out))
+
+
+def _condition_pool(name: str) -> list[str]:
+  curated = list(_ALTS[name])
+  if name in _EXTRA_POOL_ROOTS:
+    leaves = _leaves(_EXTRA_POOL_ROOTS[name])
+  else:
+    k = cond_lib.CONDITION_NAMES.index(name)
+    leaves = [c for c in _leaves(cond_lib.CONDITIONS[k].icd10cm_prefixes)
+              if cond_lib.conditions_of(c) == (k,)]
+    if name == "breast_cancer":   # no male breast codes (C50.x2x) in the pool
+      leaves = [c for c in leaves if not (c.startswith("C50.") and c[5:6] == "2")]
+  return curated + [c for c in leaves if c not in curated]
+
+
+def zipf_weights(m: int) -> np.ndarray:
+  w = 1.0 / np.arange(1, m + 1) ** ZIPF_S
+  return w / w.sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class Pools:
+  """Code pools in one flat table: pool k holds ids[offset[k]:offset[k + 1]] with the Zipf CDF
+  k + cumulative weight, so one searchsorted draws from many pools at once."""
+  ids: np.ndarray      # int32 [total]
+  cdf: np.ndarray      # float64 [total]
+  offset: np.ndarray   # int64 [num pools + 1]
+
+  @classmethod
+  def of(cls, pools: list[list[int]]) -> "Pools":
+    ids, cdf = [], []
+    for k, pool in enumerate(pools):
+      c = np.cumsum(zipf_weights(len(pool)))
+      c[-1] = 1.0
+      ids.append(np.asarray(pool, np.int32))
+      cdf.append(k + c)
+    offset = np.concatenate([[0], np.cumsum([len(p) for p in pools])]).astype(np.int64)
+    return cls(np.concatenate(ids), np.concatenate(cdf), offset)
+
+  def draw(self, pool: np.ndarray | int, u: np.ndarray) -> np.ndarray:
+    """Code ids of pool(s) `pool` at uniform draws u in [0, 1)."""
+    pool = np.broadcast_to(np.asarray(pool, np.int64), np.shape(u))
+    j = np.searchsorted(self.cdf, pool + u, side="right")
+    return self.ids[np.clip(j, self.offset[pool], self.offset[pool + 1] - 1)]
+
+  def pool(self, k: int) -> np.ndarray:
+    return self.ids[self.offset[k]:self.offset[k + 1]]
+
+
+ALT_POOLS = Pools.of([[dx(c) for c in _condition_pool(n)] for n in LATENT_NAMES])
+
 # State-dependent primary codes.
 HTN = {k: dx(v) for k, v in dict(plain="I10", hf="I11.0", ckd="I12.9", esrd="I12.0", hf_ckd="I13.0",
                                   hf_esrd="I13.2").items()}
@@ -134,6 +209,26 @@ ACUTE_MINOR = np.array([dx(c) for c in ("J06.9", "M54.50", "R05.9", "J02.9", "R5
                                         "N39.0", "L03.90", "R53.83", "H66.90")], np.int32)
 ER_COMPLAINT = np.array([dx(c) for c in ("R07.9", "R10.9", "S93.401A", "R55", "R06.02", "N39.0",
                                          "J06.9", "R51.9", "L03.90")], np.int32)
+# Their long tails: the leaves of common acute categories (injuries: initial encounters only),
+# after the curated codes above, with the same Zipf-like frequency.
+_MINOR_ROOTS = ("J00", "J01", "J02", "J03", "J06", "J20", "J30", "J32", "M25", "M54", "M79", "R05",
+                "R10", "R11", "R19", "R21", "R42", "R50", "R51", "R53", "K21", "K29", "K30", "K52",
+                "K58", "K59", "N30", "N39", "L02", "L03", "L08", "L20", "L23", "L30", "L50", "L70",
+                "H10", "H60", "H65", "H66", "B34", "B35", "B36", "G43", "G44", "G47", "E55", "D50")
+_ER_ROOTS = ("R07", "R10", "R06", "R55", "R42", "S01", "S06.0", "S13", "S20", "S22", "S39", "S42",
+             "S52", "S60", "S61", "S62", "S63", "S80", "S81", "S82", "S83", "S90", "S91", "S93",
+             "T78.4", "N39", "J06", "R51")
+
+
+def _tail_pool(curated: np.ndarray, roots) -> list[int]:
+  have = set(int(i) for i in curated)
+  leaves = [c for c in _leaves(roots) if not cond_lib.conditions_of(c)
+            and (c[0] not in "ST" or c.endswith("A"))]
+  return list(curated) + [i for i in (dx(c) for c in leaves) if i not in have]
+
+
+MINOR_POOLS = Pools.of([_tail_pool(ACUTE_MINOR, _MINOR_ROOTS), _tail_pool(ER_COMPLAINT, _ER_ROOTS)])
+POOL_MINOR, POOL_ER = 0, 1
 WELL_ADULT = np.array([dx("Z00.00"), dx("Z00.01")], np.int32)
 WELL_CHILD = dx("Z00.129")
 VACCINE = dx("Z23")
@@ -154,6 +249,7 @@ TIA = dx("G45.9")
 PNEUMONIA = dx("J18.9")
 SEPSIS = dx("A41.9")
 SEVERE_SEPSIS = dx("R65.20")
+DM_CRISIS = np.array([dx("E11.65"), dx("E11.649"), dx("E11.65"), dx("E11.00")], np.int32)
 HIP_FRACTURE = np.array([dx("S72.001A"), dx("S72.002A")], np.int32)
 COPD_EXAC = dx("J44.1")
 ASTHMA_EXAC = dx("J45.901")
@@ -224,7 +320,7 @@ _NDC_TABLES = {
     "loop_diuretic": ("H0519F3_NDC.4_4.1812.TXT", "12"),
 }
 DRUG_CLASSES = tuple(_NDC_TABLES)
-NDCS_PER_CLASS = 40
+NDCS_PER_CLASS = 400   # products per class; a person's product is drawn Zipf-like (ndc_of)
 
 
 def _hccpy_data_dir() -> str:
@@ -257,7 +353,9 @@ def _ndc_ids(drug_class: str) -> np.ndarray:
     raise ValueError(f"hccpy table {filename} has no NDC of class {klass} ({drug_class})")
   # An evenly spaced, deterministic subset: many products per class, a bounded vocabulary.
   take = np.linspace(0, len(ndcs) - 1, min(NDCS_PER_CLASS, len(ndcs))).round().astype(int)
-  return np.array([cid(f"{conv.NDC}//{ndcs[i]}") for i in sorted(set(take))], np.int32)
+  # Market-share ranks in a fixed shuffled order (not by labeler code).
+  take = np.random.default_rng(len(ndcs)).permutation(sorted(set(take)))
+  return np.array([cid(f"{conv.NDC}//{ndcs[i]}") for i in take], np.int32)
 
 
 NDC_IDS: dict[str, np.ndarray] = {c: _ndc_ids(c) for c in DRUG_CLASSES}
@@ -265,6 +363,12 @@ NDC_TABLE = np.full((len(DRUG_CLASSES), max(len(v) for v in NDC_IDS.values())), 
 NDC_COUNT = np.array([len(NDC_IDS[c]) for c in DRUG_CLASSES], np.int32)
 for _j, _c in enumerate(DRUG_CLASSES):
   NDC_TABLE[_j, :NDC_COUNT[_j]] = NDC_IDS[_c]
+NDC_POOLS = Pools.of([list(NDC_IDS[c]) for c in DRUG_CLASSES])
+
+
+def ndc_of(drug_class: int, u: np.ndarray) -> np.ndarray:
+  """The product (NDC id) of drug class `drug_class` for people with product draws u."""
+  return NDC_POOLS.draw(drug_class, u)
 
 CODES: tuple[str, ...] = tuple(_CODES)
 NUM_CODES = len(CODES)
@@ -282,6 +386,22 @@ def _condition_bits() -> np.ndarray:
 
 
 CONDITION_BITS = _condition_bits()
+
+
+def _case_single_bits() -> np.ndarray:
+  """int32[NUM_CODES]: at a claim-type code, the conditions one such claim makes a case of."""
+  if any(c.rule.other_claims != 2 for c in cond_lib.CONDITIONS):
+    raise ValueError("the simulator counts 'other' claims on two different days; a CaseRule "
+                     "with other_claims != 2 needs lmm_jax.synth.sim.Sink extended")
+  bits = np.zeros(NUM_CODES, np.int64)
+  for ctype, i in CLAIM_TYPE.items():
+    for k, c in enumerate(cond_lib.CONDITIONS):
+      if ctype in c.rule.single_claim_types:
+        bits[i] |= 1 << k
+  return bits.astype(np.int32)
+
+
+CASE_SINGLE_BITS = _case_single_bits()
 
 
 def diagnosis_codes() -> list[str]:

@@ -186,6 +186,53 @@ P_MISSING_CLAIM = 0.02
 P_ALT_CODE = 0.25
 P_RULE_OUT = {"lab": 0.02, "imaging": 0.04, "er": 0.02}
 
+# ----------------------------------------------------------------------------------------------
+# Temporal dynamics (docs/synthetic_world.md gives each one's source and measured value).
+# Health: log frailty = a persistent personal level + a mean-reverting monthly AR(1) part, with
+# the total spread of the former lifelong frailty (sd 0.8), so that high spending persists but
+# fewer than half of the top decile stay in it the next year (MEPS).
+FRAIL_SD_BASE = 0.45          # persistent part (sd of the log)
+FRAIL_SD_AR = float(np.sqrt(0.8 ** 2 - FRAIL_SD_BASE ** 2))   # stationary sd of the AR(1) part
+FRAIL_RHO_MONTH = 0.85        # monthly autocorrelation of the AR(1) part
+# Readmissions: after a discharge, a readmission within 90 days with probability READMIT_P90 by
+# age band (x frailty^0.3, x (1 + 0.08 chronic conditions), x 2 in terminal decline), at a gap of
+# 1 + Exponential(READMIT_GAP_MEAN) days: about 20% of Medicare-age discharges are readmitted
+# within 30 days (Jencks et al., NEJM 2009).
+READMIT_P90 = np.array([0.03, 0.05])   # under 65, 65+
+READMIT_GAP_MEAN = 20.0
+# Medication adherence: per-person propensity (the proportion of days covered, PDC) ~ Beta; a
+# month on a maintenance drug without its fill is a refill gap. Recent gaps (decayed count)
+# raise the hazards of the condition's exacerbations and admissions (Sokol et al., Med Care
+# 2005: diabetes hospitalization risk 30% at low vs 13% at high adherence; Roebuck et al.,
+# Health Affairs 2011).
+ADHERENCE_BETA = (3.0, 1.2)   # mean PDC 0.71
+GAP_DECAY = 0.6               # per month
+GAP_CONDITIONS = ("diabetes_t2", "heart_failure", "atrial_fibrillation", "rheumatoid_arthritis")
+GAP_LOG_HR = np.array([0.9, 0.6, 0.5, 0.5])   # per unit of the decayed gap count
+DM_CRISIS_RATE = 0.012        # annual hyper/hypoglycemia admissions of an adherent diabetic
+# Complications rise with disease duration: progression hazards x (0.5 + years / DURATION_YEARS),
+# capped at 2.5.
+DURATION_YEARS = 8.0
+# End of life: the mortality hazard is the hazard of entering a terminal decline, in which
+# utilization multiplies and death follows at DECLINE_DEATH_MONTH a month (mean 5 months); acute
+# case fatality stays immediate. About a quarter of Medicare spending is in the last year of life
+# (Riley and Lubitz, Health Serv Res 2010).
+DECLINE_DEATH_MONTH = 0.2
+DECLINE_UTIL = 4.0
+# Winter seasonality: rate x (1 + amplitude cos(2 pi month / 12)), peak in January.
+SEASON_AMPLITUDE = {"respiratory": 0.35, "heart_failure": 0.15}
+
+
+def season(t: int, kind: str) -> float:
+  """The seasonal multiplier of month t (0 = January of the first year)."""
+  return 1.0 + SEASON_AMPLITUDE[kind] * float(np.cos(2 * np.pi * (t % 12) / 12.0))
+
+
+def duration_factor(t, onset: np.ndarray) -> np.ndarray:
+  years = np.maximum(np.asarray(t) - onset, 0) / 12.0
+  return np.minimum(0.5 + years / DURATION_YEARS, 2.5)
+
+
 LOB_PRICE = np.array([1.45, 1.0, 0.72])       # professional / pharmacy price level by LOB
 LOB_FACILITY = np.array([1.6, 1.0, 0.85])     # hospital price level by LOB
 INFLATION = 0.03
@@ -197,7 +244,14 @@ class State:
   birth_mi: np.ndarray      # int32: birth month index (0 = January of first_year)
   birth_day: np.ndarray     # int64: birth date, days since 1970-01-01
   female: np.ndarray        # bool
-  frail: np.ndarray         # float32: lifelong frailty (utilization and hazard multiplier)
+  frail: np.ndarray         # float32: current frailty, exp(frail_base + frail_ar) normalized
+  frail_base: np.ndarray    # float32: persistent part of log frailty
+  frail_ar: np.ndarray      # float32: mean-reverting AR(1) part of log frailty
+  adherence: np.ndarray     # float32: medication adherence propensity (PDC)
+  rx_gap: np.ndarray        # float32 [n, len(GAP_CONDITIONS)]: decayed count of refill gaps
+  readmit_day: np.ndarray   # int64: day of a scheduled readmission (0: none)
+  readmit_code: np.ndarray  # int32: its principal diagnosis
+  decline: np.ndarray       # bool: in terminal decline
   present: np.ndarray       # bool [n, K]
   onset: np.ndarray         # int32 [n, K]: onset month (NEVER if absent)
   severity_u: np.ndarray    # float32 [n, K]: per-condition draw (cancer stage, RA biologic, ...)
@@ -220,6 +274,19 @@ class State:
     return State(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
 
 
+def set_frailty(st: State) -> None:
+  var = FRAIL_SD_BASE ** 2 + FRAIL_SD_AR ** 2
+  st.frail = np.exp(st.frail_base + st.frail_ar - 0.5 * var).astype(np.float32)
+
+
+def evolve_health(st: State, months: int, rng: np.random.Generator) -> None:
+  """Advances the AR(1) part of log frailty by `months` months."""
+  rho = FRAIL_RHO_MONTH ** months
+  st.frail_ar = (rho * st.frail_ar + np.sqrt(1 - rho * rho) * FRAIL_SD_AR *
+                 rng.standard_normal(len(st.frail_ar))).astype(np.float32)
+  set_frailty(st)
+
+
 def annual_to_month(rate: np.ndarray) -> np.ndarray:
   return 1.0 - np.exp(-np.asarray(rate) / 12.0)
 
@@ -234,8 +301,9 @@ def onset_rates(st: State, age: np.ndarray) -> np.ndarray:
   return rate * ((age_k >= _ONSET_MIN32) & (age_k < _ONSET_MAX32))
 
 
-def progress(st: State, years: float, rng: np.random.Generator) -> None:
-  """Severity progression over `years` (1/12 in the monthly step, 1 in the burn-in)."""
+def progress(st: State, years: float, rng: np.random.Generator, t) -> None:
+  """Severity progression over `years` (1/12 in the monthly step, 1 in the burn-in) at month t
+  (an int, or one per person); complications rise with the duration of the disease."""
   n = len(st.female)
   alive = st.alive
   has_dm = st.present[:, LATENT_INDEX["diabetes_t2"]]
@@ -245,13 +313,16 @@ def progress(st: State, years: float, rng: np.random.Generator) -> None:
   prog = prog * np.where(has_dm, 1.8, 1.0) * np.where(has_htn, 1.3, 1.0)
   up = alive & (stage > 0) & (rng.random(n) < 1 - np.exp(-prog * years))
   st.ckd_stage = (stage + up).astype(np.int8)
-  dm_up = alive & (st.dm_sev == 1) & (rng.random(n) < 1 - np.exp(-0.06 * years * np.where(
+  dm_dur = duration_factor(t, st.onset[:, LATENT_INDEX["diabetes_t2"]])
+  dm_up = alive & (st.dm_sev == 1) & (rng.random(n) < 1 - np.exp(-0.06 * years * dm_dur * np.where(
       stage > 0, 1.5, 1.0)))
   st.dm_sev = (st.dm_sev + dm_up).astype(np.int8)
   ins = alive & has_dm & ~st.insulin & (rng.random(n) < 1 - np.exp(
       -np.where(st.dm_sev == 2, 0.08, 0.025) * years))
   st.insulin |= ins
-  hf_up = alive & (st.hf_sev > 0) & (st.hf_sev < 3) & (rng.random(n) < 1 - np.exp(-0.12 * years))
+  hf_dur = duration_factor(t, st.onset[:, LATENT_INDEX["heart_failure"]])
+  hf_up = alive & (st.hf_sev > 0) & (st.hf_sev < 3) & (rng.random(n) < 1 - np.exp(
+      -0.12 * years * hf_dur))
   st.hf_sev = (st.hf_sev + hf_up).astype(np.int8)
 
 
@@ -267,9 +338,14 @@ def new_population(n: int, first_year: int, rng: np.random.Generator) -> State:
   epoch_first = (np.datetime64(f"{first_year}-01-01", "D") - np.datetime64("1970-01-01", "D"))
   epoch_first = int(epoch_first.astype(np.int64))
   birth_day = (epoch_first + np.floor(birth_mi * 30.4375 + rng.random(n) * 30)).astype(np.int64)
-  frail = rng.lognormal(-0.5 * 0.8 ** 2, 0.8, n).astype(np.float32)
   st = State(
-      birth_mi=birth_mi, birth_day=birth_day, female=female, frail=frail,
+      birth_mi=birth_mi, birth_day=birth_day, female=female, frail=np.ones(n, np.float32),
+      frail_base=(FRAIL_SD_BASE * rng.standard_normal(n)).astype(np.float32),
+      frail_ar=(FRAIL_SD_AR * rng.standard_normal(n)).astype(np.float32),
+      adherence=rng.beta(*ADHERENCE_BETA, n).astype(np.float32),
+      rx_gap=np.zeros((n, len(GAP_CONDITIONS)), np.float32),
+      readmit_day=np.zeros(n, np.int64), readmit_code=np.full(n, -1, np.int32),
+      decline=np.zeros(n, bool),
       present=np.zeros((n, NUM_LATENT), bool), onset=np.full((n, NUM_LATENT), NEVER, np.int32),
       severity_u=rng.random((n, NUM_LATENT), dtype=np.float32),
       drug_u=rng.random((n, len(code_lib.DRUG_CLASSES)), dtype=np.float32),
@@ -279,6 +355,7 @@ def new_population(n: int, first_year: int, rng: np.random.Generator) -> State:
       alive=np.ones(n, bool), death_day=np.zeros(n, np.int64), enrolled=np.zeros(n, bool),
       lob=np.zeros(n, np.int8), join_mi=np.zeros(n, np.int32), gone=np.zeros(n, bool))
   # Yearly burn-in from birth to the current age: onsets, remissions, progression, strokes/MIs.
+  set_frailty(st)
   latent = np.arange(NUM_LATENT)
   for year in range(int(np.ceil(age0.max())) + 1):
     active = age0 > year
@@ -300,8 +377,9 @@ def new_population(n: int, first_year: int, rng: np.random.Generator) -> State:
     _remit_masked(st, active, rng)
     alive_save = st.alive
     st.alive = active   # progress() acts on the rows flagged alive: here, those this old already
-    progress(st, 1.0, rng)
+    progress(st, 1.0, rng, t_mid)
     st.alive = alive_save
+    evolve_health(st, 12, rng)
   # Enrollment: most members are covered from the start, others join later.
   join = np.where(rng.random(n) < 0.75, 0, rng.integers(1, 84, n)).astype(np.int32)
   st.join_mi = join

@@ -35,8 +35,12 @@ class Calendar:
     self.length = np.diff(days)
 
 
+_AR_C = np.arange(world.NUM_TARGET)
+
+
 class Sink:
-  """Receives claims; totals cost and coded target conditions per person and year."""
+  """Receives claims; totals cost, the coded target conditions (`bits`) and the conditions that
+  meet their CCW-style case rule (`case`, lmm_jax.conditions.CaseRule) per person and year."""
 
   def __init__(self, n: int, num_years: int, first_month: int, rng: np.random.Generator,
                emit: bool):
@@ -46,7 +50,11 @@ class Sink:
     self.emit = emit
     self.cost = np.zeros((num_years, n), np.float64)
     self.bits = np.zeros((num_years, n), np.int32)
+    self.case = np.zeros((num_years, n), np.int32)
+    # Day of the first qualifying claim per (person, condition) and year (-1: none yet).
+    self.first_day = np.full((num_years, n * world.NUM_TARGET), -1, np.int32)
     self.parts: list[tuple[np.ndarray, ...]] = []
+    self.stays: list[tuple[np.ndarray, ...]] = []   # person, admit, discharge, age, principal
     self.dropped = 0
 
   def add(self, t: int, pidx: np.ndarray, day: np.ndarray, ctype: int, pos: int,
@@ -62,6 +70,7 @@ class Sink:
     self.cost[y] += np.bincount(pidx, weights=cost, minlength=self.n)
     claim_bits = np.bitwise_or.reduce(code_lib.CONDITION_BITS[codes_MxW], axis=1)
     np.bitwise_or.at(self.bits[y], pidx, claim_bits)
+    self._cases(y, pidx, day, claim_bits & code_lib.CASE_SINGLE_BITS[ctype], claim_bits)
     if self.emit:
       # A code is listed once per claim (a principal diagnosis may also be drawn as a secondary).
       order = np.argsort(codes_MxW, axis=1, kind="stable")
@@ -76,6 +85,40 @@ class Sink:
                          np.full(len(pidx), ctype, np.int32), np.full(len(pidx), pos, np.int32),
                          cost.astype(np.float32), valid.sum(1).astype(np.int32),
                          codes_MxW[valid].astype(np.int32)))
+
+
+  def stay(self, pidx: np.ndarray, admit: np.ndarray, discharge: np.ndarray, age: np.ndarray,
+           principal: np.ndarray) -> None:
+    """Inpatient stays (kept only when emitting, for the calibration figures)."""
+    if self.emit and len(pidx):
+      self.stays.append((pidx.astype(np.int32), admit.astype(np.int64),
+                         discharge.astype(np.int64), age.astype(np.float32),
+                         principal.astype(np.int32)))
+
+  def _cases(self, y: int, pidx: np.ndarray, day: np.ndarray, single: np.ndarray,
+             claim_bits: np.ndarray) -> None:
+    """A claim of a single-claim type makes a case; else a second qualifying day does."""
+    if single.any():
+      np.bitwise_or.at(self.case[y], pidx, single)
+    r, c = np.nonzero((claim_bits[:, None] >> _AR_C) & 1)
+    if not len(r):
+      return
+    key = pidx[r].astype(np.int64) * world.NUM_TARGET + c
+    d = day[r].astype(np.int32)
+    order = np.lexsort((d, key))
+    key, d = key[order], d[order]
+    start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ukey, dmin = key[start], d[start]
+    dmax = np.maximum.reduceat(d, start)
+    first = self.first_day[y]
+    f = first[ukey]
+    new = f < 0
+    second = (dmax != dmin) | (~new & (dmin != f)) | (~new & (dmax != f))
+    first[ukey[new]] = dmin[new]
+    if second.any():
+      k2 = ukey[second]
+      np.bitwise_or.at(self.case[y], (k2 // world.NUM_TARGET).astype(np.int64),
+                       (np.int32(1) << (k2 % world.NUM_TARGET)).astype(np.int32))
 
 
 @dataclasses.dataclass
@@ -134,7 +177,7 @@ class _Month:
     r, c = r[keep], c[keep]
     who = pidx[r]
     use_alt = rng.random(len(r), dtype=np.float32) < self.p_alt[who, c]
-    alt = code_lib.ALT_TABLE[c, (rng.random(len(r)) * code_lib.ALT_COUNT[c]).astype(np.int64)]
+    alt = code_lib.ALT_POOLS.draw(c, rng.random(len(r)))
     out[r, c] = np.where(use_alt, alt, self.code_now[who, c])
     return out
 
@@ -159,6 +202,11 @@ class _Month:
 
 def _pick(rng: np.random.Generator, table: np.ndarray, m: int) -> np.ndarray:
   return table[rng.integers(0, len(table), m)]
+
+
+def _minor(rng: np.random.Generator, m: int) -> np.ndarray:
+  """Diagnoses of visits not about a chronic condition (Zipf over acute minor codes)."""
+  return code_lib.MINOR_POOLS.draw(code_lib.POOL_MINOR, rng.random(m))
 
 
 def enrollment_step(st: world.State, t: int, cal: Calendar, age: np.ndarray,
@@ -209,6 +257,7 @@ def step(st: world.State, t: int, cal: Calendar, rng: np.random.Generator, sink:
   else:
     st.lob[st.alive & (age >= 65)] = world.MEDICARE
   alive = st.alive
+  world.evolve_health(st, 1, rng)
 
   # --- disease dynamics -------------------------------------------------------------------------
   rate = world.onset_rates(st, age)
@@ -221,15 +270,26 @@ def step(st: world.State, t: int, cal: Calendar, rng: np.random.Generator, sink:
                                                _REMISSION_MONTH)
   st.present[:, rem] &= ~off
   st.onset[:, rem] = np.where(off, world.NEVER, st.onset[:, rem])
-  world.progress(st, 1.0 / 12.0, rng)
+  world.progress(st, 1.0 / 12.0, rng, t)
+
+  # --- medication fills: refill gaps of the past months raise this month's hazards --------------
+  gap_hr = np.exp(st.rx_gap * world.GAP_LOG_HR)   # [n, 4] before this month's fills
+  fills = _fills(st, rng)
 
   # --- acute events -----------------------------------------------------------------------------
   ev_rate = world.acute_rates(st, age)
+  ev_rate[:, world.ACUTE_INDEX["pneumonia"]] *= world.season(t, "respiratory")
+  ev_rate[:, world.ACUTE_INDEX["stroke"]] *= gap_hr[:, 2]
   ev = alive[:, None] & (rng.random(ev_rate.shape, dtype=np.float32) <
                          1 - np.exp(-ev_rate / 12))
-  hf_exac = alive & (rng.random(n) < world.annual_to_month(0.12 * st.hf_sev * st.frail))
+  util = st.frail * np.where(st.decline, world.DECLINE_UTIL, 1.0)
+  hf_exac = alive & (rng.random(n) < world.annual_to_month(
+      0.12 * st.hf_sev * util * world.season(t, "heart_failure") * gap_hr[:, 1]))
   copd_exac = alive & st.present[:, LATENT_INDEX["copd"]] & (
-      rng.random(n) < world.annual_to_month(0.25 * st.frail))
+      rng.random(n) < world.annual_to_month(0.25 * util * world.season(t, "respiratory")))
+  dm_crisis = alive & st.present[:, LATENT_INDEX["diabetes_t2"]] & (
+      rng.random(n) < world.annual_to_month(world.DM_CRISIS_RATE * np.where(
+          st.dm_sev == 2, 2.0, 1.0) * np.sqrt(util) * gap_hr[:, 0]))
   # Pregnancy: conception by age, delivery in the ninth month.
   fert = np.interp(age, [14, 15, 20, 25, 30, 35, 40, 45, 46],
                    [0, 0.02, 0.07, 0.10, 0.10, 0.05, 0.012, 0.0, 0.0])
@@ -257,11 +317,14 @@ def step(st: world.State, t: int, cal: Calendar, rng: np.random.Generator, sink:
   mort *= np.array([1.0, 1.0, 1.5, 2.5])[st.hf_sev]
   mort *= np.prod(np.where(advanced, world.ADVANCED_MORT_HR, 1.0), axis=1)
   mort *= np.where(active_cancer.any(1), 1.5, 1.0)
-  p_die = world.annual_to_month(mort)
+  # The chronic hazard starts a terminal decline; death follows it (or an acute event's fatality).
+  enter = alive & ~st.decline & (rng.random(n) < world.annual_to_month(mort))
   fat = np.array([world.FATALITY[e] for e in world.ACUTE_NAMES]) * np.where(
       age >= 75, 1.5, 1.0)[:, None]
-  p_die = 1 - (1 - p_die) * np.prod(np.where(ev, 1 - fat, 1.0), axis=1)
+  p_die = 1 - np.where(st.decline, 1 - world.DECLINE_DEATH_MONTH, 1.0) * np.prod(
+      np.where(ev, 1 - fat, 1.0), axis=1)
   dies = alive & (rng.random(n) < p_die)
+  st.decline |= enter
   death_day = cal.start[t] + rng.integers(0, cal.length[t], n)
   far = np.int64(1) << 40
   death_cap = np.where(dies, death_day, far)
@@ -269,7 +332,10 @@ def step(st: world.State, t: int, cal: Calendar, rng: np.random.Generator, sink:
   # --- claims -----------------------------------------------------------------------------------
   covered = alive & (st.enrolled if members is not None else True)
   mo = _Month(st, t, cal, rng, sink, age, death_cap)
-  _claims(mo, covered, ev, hf_exac, copd_exac, deliver, pregnant, advanced, active_cancer)
+  mo.util = st.frail * np.where(st.decline, world.DECLINE_UTIL, 1.0)
+  mo.fills = fills
+  _claims(mo, covered, ev, hf_exac, copd_exac, dm_crisis, deliver, pregnant, advanced,
+          active_cancer)
 
   # --- deaths -----------------------------------------------------------------------------------
   if dies.any():
@@ -284,7 +350,7 @@ def step(st: world.State, t: int, cal: Calendar, rng: np.random.Generator, sink:
       st.enrolled = st.enrolled & ~dies
 
 
-def _claims(mo: _Month, covered, ev, hf_exac, copd_exac, deliver, pregnant, advanced,
+def _claims(mo: _Month, covered, ev, hf_exac, copd_exac, dm_crisis, deliver, pregnant, advanced,
             active_cancer) -> None:
   st, rng, age, t = mo.st, mo.rng, mo.age, mo.t
   has = st.present
@@ -294,7 +360,7 @@ def _claims(mo: _Month, covered, ev, hf_exac, copd_exac, deliver, pregnant, adva
 
   # Office visits.
   base = np.interp(age, [0, 2, 3, 18, 45, 65, 80], [0.5, 0.5, 0.13, 0.1, 0.13, 0.2, 0.25])
-  lam = st.frail * base + has.astype(np.float32) @ world.VISIT_ADD + 0.4 * recent_admit
+  lam = mo.util * base + has.astype(np.float32) @ world.VISIT_ADD + 0.4 * recent_admit
   lam = lam + 0.3 * active_cancer.any(1)
   nvis = np.minimum(rng.poisson(lam[cov_idx]), 4)
   pidx = np.repeat(cov_idx, nvis)
@@ -303,7 +369,7 @@ def _claims(mo: _Month, covered, ev, hf_exac, copd_exac, deliver, pregnant, adva
     z = rng.random(m) + 0.07 * n_chronic[pidx]
     em = np.searchsorted([0.12, 0.62, 0.97], z, side="right")
     dxb = mo.dx(pidx, world.P_CODE_OFFICE)
-    minor = np.where(dxb.max(1) < 0, _pick(rng, code_lib.ACUTE_MINOR, m), -1).reshape(m, 1)
+    minor = np.where(dxb.max(1) < 0, _minor(rng, m), -1).reshape(m, 1)
     cols = [minor, dxb, mo.maybe(code_lib.Z_INSULIN, 0.4 * st.insulin[pidx], m),
             mo.maybe(code_lib.Z_DIALYSIS, 0.6 * (st.ckd_stage[pidx] == 6), m),
             _col(code_lib.EM_OFFICE[em], m)]
@@ -370,7 +436,7 @@ def _claims(mo: _Month, covered, ev, hf_exac, copd_exac, deliver, pregnant, adva
 
   _imaging(mo, covered)
   _emergency(mo, covered, ev)
-  _inpatient(mo, covered, ev, hf_exac, copd_exac, deliver)
+  _inpatient(mo, covered, ev, hf_exac, copd_exac, dm_crisis, deliver)
   _outpatient_procedures(mo, covered, advanced, active_cancer)
   _pharmacy(mo, covered)
 
@@ -414,7 +480,7 @@ def _imaging(mo: _Month, covered) -> None:
     ro = mo.rule_out(m, world.P_RULE_OUT["imaging"])
     first = np.full(m, screen, np.int32)
     if screen < 0:
-      first = np.where((dxb.max(1) < 0) & (ro[:, 0] < 0), _pick(rng, code_lib.ACUTE_MINOR, m), -1)
+      first = np.where((dxb.max(1) < 0) & (ro[:, 0] < 0), _minor(rng, m), -1)
     cost = code_lib.IMAGING_COST[name] * _lognorm(rng, m, 0.25) * mo.facility[pidx]
     mo.emit(pidx, "OUTPATIENT", "22", [first.reshape(m, 1).astype(np.int32), dxb, ro,
                                        _col(code_lib.IMAGING[name], m)], cost)
@@ -424,11 +490,14 @@ def _emergency(mo: _Month, covered, ev) -> None:
   st, rng, age = mo.st, mo.rng, mo.age
   has = st.present
   present = {name: has[:, k] for name, k in LATENT_INDEX.items()}   # column views
-  rate = st.frail * (0.010 + 0.012 * (age < 5) + 0.008 * (age >= 75)) * np.where(
+  rate = mo.util * (0.010 + 0.012 * (age < 5) + 0.008 * (age >= 75)) * np.where(
       st.lob == world.MEDICAID, 1.7, 1.0)
   rate = (rate + 0.015 * present["asthma"] + 0.015 * present["copd"]
           + 0.02 * present["heart_failure"] + 0.008 * (present["depression"] | present["anxiety"])
-          + 0.015 * present["dementia"] + 0.01 * (st.ckd_stage >= 5))
+          + 0.015 * present["dementia"] + 0.01 * (st.ckd_stage >= 5)
+          + 0.03 * present["rheumatoid_arthritis"] * st.rx_gap[:, 3])   # RA flares off therapy
+  rate = rate * np.where(present["asthma"] | present["copd"], world.season(mo.t, "respiratory"),
+                         1.0)
   # Pneumonia treated without admission is seen in the emergency room.
   pneu = ev[:, world.ACUTE_INDEX["pneumonia"]] & (
       rng.random(len(age)) >= np.where(age >= 65, 0.7, 0.45))
@@ -438,7 +507,7 @@ def _emergency(mo: _Month, covered, ev) -> None:
   m = len(pidx)
   if not m:
     return
-  principal = _pick(rng, code_lib.ER_COMPLAINT, m)
+  principal = code_lib.MINOR_POOLS.draw(code_lib.POOL_ER, rng.random(m))
   principal = np.where(present["asthma"][pidx] & (rng.random(m) < 0.3), code_lib.ASTHMA_EXAC,
                        principal)
   principal = np.where(present["copd"][pidx] & (rng.random(m) < 0.3), code_lib.COPD_EXAC, principal)
@@ -454,13 +523,14 @@ def _emergency(mo: _Month, covered, ev) -> None:
                                     _col(code_lib.EM_ER[level], m), xray.astype(np.int32)], cost)
 
 
-_SNF_P = {"other": 0.12, "mi": 0.15, "stroke": 0.45, "pneumonia": 0.2, "sepsis": 0.35, "hip_fracture": 0.75,
+_SNF_P = {"readmit": 0.15, "dm": 0.05, "other": 0.12, "mi": 0.15, "stroke": 0.45, "pneumonia": 0.2, "sepsis": 0.35, "hip_fracture": 0.75,
           "joint_replacement": 0.25, "hf": 0.2, "copd": 0.15, "delivery": 0.0, "cancer": 0.1}
 
 
-def _inpatient(mo: _Month, covered, ev, hf_exac, copd_exac, deliver) -> None:
+def _inpatient(mo: _Month, covered, ev, hf_exac, copd_exac, dm_crisis, deliver) -> None:
   st, rng, age, t = mo.st, mo.rng, mo.age, mo.t
   n = len(age)
+  _readmissions(mo, covered)
   u = rng.random(n)
   admits = []   # (kind, mask, principal codes [n], extra code column [n], mean cost)
   stroke = ev[:, world.ACUTE_INDEX["stroke"]]
@@ -485,9 +555,10 @@ def _inpatient(mo: _Month, covered, ev, hf_exac, copd_exac, deliver) -> None:
                  13000.0))
   admits.append(("copd", copd_exac & (u < 0.4), np.full(n, code_lib.COPD_EXAC), np.full(n, -1),
                  10000.0))
+  admits.append(("dm", dm_crisis, _pick(rng, code_lib.DM_CRISIS, n), np.full(n, -1), 9000.0))
   cs = u < 0.32
   # Other admissions: more likely with age, frailty and chronic burden.
-  other_rate = st.frail * 0.012 * np.exp(0.035 * (np.minimum(age, 95) - 40)) * (
+  other_rate = mo.util * 0.012 * np.exp(0.035 * (np.minimum(age, 95) - 40)) * (
       1 + 0.25 * st.present[:, :world.NUM_TARGET].sum(1))
   other = st.alive & (rng.random(n) < 1 - np.exp(-other_rate / 12))
   admits.append(("other", other, _pick(rng, code_lib.OTHER_ADMISSION, n), np.full(n, -1), 11000.0))
@@ -531,6 +602,9 @@ def _inpatient(mo: _Month, covered, ev, hf_exac, copd_exac, deliver) -> None:
     mo.emit(pidx, "PROFESSIONAL", "21", prof_cols,
             (250.0 + 110.0 * los) * _lognorm(rng, m, 0.3) * mo.price[pidx], day=day)
     st.last_admit[pidx] = t
+    mo.sink.stay(pidx, day, day + los, age[pidx], principal[pidx])
+    if kind != "delivery":
+      _schedule_readmission(mo, pidx, day + los, principal[pidx])
     # Post-acute care: skilled nursing and home health for older patients, rehabilitation.
     old = age[pidx] >= 65
     snf = old & (rng.random(m) < _SNF_P[kind])
@@ -559,6 +633,47 @@ def _inpatient(mo: _Month, covered, ev, hf_exac, copd_exac, deliver) -> None:
         mo.emit(rp, "OUTPATIENT", "22", [_col(first, mr), mo.dx(rp, world.P_CODE_OFFICE),
                                          _col(code_lib.PHYSICAL_THERAPY, mr)],
                 700.0 * _lognorm(rng, mr, 0.3) * mo.price[rp])
+  _readmissions(mo, covered)   # those due later this month
+
+
+def _schedule_readmission(mo: _Month, pidx: np.ndarray, discharge: np.ndarray,
+                          principal: np.ndarray) -> None:
+  """Draws whether each discharge is followed by a readmission within 90 days, and its day."""
+  st, rng, m = mo.st, mo.rng, len(pidx)
+  free = st.readmit_day[pidx] == 0
+  p = world.READMIT_P90[(mo.age[pidx] >= 65).astype(np.int64)] * st.frail[pidx] ** 0.3 * (
+      1 + 0.08 * st.present[pidx, :world.NUM_TARGET].sum(1)) * np.where(st.decline[pidx], 2, 1)
+  yes = free & (rng.random(m) < np.minimum(p, 0.8))
+  gap = 1 + np.minimum(rng.exponential(world.READMIT_GAP_MEAN, m), 89).astype(np.int64)
+  same = rng.random(m) < 0.5   # the same problem, else another reason
+  code = np.where(same, principal, _pick(rng, code_lib.OTHER_ADMISSION, m))
+  st.readmit_day[pidx[yes]] = (discharge + gap)[yes]
+  st.readmit_code[pidx[yes]] = code[yes]
+
+
+def _readmissions(mo: _Month, covered) -> None:
+  """Inpatient stays of the readmissions due this month (emitted like any admission)."""
+  st, rng = mo.st, mo.rng
+  month_end = mo.month_start + mo.month_len
+  due = (st.readmit_day > 0) & (st.readmit_day < month_end)
+  pidx = np.nonzero(due & covered & (st.readmit_day <= mo.death_cap))[0]
+  st_day = np.maximum(st.readmit_day[pidx], mo.month_start)
+  principal = st.readmit_code[pidx]
+  st.readmit_day[due] = 0
+  m = len(pidx)
+  if not m:
+    return
+  cols = [principal.reshape(m, 1), mo.dx(pidx, world.P_CODE_FACILITY)]
+  cost = 12000.0 * _lognorm(rng, m, 0.45) * mo.facility[pidx]
+  day = mo.emit(pidx, "INPATIENT", "21", cols, cost, day=st_day)
+  los = np.maximum(1, rng.poisson(4, m))
+  mo.emit(pidx, "PROFESSIONAL", "21", [principal.reshape(m, 1), _col(code_lib.EM_INPATIENT[0], m),
+                                       mo.maybe(code_lib.EM_INPATIENT[1], 1.0 * (los > 1), m)],
+          (250.0 + 110.0 * los) * _lognorm(rng, m, 0.3) * mo.price[pidx], day=day)
+  mo.sink.stay(pidx, day, day + los, mo.age[pidx], principal)
+  st.last_admit[pidx] = mo.t
+  # A readmission is followed by another one only from a later month on (one pass a month).
+  _schedule_readmission(mo, pidx, np.maximum(day + los, month_end), principal)
 
 
 def _outpatient_procedures(mo: _Month, covered, advanced, active_cancer) -> None:
@@ -635,28 +750,48 @@ _RX = {  # drug class: (base monthly price)
 }
 
 
-def _pharmacy(mo: _Month, covered) -> None:
-  st, rng = mo.st, mo.rng
+_GAP_CLASSES = {  # the maintenance drug classes of each condition of world.GAP_CONDITIONS
+    "diabetes_t2": ("oral_antidiabetic", "insulin"), "heart_failure": ("loop_diuretic",),
+    "atrial_fibrillation": ("antiarrhythmic",), "rheumatoid_arthritis": ("immunosuppressant",),
+}
+
+
+def _fills(st: world.State, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """This month's fills per drug class (bool [n]) by indication and the person's adherence; also
+  updates the decayed refill-gap counts (a month on therapy without its fill is a gap)."""
   n = len(st.female)
   has = st.present
   dm = has[:, LATENT_INDEX["diabetes_t2"]]
   ra = LATENT_INDEX["rheumatoid_arthritis"]
-  fill_p = {
-      "oral_antidiabetic": np.where(dm, np.where(st.insulin, 0.5, 0.85), 0.0),
-      "insulin": np.where(st.insulin & dm, 0.9, 0.0),
-      "antiarrhythmic": 0.75 * has[:, LATENT_INDEX["atrial_fibrillation"]],
-      "loop_diuretic": np.maximum(0.85 * has[:, LATENT_INDEX["heart_failure"]],
-                                  0.5 * (st.ckd_stage >= 4)),
-      "phosphate_binder": 0.8 * (st.ckd_stage >= 5),
-      "immunosuppressant": 0.65 * has[:, ra],
+  # Fill probability at full adherence, by class and indication.
+  full = {
+      "oral_antidiabetic": np.where(dm, np.where(st.insulin, 0.6, 1.0), 0.0),
+      "insulin": np.where(st.insulin & dm, 1.0, 0.0),
+      "antiarrhythmic": 0.9 * has[:, LATENT_INDEX["atrial_fibrillation"]],
+      "loop_diuretic": np.maximum(1.0 * has[:, LATENT_INDEX["heart_failure"]],
+                                  0.6 * (st.ckd_stage >= 4)),
+      "phosphate_binder": 0.95 * (st.ckd_stage >= 5),
+      "immunosuppressant": 0.8 * has[:, ra],
   }
+  adh = np.minimum(st.adherence * (0.85 + 0.3 * rng.random(n, dtype=np.float32)), 0.98)
+  fills = {k: st.alive & (rng.random(n) < v * adh) for k, v in full.items()}
+  on = st.alive[:, None] & has[:, [LATENT_INDEX[c] for c in world.GAP_CONDITIONS]]
+  got = np.stack([np.logical_or.reduce([fills[k] for k in _GAP_CLASSES[c]])
+                  for c in world.GAP_CONDITIONS], 1)
+  st.rx_gap = (world.GAP_DECAY * st.rx_gap + (on & ~got)).astype(np.float32)
+  return fills
+
+
+def _pharmacy(mo: _Month, covered) -> None:
+  st, rng = mo.st, mo.rng
+  ra = LATENT_INDEX["rheumatoid_arthritis"]
   for j, klass in enumerate(code_lib.DRUG_CLASSES):
-    pidx = np.nonzero(covered & (rng.random(n) < fill_p[klass]))[0]
+    pidx = np.nonzero(covered & mo.fills[klass])[0]
     m = len(pidx)
     if not m:
       continue
     u = st.drug_u[pidx, j]
-    ndc = code_lib.NDC_TABLE[j, (u * code_lib.NDC_COUNT[j]).astype(np.int64)]
+    ndc = code_lib.ndc_of(j, u)
     price = _RX[klass] * np.exp(1.6 * (u - 0.5))   # a product's price level is stable
     if klass == "immunosuppressant":   # self-injected biologics for the more severe
       sev = st.severity_u[pidx, ra]

@@ -26,6 +26,7 @@ from lmm_jax import conventions as conv
 from lmm_jax import workers
 from lmm_jax.data import meds_io
 from lmm_jax.data import terminology
+from lmm_jax.synth import calibration
 from lmm_jax.synth import codes as code_lib
 from lmm_jax.synth import model as world
 from lmm_jax.synth import sim
@@ -47,6 +48,12 @@ def _oracle_schema() -> pa.Schema:
   fields += [pa.field(f"p_{c}", pa.float32()) for c in cond_lib.CONDITION_NAMES]
   fields += [pa.field(f"true_{c}", pa.bool_()) for c in cond_lib.CONDITION_NAMES]
   fields += [pa.field("age", pa.float32()), pa.field("enrolled_at_index", pa.bool_())]
+  # Added by world v2: the Monte-Carlo standard errors, the conditional median and its roll-outs.
+  fields += [pa.field("expected_cost_se", pa.float64()),
+             pa.field("expected_cost_capped_se", pa.float64()),
+             pa.field("median_cost", pa.float64()), pa.field("median_cost_se", pa.float64())]
+  fields += [pa.field(f"p_{c}_se", pa.float32()) for c in cond_lib.CONDITION_NAMES]
+  fields += [pa.field("oracle_rollouts", pa.int32())]
   return pa.schema(fields)
 
 
@@ -121,15 +128,11 @@ def _rows_table(subject_id: np.ndarray, st: world.State, sink: sim.Sink,
       pa.array(r_claim, pa.int64(), mask=r_claim < 0)], schema=DATA_SCHEMA)
 
 
-def _oracle(snap: world.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0: int,
-            cal: sim.Calendar, rollouts: int, rng: np.random.Generator,
-            enrolled: np.ndarray) -> pa.Table:
-  """Expected next-year cost and condition-coding probabilities by rolling the world forward."""
-  n = len(alive_idx)
-  base = snap.take(alive_idx)
-  cost_sum = np.zeros(n)
-  capped_sum = np.zeros(n)
-  coded = np.zeros((n, cond_lib.NUM_CONDITIONS))
+def _rollouts(base: world.State, t0: int, cal: sim.Calendar, rollouts: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Total cost float64 [R, n] and case bits int32 [R, n] of `rollouts` simulated target years."""
+  n = len(base.female)
+  costs, cases = [], []
   # Replicas in batches keep memory bounded (about 50k person-rows per batch).
   batch = max(1, min(rollouts, 50_000 // max(n, 1)))
   done = 0
@@ -140,26 +143,67 @@ def _oracle(snap: world.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0
     sink = sim.Sink(n * b, 1, t0, rng, emit=False)
     for t in range(t0, t0 + 12):
       sim.step(st, t, cal, rng, sink, None)
-    cost = sink.cost[0].reshape(b, n)
-    cost_sum += cost.sum(0)
-    capped_sum += np.minimum(cost, conv.COST_CAP).sum(0)
-    bits = sink.bits[0].reshape(b, n)
-    coded += ((bits[:, :, None] >> np.arange(cond_lib.NUM_CONDITIONS)) & 1).sum(0)
+    costs.append(sink.cost[0].reshape(b, n))
+    cases.append(sink.case[0].reshape(b, n))
     done += b
+  return np.concatenate(costs), np.concatenate(cases)
+
+
+def _median_and_se(cost_RxN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The per-person median of the roll-outs and its standard error from the distribution-free
+  95% interval of the median (order statistics R/2 -+ 1.96 sqrt(R)/2), divided by 2 x 1.96."""
+  r = len(cost_RxN)
+  srt = np.sort(cost_RxN, axis=0)
+  med = np.median(cost_RxN, axis=0)
+  half = 1.96 * np.sqrt(r) / 2
+  lo = int(np.clip(np.floor(r / 2 - half), 0, r - 1))
+  hi = int(np.clip(np.ceil(r / 2 + half), 0, r - 1))
+  return med, (srt[hi] - srt[lo]) / (2 * 1.96)
+
+
+def _oracle(snap: world.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0: int,
+            cal: sim.Calendar, rollouts: np.ndarray, rng: np.random.Generator,
+            enrolled: np.ndarray) -> pa.Table:
+  """Next-year cost (mean, median) and condition-label probabilities by rolling the world forward
+  from the true latent state; rollouts: int [len(alive_idx)], the roll-outs of each row."""
+  n = len(alive_idx)
+  base = snap.take(alive_idx)
+  num_c = cond_lib.NUM_CONDITIONS
+  out = {k: np.zeros(n) for k in ("cost", "cost_se", "capped", "capped_se", "median",
+                                   "median_se")}
+  p, p_se = np.zeros((n, num_c)), np.zeros((n, num_c))
+  for r in np.unique(rollouts):
+    rows = np.flatnonzero(rollouts == r)
+    cost, case = _rollouts(base.take(rows), t0, cal, int(r), rng)
+    capped = np.minimum(cost, conv.COST_CAP)
+    sd = lambda x: x.std(0, ddof=1) / np.sqrt(r) if r > 1 else np.full(x.shape[1], np.nan)  # noqa: E731
+    out["cost"][rows], out["cost_se"][rows] = cost.mean(0), sd(cost)
+    out["capped"][rows], out["capped_se"][rows] = capped.mean(0), sd(capped)
+    out["median"][rows], out["median_se"][rows] = _median_and_se(cost)
+    hits = ((case[:, :, None] >> np.arange(num_c)) & 1).mean(0)
+    p[rows] = hits
+    p_se[rows] = np.sqrt(hits * (1 - hits) / r)
   index_day = int(cal.start[t0])
   cols: dict[str, Any] = {
       "subject_id": pa.array(subject_id[alive_idx], pa.int64()),
       "index_date": pa.array(np.full(n, index_day * _US_PER_DAY, np.int64)).cast(
           pa.timestamp("us")),
-      "expected_cost": pa.array(cost_sum / rollouts),
-      "expected_cost_capped": pa.array(capped_sum / rollouts),
+      "expected_cost": pa.array(out["cost"]),
+      "expected_cost_capped": pa.array(out["capped"]),
   }
   for i, c in enumerate(cond_lib.CONDITION_NAMES):
-    cols[f"p_{c}"] = pa.array((coded[:, i] / rollouts).astype(np.float32))
+    cols[f"p_{c}"] = pa.array(p[:, i].astype(np.float32))
   for i, c in enumerate(cond_lib.CONDITION_NAMES):
     cols[f"true_{c}"] = pa.array(base.present[:, i])
   cols["age"] = pa.array(((t0 - base.birth_mi) / 12.0).astype(np.float32))
   cols["enrolled_at_index"] = pa.array(enrolled[alive_idx])
+  cols["expected_cost_se"] = pa.array(out["cost_se"])
+  cols["expected_cost_capped_se"] = pa.array(out["capped_se"])
+  cols["median_cost"] = pa.array(out["median"])
+  cols["median_cost_se"] = pa.array(out["median_se"])
+  for i, c in enumerate(cond_lib.CONDITION_NAMES):
+    cols[f"p_{c}_se"] = pa.array(p_se[:, i].astype(np.float32))
+  cols["oracle_rollouts"] = pa.array(rollouts.astype(np.int32))
   return pa.table(cols, schema=ORACLE_SCHEMA)
 
 
@@ -168,7 +212,7 @@ def _calibration_stats(st_age_at: np.ndarray, sink: sim.Sink, covered_months: np
   """Per-chunk figures for calibration: costs of full-year members, coded prevalence by age."""
   full = covered_months[year] == 12
   costs = sink.cost[year][full]
-  bits = sink.bits[year][full]
+  bits = sink.case[year][full]
   age = st_age_at[full]
   band = np.searchsorted([b[1] for b in AGE_BANDS[:-1]], age, side="right")
   flags = (bits[:, None] >> np.arange(cond_lib.NUM_CONDITIONS)) & 1
@@ -234,12 +278,16 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
     pq.write_table(part, path, compression="zstd")
     rows_written[name] = part.num_rows
   alive_idx = np.nonzero(snap.alive & ever)[0]
-  oracle = _oracle(snap, alive_idx, subject_id, t0, cal, task["rollouts"],
+  # The held-out members, whom the tables evaluate, get the precise oracle.
+  rollouts = np.where(split[alive_idx] == conv.SPLITS.index(conv.HELD_OUT), task["rollouts"],
+                      task["rollouts_other"])
+  oracle = _oracle(snap, alive_idx, subject_id, t0, cal, rollouts,
                    np.random.default_rng(ss_oracle), enrolled_at_index)
   used_codes = set(pc.unique(table.filter(pa.array(row_split >= 0)).column("code")).to_pylist())
   calib_year = num_years - 2 if num_years >= 2 else num_years - 1
   age_calib = ((12 * calib_year + 6 - st.birth_mi) / 12.0).astype(np.float32)
   calib = _calibration_stats(age_calib, sink, covered_months, calib_year)
+  calib["world"] = calibration.chunk_parts(sink, st, covered_months, cal, calib_year)
   # The last-year cost of members covered all year, paired with the oracle (for the summary).
   full_last = covered_months[num_years - 1] == 12
   last_cost = sink.cost[num_years - 1]
@@ -311,6 +359,7 @@ def _summary_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
   counts = sum(r["calib"]["prev_counts"] for r in results)
   members = sum(r["calib"]["band_members"] for r in results)
   out: dict[str, Any] = {"calibration_members": int(len(costs))}
+  out["dynamics"] = calibration.pooled([r["calib"]["world"] for r in results])
   if len(costs):
     s = np.sort(costs)[::-1]
     total = s.sum() or 1.0
@@ -342,10 +391,21 @@ def _summary_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
     out["held_out_cost_prediction"] = {
         "members": int(held.sum()),
         "oracle": _regression_figures(y[held], pred[held]),
+        "oracle_median": _regression_figures(y[held], orc.column("median_cost").to_numpy()[held]),
+        "oracle_expected_cost_se_mean": float(np.mean(
+            orc.column("expected_cost_se").to_numpy()[held])),
         "train_mean": _regression_figures(y[held], np.full(held.sum(), y[train].mean())),
         "prior_year_cost": _regression_figures(y[held], prior[held]),
     }
   return out
+
+
+def _distinct_by_system(used: set[str]) -> dict[str, int]:
+  out: dict[str, int] = {}
+  for code in used:
+    system = code.partition(conv.SEP)[0]
+    out[system] = out.get(system, 0) + 1
+  return dict(sorted(out.items()))
 
 
 def _clear_outputs(output_dir: str) -> None:
@@ -357,20 +417,24 @@ def _clear_outputs(output_dir: str) -> None:
 
 def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int = 2016,
                last_year: int = 2022, patients_per_shard: int = 10_000,
-               num_workers: int | None = None, oracle_rollouts: int = 16,
-               progress: bool = True) -> dict[str, Any]:
+               num_workers: int | None = None, oracle_rollouts: int = 256,
+               oracle_rollouts_other: int = 16, progress: bool = True) -> dict[str, Any]:
   """Writes a synthetic MEDS claims dataset with oracle ground truth to output_dir.
 
   Output: data/{train,tuning,held_out}/{shard}.parquet, metadata/{dataset.json,codes.parquet,
   subject_splits.parquet}, ground_truth/{oracle.parquet,summary.json,README.md}. The same seed (and
   patients_per_shard) gives identical files whatever num_workers is. Returns the summary.
+  oracle_rollouts: simulated target years per held-out member (the oracle the tables evaluate);
+  oracle_rollouts_other: per train/tuning member.
   """
   if num_patients <= 0:
     raise ValueError(f"num_patients must be positive, got {num_patients}")
   if last_year < first_year:
     raise ValueError(f"last_year ({last_year}) is before first_year ({first_year})")
-  if patients_per_shard <= 0 or oracle_rollouts <= 0:
-    raise ValueError("patients_per_shard and oracle_rollouts must be positive")
+  if patients_per_shard <= 0 or oracle_rollouts <= 0 or oracle_rollouts_other <= 0:
+    raise ValueError("patients_per_shard, oracle_rollouts and oracle_rollouts_other must be "
+                     f"positive, got {patients_per_shard}, {oracle_rollouts}, "
+                     f"{oracle_rollouts_other}")
   start_time = time.time()
   _clear_outputs(output_dir)
   for sub in [os.path.join("data", s) for s in conv.SPLITS] + ["metadata", "ground_truth"]:
@@ -379,6 +443,7 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
   tasks = [dict(chunk=k, num_patients=min(patients_per_shard, num_patients - k * patients_per_shard),
                 seed=seed, first_year=first_year, last_year=last_year,
                 patients_per_shard=patients_per_shard, rollouts=oracle_rollouts,
+                rollouts_other=oracle_rollouts_other,
                 output_dir=output_dir) for k in range(num_chunks)]
   if num_workers is None:
     num_workers = os.cpu_count() or 1
@@ -433,6 +498,8 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
       "subjects_by_split": {s: int(np.sum(names == s)) for s in conv.SPLITS},
       "missing_claims_dropped": totals["dropped_claims"], "seed": seed, "first_year": first_year,
       "last_year": last_year, "oracle_rollouts": oracle_rollouts,
+      "oracle_rollouts_other": oracle_rollouts_other,
+      "distinct_codes_by_system": _distinct_by_system(used_codes),
       "index_date": f"{last_year}-01-01",
       "calibration_year": last_year - 1 if last_year > first_year else last_year,
       **_summary_figures(kept),
@@ -456,10 +523,15 @@ dataset builder's default index date) who appears in the data, whether or not en
 | index_date | the index date (timestamp[us]) |
 | expected_cost | E[total COST//ALLOWED over the 12 months from the index date], given the true latent state, estimated by rolling the simulator forward `oracle_rollouts` times (coverage held fixed, deaths simulated) |
 | expected_cost_capped | E[min(that cost, 250000)] |
-| p_<condition> | probability that a diagnosis code of the condition (lmm_jax.conditions) is coded on a claim in those 12 months: the dataset builder's target |
+| p_<condition> | probability that the condition's CCW-style case rule (lmm_jax.conditions.CaseRule: one inpatient, or by condition SNF / home-health, claim or two other claims on different days) is met by the claims of those 12 months: the dataset builder's `cond_next` label |
 | true_<condition> | the latent condition is present at the index date (coded or not) |
 | age | age in years at the index date |
 | enrolled_at_index | covered in the index month |
+| expected_cost_se, expected_cost_capped_se | Monte-Carlo standard error of the two means (sd / sqrt(roll-outs)) |
+| median_cost | the conditional median of that cost (the best predictor for absolute error, NMAE) |
+| median_cost_se | its standard error, from the distribution-free 95% interval of the median / 3.92 |
+| p_<condition>_se | Monte-Carlo standard error of p_<condition>, sqrt(p (1 - p) / roll-outs) |
+| oracle_rollouts | roll-outs of the row: `oracle_rollouts` (default 256) for held-out members, `oracle_rollouts_other` (default 16) for train and tuning members |
 
 `summary.json`: the run's figures: size, cost concentration and coded prevalence by age band
 (members covered all of the calibration year), and the held-out comparison of the oracle with

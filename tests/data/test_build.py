@@ -95,6 +95,17 @@ def test_report_and_records(world):
     assert tl["days"][n] >= rec["index_day"] or tl["tokens"][n] == vocab.eos_id
 
 
+def _cases(rows):
+  """The CCW-style case rule (lmm_jax.conditions.case_flags) over the diagnosis rows given."""
+  ctype = {r.get("claim_id"): r["code"].split("//", 1)[1] for r in rows
+           if r["code"].startswith("CLAIM//")}
+  dx = [r for r in rows if r["code"].startswith("ICD10CM//")]
+  flags = np.array([conditions.condition_flags([r["code"].split("//")[1]]) for r in dx]).reshape(
+      len(dx), conditions.NUM_CONDITIONS)
+  return conditions.case_flags(flags, [ctype.get(r.get("claim_id"), "") for r in dx],
+                               np.array([r["time"].toordinal() for r in dx], np.int64))
+
+
 def test_task_targets_match_rows(world):
   rows, _, out, report = world
   index = dt.datetime(2021, 1, 1)
@@ -108,12 +119,9 @@ def test_task_targets_match_rows(world):
                 and dt.datetime(2020, 1, 1) <= r["time"] < index)
     assert rec["cost_next"] == pytest.approx(cost, rel=1e-5)
     assert rec["cost_prior"] == pytest.approx(prior, rel=1e-5)
-    dx_next = [r["code"].split("//")[1] for r in mine if r["code"].startswith("ICD10CM//")
-               and index <= r["time"] < end]
-    np.testing.assert_array_equal(rec["cond_next"], conditions.condition_flags(dx_next))
-    dx_before = [r["code"].split("//")[1] for r in mine if r["code"].startswith("ICD10CM//")
-                 and r["time"] < index]
-    np.testing.assert_array_equal(rec["cond_prior"], conditions.condition_flags(dx_before))
+    np.testing.assert_array_equal(rec["cond_next"],
+                                  _cases([r for r in mine if index <= r["time"] < end]))
+    np.testing.assert_array_equal(rec["cond_prior"], _cases([r for r in mine if r["time"] < index]))
     assert rec["sex"] in (1, 2) and rec["lob"] in (1, 2)
 
 

@@ -37,13 +37,14 @@ def test_synthetic_world_builds(tiny_meds_dir, tiny_data_dir):
 def test_condition_tokens_agree_with_targets(tiny_data_dir):
   """A prevalent condition shows up as a condition-flagged diagnosis token in the history."""
   vocab = vocab_lib.Vocabulary.load(os.path.join(tiny_data_dir, records.VOCAB_FILE))
-  checked = 0
+  flagged = prevalent = 0
   for rec in records.read_records(tiny_data_dir, records.TASK, conventions.TRAIN):
     from_tokens = vocab.token_conditions[rec["tokens"]].max(axis=0)
-    # A token flag implies the raw code's flag (backoff can only lose specificity).
-    assert np.all(rec["cond_prior"][from_tokens == 1] == 1)
-    checked += int(rec["cond_prior"].sum())
-  assert checked > 0
+    # A token flag shows the raw code was coded (backoff can only lose specificity); the
+    # CCW-style rule (one inpatient or two other claims) makes most of them prevalent cases.
+    flagged += int(from_tokens.sum())
+    prevalent += int(rec["cond_prior"][from_tokens == 1].sum())
+  assert flagged > 0 and prevalent > 0.5 * flagged
   assert vocab.token_conditions.shape == (vocab.size, conditions.NUM_CONDITIONS)
 
 

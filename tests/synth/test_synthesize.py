@@ -42,7 +42,7 @@ def calib_dir(tmp_path_factory):
   """A few thousand people: enough for calibration bands and the oracle comparison."""
   out = str(tmp_path_factory.mktemp("synth_calib"))
   summary = synthesize(out, num_patients=5000, seed=11, patients_per_shard=5000, num_workers=1,
-                       oracle_rollouts=8, progress=False)
+                       oracle_rollouts=128, oracle_rollouts_other=4, progress=False)
   return out, summary
 
 
@@ -257,15 +257,19 @@ def test_oracle_beats_simple_predictors_on_held_out(calib_dir):
   mean_pred = np.full(len(y), np.minimum(cost[train], conv.COST_CAP).mean())
   prior_pred = np.minimum(prior[held], conv.COST_CAP)
   # The oracle is a conditional mean: it wins clearly on R^2 (squared error); on absolute error,
-  # which a conditional median would minimize, it still beats both.
-  assert r2(pred) > r2(prior_pred) + 0.1 and r2(pred) > 0.25, (r2(pred), r2(prior_pred))
-  assert mae(pred) < 0.7 * mae(mean_pred), (mae(pred), mae(mean_pred))
+  # which a conditional median would minimize, it still beats both. (World v2's mean-reverting
+  # health and terminal declines leave more of next year's cost unknowable from today's state.)
+  assert r2(pred) > r2(prior_pred) + 0.1 and r2(pred) > 0.12, (r2(pred), r2(prior_pred))
+  assert mae(pred) < 0.8 * mae(mean_pred), (mae(pred), mae(mean_pred))
   assert mae(pred) < mae(prior_pred), (mae(pred), mae(prior_pred))
   # Conditions: the oracle's probabilities beat each condition's base rate (Brier score).
   p = np.stack([oracle.column(f"p_{c}").to_numpy()[idx] for c in cond_lib.CONDITION_NAMES], 1)
   target = coded[held].astype(float)
   base = coded[train].mean(0)
   assert np.mean((p - target) ** 2) < 0.6 * np.mean((base - target) ** 2)
+  # The median row: lower absolute error than the mean on these skewed costs.
+  med = np.minimum(oracle.column("median_cost").to_numpy()[idx], conv.COST_CAP)
+  assert mae(med) < mae(pred), (mae(med), mae(pred))
 
 
 @pytest.mark.parametrize("kwargs", [dict(num_patients=0), dict(first_year=2022, last_year=2021),
