@@ -58,5 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (lmm_jax.data.code_metadata): (family in parent_codes, our spelling, 'always' | 'backoff').
   c.use_code_metadata = True
   c.codes_parquet_parents = code_metadata.DEFAULT_PARENTS
+  # Numeric values of generic (LAB / OTHER) rows -> per-code quantile-bin tokens fit on train
+  # (lmm_jax.data.values); 0 turns them off.
+  c.num_value_bins = 10
+  c.value_sample_size = 2000       # train values kept per code (bounded) to fit the quantiles
   c.lock()
   return c

@@ -55,6 +55,7 @@ from lmm_jax.data import records
 from lmm_jax.data import terminology
 from lmm_jax.data import timeline
 from lmm_jax.data import tokenizer as tok_lib
+from lmm_jax.data import values as values_lib
 from lmm_jax.data import vocab as vocab_lib
 from lmm_jax.data.code_systems import Role
 from lmm_jax.data.meds_io import MEDSFormatError  # pylint: disable=unused-import (re-export)
@@ -127,6 +128,7 @@ class _Context:
   data_end_day: int = 0
   labels_dir: str = ""       # label tasks: the MEDS label files (read once per worker)
   code_mapping: Optional[dict[str, str]] = None  # raw code -> parent code (code_metadata)
+  value_bins: Optional[values_lib.ValueBins] = None  # numeric values -> bin codes
 
 
 _CTX: Optional[_Context] = None
@@ -257,8 +259,17 @@ def _pass1(path: str) -> dict[str, Any]:
   lobs: set[str] = set()
   cost, key = np.zeros(0), np.zeros(0, np.uint64)
   max_day, subjects = None, []
+  value_samples: dict[str, values_lib.Sample] = {}
+  valued_counts: collections.Counter = collections.Counter()
   for c in _clean_chunks(path):
     train = c.split == train_split
+    if int(_CTX.config["num_value_bins"]) > 1:
+      values_lib.sample_values(c, train, int(_CTX.config["value_sample_size"]), value_samples)
+      valued = train & (c.role == Role.OTHER) & np.isfinite(c.value)
+      for i, n in enumerate(np.bincount(c.code_index[valued], minlength=len(c.codes.codes))
+                            .tolist()):
+        if n:
+          valued_counts[c.codes.codes[i]] += n
     code_counts = np.bincount(c.code_index[train], minlength=len(c.codes.codes))
     for code, n in zip(c.codes.codes, code_counts.tolist()):
       counts[code] = counts.get(code, 0) + n
@@ -281,7 +292,8 @@ def _pass1(path: str) -> dict[str, Any]:
     subjects.append(c.subject_ids)
   return {"path": path, "counts": {code: n for code, n in counts.items() if n},
           "lobs": sorted(lobs), "cost": cost, "cost_key": key, "max_day": max_day,
-          "subjects": np.concatenate(subjects)}
+          "subjects": np.concatenate(subjects), "value_samples": value_samples,
+          "valued_counts": dict(valued_counts)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,8 +316,9 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
         ctx.output_dir, kind, records.shard_name(split, index, ctx.num_shards))))
                for kind in (records.TIMELINE, records.TASK) for split in conventions.SPLITS}
     for c in _clean_chunks(path):
-      raw_codes = c.codes.codes
-      c = _with_parents(c, ctx.code_mapping)
+      raw_codes, pre_index = c.codes.codes, c.code_index
+      mapped_codes = _with_parents(c, ctx.code_mapping)
+      c = values_lib.with_value_bins(mapped_codes, ctx.value_bins, _ANALYZER)
       code_ids = timeline.code_token_ids(tok, c.codes)
       for ev in c.subjects(ctx.data_end_day):
         split = conventions.SPLITS[ev.split]
@@ -325,7 +338,8 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
       out["used_rows"] += int(c.subject.size)
       out["hashed_subjects"] += c.hashed_subjects
       out["rows_by_system"].update(_rows_by_system(c))
-      _count_coverage(out["coverage"], raw_codes, c.codes, c.code_index, tok)
+      _count_coverage(out["coverage"], raw_codes, mapped_codes.codes.codes, pre_index, c.codes,
+                      c.code_index, tok)
   return out
 
 
@@ -342,26 +356,29 @@ def _with_parents(c: events_lib.CleanRows, mapping: Optional[dict[str, str]]
 COVERAGE = ("specific", "parent", "unk")
 
 
-def _count_coverage(out: dict[str, dict[str, int]], raw_codes: list[str],
-                    codes: events_lib.CodeTable, code_index: np.ndarray,
+def _count_coverage(out: dict[str, dict[str, int]], raw_codes: list[str], mapped_codes: list[str],
+                    raw_index: np.ndarray, codes: events_lib.CodeTable, code_index: np.ndarray,
                     tok: tok_lib.Tokenizer) -> None:
-  """Rows per code family (the raw code's first `//` part) that got their own token, a parent's
-  (codes.parquet parent, ICD-10-CM ancestor) or their system's [UNK]."""
-  n = np.bincount(code_index, minlength=len(raw_codes))
-  for i in np.flatnonzero(n):
-    ids = tok.code_token_ids(codes.codes[i])
+  """Rows per code family (the raw code's first `//` part) that got their own token (or its
+  value bin), a parent's (a codes.parquet parent, an ICD-10-CM ancestor) or their system's
+  [UNK]. raw_index / code_index: each row's raw code and final (parent, value bin) code."""
+  k = max(len(codes.codes), 1)
+  pairs, n = np.unique(raw_index.astype(np.int64) * k + code_index, return_counts=True)
+  for pair, rows in zip(pairs.tolist(), n.tolist()):
+    raw, final = divmod(pair, k)
+    ids = tok.code_token_ids(codes.codes[final])
     if not ids:
       continue
-    token, info = tok.vocab.tokens[ids[-1]], codes.infos[i]
+    token, info = tok.vocab.tokens[ids[-1]], codes.infos[final]
     if token.endswith(f"//{tok_lib.UNK}"):
       how = "unk"
-    elif codes.codes[i] != raw_codes[i] or (info.system == cs.ICD10CM
-                                            and token != f"{cs.ICD10CM}//{info.key}"):
+    elif mapped_codes[raw] != raw_codes[raw] or (info.system == cs.ICD10CM
+                                                 and token != f"{cs.ICD10CM}//{info.key}"):
       how = "parent"
     else:
       how = "specific"
-    family = out.setdefault(raw_codes[i].partition("//")[0], dict.fromkeys(COVERAGE, 0))
-    family[how] += int(n[i])
+    family = out.setdefault(raw_codes[raw].partition("//")[0], dict.fromkeys(COVERAGE, 0))
+    family[how] += rows
 
 
 def _split_counters() -> dict[str, dict[str, Any]]:
@@ -611,8 +628,13 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
   k = int(cfg["cost_sample_size"])
   cost, key = np.zeros(0), np.zeros(0, np.uint64)
   subjects, max_days = [], []
+  value_samples: dict[str, values_lib.Sample] = {}
+  valued_counts: collections.Counter = collections.Counter()
   for r in runner.map(_pass1, paths, "pass 1/2: counting codes"):
     counts.update(r["counts"])
+    valued_counts.update(r["valued_counts"])
+    for code, sample in r["value_samples"].items():
+      values_lib.merge(value_samples, code, sample, int(cfg["value_sample_size"]))
     lobs.update(r["lobs"])
     cost, key = np.concatenate([cost, r["cost"]]), np.concatenate([key, r["cost_key"]])
     if key.size > k:
@@ -641,10 +663,15 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
   mapping = code_metadata.code_mapping(code_meta, counts, tok_lib.CodeAnalyzer(tok_cfg),
                                        int(cfg["min_code_count"]), cfg["codes_parquet_parents"])
   raw_counts, counts = counts, collections.Counter(code_metadata.mapped_counts(counts, mapping))
+  value_bins = values_lib.fit(value_samples, valued_counts, mapping, int(cfg["num_value_bins"]),
+                              int(cfg["min_code_count"]))
+  del value_samples
+  counts.update(value_bins.bin_counts)
   vocab = tok_lib.build_vocabulary(tok_cfg, counts, tok_lib.cost_edges_from_sample(
       cost, int(cfg["num_cost_bins"])), lobs)
   if code_meta is not None:
     code_metadata.describe(vocab, code_meta, raw_counts, mapping, int(cfg["min_code_count"]))
+  values_lib.describe_bins(vocab, value_bins, tok_lib.Tokenizer(vocab))
   vocab_path = os.path.join(work_dir, records.VOCAB_FILE)
   vocab.save(vocab_path)
 
@@ -654,7 +681,8 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
   open_end = meds_io.year_start_day(meds_io.year_start_day(data_end) + 366) - 1
   ctx2 = dataclasses.replace(ctx, splits=None, output_dir=work_dir, vocab_path=vocab_path,
                              index_day=index_day, data_end_day=open_end,
-                             labels_dir=ctx.labels_dir, code_mapping=mapping)
+                             labels_dir=ctx.labels_dir, code_mapping=mapping,
+                             value_bins=value_bins)
   dropped: collections.Counter = collections.Counter({r: 0 for r in DROP_REASONS})
   input_rows = used_rows = hashed = 0
   per_split = _split_counters()
@@ -694,6 +722,7 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
       "rows_by_system": dict(sorted(rows_by_system.items())),
       "code_coverage": dict(sorted(coverage.items())),
       "codes_mapped_to_parents": len(mapping),
+      "codes_with_value_bins": len(value_bins.edges),
       "splits_source": ("metadata/subject_splits.parquet" if splits is not None
                         else "hash of subject_id"),
       "subjects_hash_split": hashed,

@@ -7,7 +7,7 @@ is rewritten to one of its `parent_codes` before it is counted and tokenized:
   NDC    always (drug grouping: the NDC token, grouped by `drug_grouping`)   NDC//<ndc>
   LOINC  always (the lab standard; a lab's value bins are then per LOINC)  LAB//LOINC//<loinc>
   RxNorm, ATC, SNOMED  only as a back-off, when the raw code is rarer than min_code_count
-         on train and the parent (summed over its children) is not          OTHER//<SYS>//<code>
+         on train and the parent (summed over its children) is not   <SYS>//<code> (an OTHER token)
 
 `codes_parquet_parents` (the builder's config) lists the families and their policy. A code with
 no usable parent keeps its own string (its token when frequent, else its system's [UNK]).
@@ -32,8 +32,8 @@ CODES_FILE = os.path.join("metadata", "codes.parquet")
 ALWAYS, BACKOFF = "always", "backoff"
 # family in parent_codes ("NDC/0002..."): (our code spelling, policy). Order = preference.
 DEFAULT_PARENTS = (("NDC", "NDC//{}", ALWAYS), ("LOINC", "LAB//LOINC//{}", ALWAYS),
-                   ("RxNorm", "OTHER//RXNORM//{}", BACKOFF), ("ATC", "OTHER//ATC//{}", BACKOFF),
-                   ("SNOMED", "OTHER//SNOMED//{}", BACKOFF))
+                   ("RxNorm", "RXNORM//{}", BACKOFF), ("ATC", "ATC//{}", BACKOFF),
+                   ("SNOMED", "SNOMED//{}", BACKOFF))
 GENERIC_SYSTEMS = (cs.LAB, cs.OTHER)
 
 
@@ -96,7 +96,8 @@ def code_mapping(meta: Optional[CodeMetadata], counts: Mapping[str, int], analyz
                  min_count: int, config_rules: Sequence[Sequence[str]]) -> dict[str, str]:
   """Raw code -> the parent code string it is tokenized as (only codes that change).
 
-  counts: train rows per raw code (pass 1). Deterministic: codes and parents in sorted order.
+  counts: train rows per raw code (pass 1); every code of codes.parquet is mapped, also those
+  seen only outside train (count 0). Deterministic: codes and parents in sorted order.
   """
   if meta is None:
     return {}
@@ -104,22 +105,22 @@ def code_mapping(meta: Optional[CodeMetadata], counts: Mapping[str, int], analyz
   order = {family: i for i, family in enumerate(rules)}
   candidates: dict[str, list[tuple[str, str]]] = {}
   totals: dict[str, int] = {}
-  for code in sorted(counts):
-    ps = meta.parents.get(code)
-    if not ps or analyzer.analyze(code).system not in GENERIC_SYSTEMS:
+  for code in sorted(meta.parents):
+    ps = meta.parents[code]
+    if analyzer.analyze(code).system not in GENERIC_SYSTEMS:
       continue
     spelled = [s for s in (_spelled(p, rules) for p in sorted(
         ps, key=lambda p: (order.get(p.partition("/")[0], len(order)), p))) if s]
     if spelled:
       candidates[code] = spelled
       for parent, _ in spelled:
-        totals[parent] = totals.get(parent, 0) + int(counts[code])
+        totals[parent] = totals.get(parent, 0) + int(counts.get(code, 0))
   out = {}
   for code, spelled in candidates.items():
     always = [p for p, policy in spelled if policy == ALWAYS]
     if always:
       out[code] = always[0]
-    elif int(counts[code]) < min_count:
+    elif int(counts.get(code, 0)) < min_count:
       backoff = [p for p, _ in spelled if totals[p] >= min_count]
       if backoff:
         out[code] = backoff[0]

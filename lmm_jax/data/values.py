@@ -8,8 +8,8 @@ its 7th decile". The edges are the train quantiles of each code's values (a boun
 `value_sample_size` rows per code, the bottom-k of a data-derived hash, so it does not depend on
 the number of workers), merged for raw codes mapped to one parent (codes.parquet), and fit only for
 codes with at least `min_code_count` valued train rows and two distinct values; other rows keep the
-bare code. Each bin code is a vocabulary token when its (estimated) train count reaches
-min_code_count, else it falls to its system's [UNK] like any rare code. `num_value_bins=0` turns
+bare code. A bin whose (estimated) train count is below min_code_count is not used: its rows keep
+the bare code, so value bins never turn a known code into [UNK]. `num_value_bins=0` turns
 this off. Rows without a value keep the bare code.
 """
 
@@ -66,7 +66,7 @@ def merge(into: dict[str, Sample], code: str, sample: Sample, k: int) -> None:
 @dataclasses.dataclass
 class ValueBins:
   edges: dict[str, np.ndarray]         # (mapped) code -> increasing float64[B' - 1] edges
-  bin_counts: dict[str, int]           # bin code -> estimated train rows
+  bin_counts: dict[str, int]           # bin code -> estimated train rows (those kept)
 
   def bin_of(self, code: str, value: np.ndarray) -> np.ndarray:
     return np.searchsorted(self.edges[code], value, side="right")
@@ -97,7 +97,8 @@ def fit(samples: Mapping[str, Sample], valued_counts: Mapping[str, int],
     per_bin = np.bincount(np.searchsorted(e, v, side="right"), minlength=e.size + 1)
     scale = totals[code] / v.size
     for k, n in enumerate(per_bin.tolist()):
-      counts[bin_code(code, k)] = int(round(n * scale))
+      if round(n * scale) >= min_count:  # a rarer bin keeps the bare code (not [UNK])
+        counts[bin_code(code, k)] = int(round(n * scale))
   return ValueBins(edges, counts)
 
 
@@ -122,6 +123,9 @@ def with_value_bins(c: events_lib.CleanRows, bins: Optional[ValueBins], analyzer
     new_K = np.empty(bins.edges[code].size + 1, np.int32)
     for k in np.unique(k_R).tolist():
       name = bin_code(code, k)
+      if name not in bins.bin_counts:
+        new_K[k] = ci
+        continue
       if name not in index_of:
         index_of[name] = len(codes)
         codes.append(name)
@@ -131,3 +135,20 @@ def with_value_bins(c: events_lib.CleanRows, bins: Optional[ValueBins], analyzer
   if not index_of:
     return c
   return dataclasses.replace(c, code_index=code_index, codes=events_lib.CodeTable(codes, infos))
+
+
+def describe_bins(vocab, bins: ValueBins, tok) -> None:
+  """Gives each bin token its value range (`value bin 3/10 [4.1, 4.6)`) as its description."""
+  for code in sorted(bins.edges):
+    e = bins.edges[code]
+    for k in range(e.size + 1):
+      name = bin_code(code, k)
+      if name not in bins.bin_counts:
+        continue
+      ids = tok.code_token_ids(name)
+      entry = vocab.entries[ids[-1]] if ids else None
+      if entry is None or entry["token"] != tok.analyzer.analyze(name).key:
+        continue
+      lo = f"{e[k - 1]:.4g}" if k > 0 else "-inf"
+      hi = f"{e[k]:.4g}" if k < e.size else "inf"
+      entry["description"] = f"value bin {k + 1}/{e.size + 1} [{lo}, {hi})"

@@ -5,6 +5,12 @@
     boolean_value bool (the label), predicted_boolean_value bool (probability >= threshold),
     predicted_boolean_probability float32. `meds-evaluation-cli predictions_path=...` reads it.
 
+  WORKDIR/predictions/meds_cost/MODEL.parquet   (cost; our regression extension of the schema)
+    subject_id, prediction_time, float_value float64 (the observed next-12-month cost),
+    predicted_float_value float64 (dollars), and when the model has them
+    predicted_float_value_capped, predicted_float_value_p10 / _p50 / _p90.
+    `cost_to_meds` converts a predictions/cost/MODEL.parquet file (lmm_jax.eval.predictions).
+
 Rows are in the order of the split's task records (one per subject and prediction time); the
 prediction times come from those records. Per-patient files live only under a run's workdir.
 """
@@ -72,3 +78,38 @@ def write_binary_predictions(workdir: str, model: str, data_dir: str, split: str
   pq.write_table(table, tmp)
   os.replace(tmp, path)
   return path
+
+
+def cost_table(subject_id: np.ndarray, time_us: np.ndarray, y_true: np.ndarray,
+               y_pred: np.ndarray, extra: Mapping[str, np.ndarray]) -> pa.Table:
+  """Cost predictions in the label layout: float_value / predicted_float_value (+ extra)."""
+  cols = {"subject_id": pa.array(np.asarray(subject_id, np.int64)),
+          "prediction_time": pa.array(np.asarray(time_us, np.int64), pa.int64()).cast(
+              pa.timestamp("us")),
+          "float_value": pa.array(np.asarray(y_true, np.float64)),
+          "predicted_float_value": pa.array(np.asarray(y_pred, np.float64))}
+  for name, x in extra.items():
+    cols[f"predicted_float_value_{name}"] = pa.array(np.asarray(x, np.float64))
+  return pa.table(cols)
+
+
+def cost_to_meds(predictions_file: str, data_dir: str, out_file: str) -> str:
+  """Writes the cost predictions file (predictions/cost/MODEL.parquet, split named in its
+  metadata) in the MEDS label layout, with each row's prediction time; returns out_file."""
+  table = pq.read_table(predictions_file)
+  meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+  split = meta.get("split")
+  if not split:
+    raise ValueError(f"{predictions_file}: no split in its lmm_jax metadata")
+  sid = table.column("subject_id").to_numpy()
+  columns = {"capped": "y_pred_capped", "p10": "y_p10", "p50": "y_p50", "p90": "y_p90"}
+  extra = {name: table.column(col).to_numpy() for name, col in columns.items()
+           if col in table.column_names}
+  out = cost_table(sid, prediction_times(data_dir, split, sid), table.column("y_true").to_numpy(),
+                   table.column("y_pred").to_numpy(), extra)
+  out = out.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+  os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+  tmp = f"{out_file}.tmp-{os.getpid()}"
+  pq.write_table(out, tmp)
+  os.replace(tmp, out_file)
+  return out_file

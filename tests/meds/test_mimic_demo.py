@@ -19,6 +19,7 @@ from lmm_jax import tasks
 from lmm_jax.data import build
 from lmm_jax.data import meds_tasks
 from lmm_jax.data import records
+from lmm_jax.data.vocab import Vocabulary
 from lmm_jax.train import predict
 from lmm_jax.train import trainer as trainer_lib
 from meds_evaluation.evaluate import evaluate_binary_classification
@@ -127,3 +128,20 @@ def test_claims_cost_task_on_mimic_fails_saying_there_is_no_cost(tmp_path):
   with pytest.raises(meds_tasks.TaskDefinitionError,
                      match=r"^no cost events \(`COST//ALLOWED`\) in .*mimic-iv-demo-meds"):
     tasks.make_task(config)
+
+
+def test_lab_values_and_medication_parents_reach_the_vocabulary(mimic_task_dir):
+  report = _report(mimic_task_dir)
+  vocab = Vocabulary.load(os.path.join(mimic_task_dir, records.VOCAB_FILE))
+  lab_bins = [t for t in vocab.tokens if t.startswith("LAB//LOINC//") and "//_Q_" in t]
+  ndc = [t for t in vocab.tokens if t.startswith("NDC//") and not t.endswith("[UNK]")]
+  assert len(lab_bins) > 500 and len(ndc) > 300
+  assert report["codes_with_value_bins"] > 100 and report["codes_mapped_to_parents"] > 1000
+  cov = report["code_coverage"]
+  # Most medication and lab rows reach a parent (NDC, LOINC); few fall to [UNK].
+  for family in ("MEDICATION", "LAB"):
+    rows = sum(cov[family].values())
+    assert cov[family]["parent"] > 0.5 * rows and cov[family]["unk"] < 0.1 * rows
+  with_desc = [e for e in vocab.entries if e["token"].startswith("LAB//LOINC//")
+               and "//_Q_" not in e["token"] and e["description"]]
+  assert with_desc
