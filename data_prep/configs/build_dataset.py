@@ -12,6 +12,7 @@ import os
 
 import ml_collections
 
+from lmm_jax.data import code_metadata
 from lmm_jax.data import code_systems
 
 
@@ -47,5 +48,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # in the target year (0 turns that check off).
   c.required_splits = ("train", "tuning", "held_out")
   c.min_share_with_target_year_data = 0.05
+  # The task: where prediction times come from (lmm_jax.data.meds_tasks, docs/data.md "Tasks").
+  c.task = "claims"                # 'claims' (index_date above) | 'labels' | 'aces' | 'none'
+  c.task_labels_dir = ""           # task='labels': a folder of MEDS label parquet files
+  c.task_aces_config = ""          # task='aces': an ACES task config (experiments/configs/aces/)
+  c.split_source = "metadata"      # 'metadata': subject_splits.parquet when present | 'hash'
+  c.max_share_empty_histories = 0.5  # a label task with more histories empty is refused
+  # metadata/codes.parquet: descriptions, and parents for generic (LAB / OTHER) codes
+  # (lmm_jax.data.code_metadata): (family in parent_codes, our spelling, 'always' | 'backoff').
+  c.use_code_metadata = True
+  c.codes_parquet_parents = code_metadata.DEFAULT_PARENTS
+  # Numeric values of generic (LAB / OTHER) rows -> per-code quantile-bin tokens fit on train
+  # (lmm_jax.data.values); 0 turns them off.
+  c.num_value_bins = 10
+  c.value_sample_size = 2000       # train values kept per code (bounded) to fit the quantiles
   c.lock()
   return c

@@ -43,15 +43,19 @@ import tqdm
 
 from lmm_jax import conventions
 from lmm_jax import workers as workers_lib
+from lmm_jax.data import aces_tasks
 from lmm_jax.data import clean as clean_lib
+from lmm_jax.data import code_metadata
 from lmm_jax.data import code_systems as cs
 from lmm_jax.data import events as events_lib
 from lmm_jax.data import labels
 from lmm_jax.data import meds_io
+from lmm_jax.data import meds_tasks
 from lmm_jax.data import records
 from lmm_jax.data import terminology
 from lmm_jax.data import timeline
 from lmm_jax.data import tokenizer as tok_lib
+from lmm_jax.data import values as values_lib
 from lmm_jax.data import vocab as vocab_lib
 from lmm_jax.data.code_systems import Role
 from lmm_jax.data.meds_io import MEDSFormatError  # pylint: disable=unused-import (re-export)
@@ -65,7 +69,7 @@ BYTES_PER_ROW = 400
 BUILDER_VERSION = 1
 # Entries of a build's output directory; any other entry means it is not ours to replace.
 _OUTPUT_ENTRIES = {records.VOCAB_FILE, records.REPORT_FILE, records.MANIFEST_FILE,
-                   records.TIMELINE, records.TASK}
+                   records.TIMELINE, records.TASK, meds_tasks.LABELS_DIR}
 # Tests only: makes the builder kill itself or wait at a chosen moment, e.g. "kill@shards=2" (the
 # parent, after 2 shards of pass 2), "kill@records=5" (the process writing pass-2 records, at its
 # 5th record: mid-shard), "wait@shards=1:PATH" (touch PATH.reached, wait until PATH exists).
@@ -122,11 +126,15 @@ class _Context:
   vocab_path: str = ""
   index_day: int = 0
   data_end_day: int = 0
+  labels_dir: str = ""       # label tasks: the MEDS label files (read once per worker)
+  code_mapping: Optional[dict[str, str]] = None  # raw code -> parent code (code_metadata)
+  value_bins: Optional[values_lib.ValueBins] = None  # numeric values -> bin codes
 
 
 _CTX: Optional[_Context] = None
 _ANALYZER: Optional[tok_lib.CodeAnalyzer] = None
 _TOKENIZER: Optional[tok_lib.Tokenizer] = None
+_TASK_LABELS: Optional[meds_tasks.TaskLabels] = None
 
 
 def _die_with_parent() -> None:
@@ -150,10 +158,13 @@ def _init_worker(ctx: _Context, in_worker: bool = False) -> None:
 
 
 def _set_pass2(ctx: _Context) -> None:
-  """Pass-2 fields of the context (and the tokenizer), loaded once per worker process."""
-  global _CTX, _TOKENIZER
+  """Pass-2 fields of the context (the tokenizer, a label task's labels), loaded once per worker
+  process."""
+  global _CTX, _TOKENIZER, _TASK_LABELS
   if _TOKENIZER is None or _CTX.vocab_path != ctx.vocab_path:
     _TOKENIZER = tok_lib.Tokenizer(vocab_lib.Vocabulary.load(ctx.vocab_path))
+  if ctx.labels_dir and (_TASK_LABELS is None or _TASK_LABELS.source != ctx.labels_dir):
+    _TASK_LABELS = meds_tasks.read_labels(ctx.labels_dir)
   _CTX = dataclasses.replace(ctx, splits=_CTX.splits)  # the splits came with the initializer
 
 
@@ -248,8 +259,17 @@ def _pass1(path: str) -> dict[str, Any]:
   lobs: set[str] = set()
   cost, key = np.zeros(0), np.zeros(0, np.uint64)
   max_day, subjects = None, []
+  value_samples: dict[str, values_lib.Sample] = {}
+  valued_counts: collections.Counter = collections.Counter()
   for c in _clean_chunks(path):
     train = c.split == train_split
+    if int(_CTX.config["num_value_bins"]) > 1:
+      values_lib.sample_values(c, train, int(_CTX.config["value_sample_size"]), value_samples)
+      valued = train & (c.role == Role.OTHER) & np.isfinite(c.value)
+      for i, n in enumerate(np.bincount(c.code_index[valued], minlength=len(c.codes.codes))
+                            .tolist()):
+        if n:
+          valued_counts[c.codes.codes[i]] += n
     code_counts = np.bincount(c.code_index[train], minlength=len(c.codes.codes))
     for code, n in zip(c.codes.codes, code_counts.tolist()):
       counts[code] = counts.get(code, 0) + n
@@ -272,7 +292,8 @@ def _pass1(path: str) -> dict[str, Any]:
     subjects.append(c.subject_ids)
   return {"path": path, "counts": {code: n for code, n in counts.items() if n},
           "lobs": sorted(lobs), "cost": cost, "cost_key": key, "max_day": max_day,
-          "subjects": np.concatenate(subjects)}
+          "subjects": np.concatenate(subjects), "value_samples": value_samples,
+          "valued_counts": dict(valued_counts)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,16 +307,18 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
   tok, ctx = _TOKENIZER, _CTX
   window = labels.Window(ctx.index_day)
   stats = timeline.Stats.zeros(tok)
-  per_split = {s: {"patients": 0, "tokens": 0, "task_examples": 0, "task_with_target_data": 0,
-                   "task_excluded": {r: 0 for r in TASK_EXCLUSIONS}} for s in conventions.SPLITS}
+  per_split = _split_counters()
   out = {"input_rows": 0, "dropped": collections.Counter(), "used_rows": 0,
          "per_split": per_split, "stats": stats, "hashed_subjects": 0,
-         "rows_by_system": collections.Counter()}
+         "rows_by_system": collections.Counter(), "coverage": {}}
   with contextlib.ExitStack() as stack:
     writers = {(kind, split): stack.enter_context(records.ShardWriter(os.path.join(
         ctx.output_dir, kind, records.shard_name(split, index, ctx.num_shards))))
                for kind in (records.TIMELINE, records.TASK) for split in conventions.SPLITS}
     for c in _clean_chunks(path):
+      raw_codes, pre_index = c.codes.codes, c.code_index
+      mapped_codes = _with_parents(c, ctx.code_mapping)
+      c = values_lib.with_value_bins(mapped_codes, ctx.value_bins, _ANALYZER)
       code_ids = timeline.code_token_ids(tok, c.codes)
       for ev in c.subjects(ctx.data_end_day):
         split = conventions.SPLITS[ev.split]
@@ -308,22 +331,117 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
         st = per_split[split]
         st["patients"] += 1
         st["tokens"] += int(fields["tokens"].size)
-        excluded = labels.exclusion(ev, window, ctx.config)
-        if excluded is None:
-          writers[records.TASK, split].write(records.make_record(records.TASK, {
-              "subject_id": ev.subject_id, **timeline.before_index(fields, window.index),
-              "prefix_len": fields["prefix_len"], "index_day": window.index,
-              **labels.compute(ev, window)}))
-          st["task_examples"] += 1
-          st["task_with_target_data"] += labels.has_target_year_data(ev, window)
-        else:
-          st["task_excluded"][excluded] += 1
+        task_writer = _TASK_WRITERS[ctx.config["task"]]
+        task_writer(ev, fields, code_ids, window, writers[records.TASK, split].write, st)
       out["input_rows"] += c.input_rows
       out["dropped"].update(c.dropped)
       out["used_rows"] += int(c.subject.size)
       out["hashed_subjects"] += c.hashed_subjects
       out["rows_by_system"].update(_rows_by_system(c))
+      _count_coverage(out["coverage"], raw_codes, mapped_codes.codes.codes, pre_index, c.codes,
+                      c.code_index, tok)
   return out
+
+
+def _with_parents(c: events_lib.CleanRows, mapping: Optional[dict[str, str]]
+                  ) -> events_lib.CleanRows:
+  """The chunk with its raw codes rewritten to their parents (code_metadata.code_mapping)."""
+  if not mapping or not any(code in mapping for code in c.codes.codes):
+    return c
+  codes = [mapping.get(code, code) for code in c.codes.codes]
+  infos = [_ANALYZER.analyze(code) for code in codes]
+  return dataclasses.replace(c, codes=events_lib.CodeTable(codes, infos))
+
+
+COVERAGE = ("specific", "parent", "unk")
+
+
+def _count_coverage(out: dict[str, dict[str, int]], raw_codes: list[str], mapped_codes: list[str],
+                    raw_index: np.ndarray, codes: events_lib.CodeTable, code_index: np.ndarray,
+                    tok: tok_lib.Tokenizer) -> None:
+  """Rows per code family (the raw code's first `//` part) that got their own token (or its
+  value bin), a parent's (a codes.parquet parent, an ICD-10-CM ancestor) or their system's
+  [UNK]. raw_index / code_index: each row's raw code and final (parent, value bin) code."""
+  k = max(len(codes.codes), 1)
+  pairs, n = np.unique(raw_index.astype(np.int64) * k + code_index, return_counts=True)
+  for pair, rows in zip(pairs.tolist(), n.tolist()):
+    raw, final = divmod(pair, k)
+    ids = tok.code_token_ids(codes.codes[final])
+    if not ids:
+      continue
+    token, info = tok.vocab.tokens[ids[-1]], codes.infos[final]
+    if token.endswith(f"//{tok_lib.UNK}"):
+      how = "unk"
+    elif mapped_codes[raw] != raw_codes[raw] or (info.system == cs.ICD10CM
+                                                 and token != f"{cs.ICD10CM}//{info.key}"):
+      how = "parent"
+    else:
+      how = "specific"
+    family = out.setdefault(raw_codes[raw].partition("//")[0], dict.fromkeys(COVERAGE, 0))
+    family[how] += rows
+
+
+def _split_counters() -> dict[str, dict[str, Any]]:
+  return {s: {"patients": 0, "tokens": 0, "task_examples": 0, "task_with_target_data": 0,
+              "task_positives": 0, "task_empty_histories": 0,
+              "task_excluded": {r: 0 for r in TASK_EXCLUSIONS}} for s in conventions.SPLITS}
+
+
+def _claims_records(ev: events_lib.SubjectEvents, fields: dict[str, Any], code_ids: list,
+                    window: labels.Window, write, st: dict[str, Any]) -> None:
+  """The claims convention: one record at the index date for an eligible subject."""
+  del code_ids
+  excluded = labels.exclusion(ev, window, _CTX.config)
+  if excluded is not None:
+    st["task_excluded"][excluded] += 1
+    return
+  write(records.make_record(records.TASK, {
+      "subject_id": ev.subject_id, **timeline.before_index(fields, window.index),
+      "prefix_len": fields["prefix_len"], "index_day": window.index,
+      **labels.compute(ev, window)}))
+  st["task_examples"] += 1
+  st["task_with_target_data"] += labels.has_target_year_data(ev, window)
+
+
+def events_through(ev: events_lib.SubjectEvents, time_us: int) -> events_lib.SubjectEvents:
+  """The subject's rows at or before time_us (the static sex row kept): its history then."""
+  keep = (ev.time_us <= time_us) | (ev.role == Role.GENDER)
+  day = time_us // meds_tasks.US_PER_DAY
+  death = ev.death if ev.death is not None and np.any(keep & (ev.role == Role.DEATH)) else None
+  return dataclasses.replace(
+      ev, role=ev.role[keep], day=ev.day[keep], time_us=ev.time_us[keep], claim=ev.claim[keep],
+      code_index=ev.code_index[keep], value=ev.value[keep], death=death,
+      start_day=min(ev.start_day, day))
+
+
+def _label_records(ev: events_lib.SubjectEvents, fields: dict[str, Any], code_ids: list,
+                   window: labels.Window, write, st: dict[str, Any]) -> None:
+  """A label task: one record per label row of the subject, the history through its
+  prediction time (per-event times), the claims targets at its day, the label's values."""
+  del fields, window
+  tok = _TOKENIZER
+  for i in _TASK_LABELS.rows_of(ev.subject_id):
+    w = _TASK_LABELS.window(i)
+    past = timeline.tokenize(events_through(ev, w.time_us), tok, code_ids, None)
+    # Every token of `past` is on or before the prediction day: this keeps all but the EOS.
+    history = timeline.before_index(past, w.index + 1)  # TODO(merge): history_at
+    write(records.make_record(records.TASK, {
+        "subject_id": ev.subject_id, **history, "prefix_len": past["prefix_len"],
+        "index_day": w.index, **labels.compute(ev, w)}))
+    st["task_examples"] += 1
+    st["task_with_target_data"] += labels.has_target_year_data(ev, w)
+    st["task_positives"] += int(w.boolean_value == 1)
+    st["task_empty_histories"] += int(history["tokens"].size <= int(past["prefix_len"]))
+
+
+def _no_records(ev, fields, code_ids, window, write, st) -> None:
+  """No task (pretraining only, e.g. MEDS-DEV's unsupervised stage): timelines, no task records."""
+  del ev, fields, code_ids, window, write, st
+
+
+# config.task -> how a subject's task records are written (lmm_jax.data.meds_tasks).
+_TASK_WRITERS = {meds_tasks.CLAIMS: _claims_records, meds_tasks.LABELS: _label_records,
+                 meds_tasks.ACES: _label_records, meds_tasks.NONE: _no_records}
 
 
 def _rows_by_system(c: events_lib.CleanRows) -> dict[str, int]:
@@ -438,7 +556,8 @@ def build_dataset(meds_dir: str, output_dir: str,
   output_dir = os.path.abspath(output_dir)
   paths = meds_io.data_files(meds_dir)
   meds_io.dataset_metadata(meds_dir)
-  splits = meds_io.read_splits(meds_dir)
+  _check_task_config(cfg)
+  splits = meds_io.read_splits(meds_dir) if cfg["split_source"] == "metadata" else None
   ctx = _Context(cfg, splits, len(paths))
   with _exclusive_lock(output_dir):
     _check_replaceable(output_dir)
@@ -447,6 +566,11 @@ def build_dataset(meds_dir: str, output_dir: str,
     work_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.building-",
                                 dir=os.path.dirname(output_dir))
     try:
+      if cfg["task"] == meds_tasks.ACES:
+        ctx.labels_dir = aces_tasks.extract_aces(cfg["task_aces_config"], paths,
+                                                 os.path.join(work_dir, meds_tasks.LABELS_DIR))
+      elif cfg["task"] == meds_tasks.LABELS:
+        ctx.labels_dir = os.path.abspath(cfg["task_labels_dir"])
       if min(int(cfg["num_workers"]), len(paths)) > 1:
         _warm_terminology()
       runner = _Runner(ctx, len(paths))
@@ -463,6 +587,21 @@ def build_dataset(meds_dir: str, output_dir: str,
       shutil.rmtree(work_dir, ignore_errors=True)
       raise
   return report
+
+
+def _check_task_config(cfg: dict[str, Any]) -> None:
+  if cfg["task"] not in _TASK_WRITERS:
+    raise ValueError(f"config.task={cfg['task']!r}: expected one of {sorted(_TASK_WRITERS)}")
+  if cfg["split_source"] not in ("metadata", "hash"):
+    raise ValueError(f"config.split_source={cfg['split_source']!r}: expected 'metadata' or "
+                     "'hash'")
+  need = {meds_tasks.LABELS: "task_labels_dir", meds_tasks.ACES: "task_aces_config"}
+  key = need.get(cfg["task"])
+  if key and not cfg[key]:
+    raise ValueError(f"config.task={cfg['task']!r} needs --config.{key}")
+  if cfg["task"] == meds_tasks.LABELS and not os.path.isdir(cfg["task_labels_dir"]):
+    raise meds_tasks.TaskDefinitionError(
+        f"task_labels_dir={cfg['task_labels_dir']}: no such directory")
 
 
 def _umask() -> int:
@@ -489,8 +628,13 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
   k = int(cfg["cost_sample_size"])
   cost, key = np.zeros(0), np.zeros(0, np.uint64)
   subjects, max_days = [], []
+  value_samples: dict[str, values_lib.Sample] = {}
+  valued_counts: collections.Counter = collections.Counter()
   for r in runner.map(_pass1, paths, "pass 1/2: counting codes"):
     counts.update(r["counts"])
+    valued_counts.update(r["valued_counts"])
+    for code, sample in r["value_samples"].items():
+      values_lib.merge(value_samples, code, sample, int(cfg["value_sample_size"]))
     lobs.update(r["lobs"])
     cost, key = np.concatenate([cost, r["cost"]]), np.concatenate([key, r["cost_key"]])
     if key.size > k:
@@ -500,6 +644,12 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
     if r["max_day"] is not None:
       max_days.append(r["max_day"])
   _check_subjects_in_one_file(subjects)
+  label_task = bool(ctx.labels_dir)
+  task_labels = meds_tasks.read_labels(ctx.labels_dir) if label_task else None
+  unmatched = 0
+  if task_labels is not None:
+    known = np.concatenate([r["subjects"] for r in subjects])
+    unmatched = int((~np.isin(task_labels.subject_id, known)).sum())
   del subjects
   if not max_days:
     raise MEDSFormatError(meds_dir, "no dated events in any data file")
@@ -508,8 +658,20 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
                else meds_io.date_to_day(cfg["index_date"]))
 
   lobs.discard("")
+  code_meta = (code_metadata.read_code_metadata(meds_dir) if cfg["use_code_metadata"]
+               else None)
+  mapping = code_metadata.code_mapping(code_meta, counts, tok_lib.CodeAnalyzer(tok_cfg),
+                                       int(cfg["min_code_count"]), cfg["codes_parquet_parents"])
+  raw_counts, counts = counts, collections.Counter(code_metadata.mapped_counts(counts, mapping))
+  value_bins = values_lib.fit(value_samples, valued_counts, mapping, int(cfg["num_value_bins"]),
+                              int(cfg["min_code_count"]))
+  del value_samples
+  counts.update(value_bins.bin_counts)
   vocab = tok_lib.build_vocabulary(tok_cfg, counts, tok_lib.cost_edges_from_sample(
       cost, int(cfg["num_cost_bins"])), lobs)
+  if code_meta is not None:
+    code_metadata.describe(vocab, code_meta, raw_counts, mapping, int(cfg["min_code_count"]))
+  values_lib.describe_bins(vocab, value_bins, tok_lib.Tokenizer(vocab))
   vocab_path = os.path.join(work_dir, records.VOCAB_FILE)
   vocab.save(vocab_path)
 
@@ -518,12 +680,14 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
   # calendar year of the last event: datasets are assumed to cover whole calendar years.
   open_end = meds_io.year_start_day(meds_io.year_start_day(data_end) + 366) - 1
   ctx2 = dataclasses.replace(ctx, splits=None, output_dir=work_dir, vocab_path=vocab_path,
-                             index_day=index_day, data_end_day=open_end)
+                             index_day=index_day, data_end_day=open_end,
+                             labels_dir=ctx.labels_dir, code_mapping=mapping,
+                             value_bins=value_bins)
   dropped: collections.Counter = collections.Counter({r: 0 for r in DROP_REASONS})
   input_rows = used_rows = hashed = 0
-  per_split = {s: {"patients": 0, "tokens": 0, "task_examples": 0, "task_with_target_data": 0,
-                   "task_excluded": {r: 0 for r in TASK_EXCLUSIONS}} for s in conventions.SPLITS}
+  per_split = _split_counters()
   rows_by_system: collections.Counter = collections.Counter()
+  coverage: dict[str, dict[str, int]] = {}
   stats = None
   jobs = [(i, p, ctx2) for i, p in enumerate(paths)]
   for done, r in enumerate(runner.map(_pass2, jobs, "pass 2/2: writing records"), 1):
@@ -533,8 +697,13 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
     hashed += r["hashed_subjects"]
     dropped.update(r["dropped"])
     rows_by_system.update(r["rows_by_system"])
+    for family, how in r["coverage"].items():
+      mine = coverage.setdefault(family, dict.fromkeys(COVERAGE, 0))
+      for k, n in how.items():
+        mine[k] += n
     for s, st in r["per_split"].items():
-      for k in ("patients", "tokens", "task_examples", "task_with_target_data"):
+      for k in ("patients", "tokens", "task_examples", "task_with_target_data", "task_positives",
+                "task_empty_histories"):
         per_split[s][k] += st[k]
       for k, n in st["task_excluded"].items():
         per_split[s]["task_excluded"][k] += n
@@ -551,6 +720,9 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
       "used_rows": used_rows,
       "dropped": dict(dropped),
       "rows_by_system": dict(sorted(rows_by_system.items())),
+      "code_coverage": dict(sorted(coverage.items())),
+      "codes_mapped_to_parents": len(mapping),
+      "codes_with_value_bins": len(value_bins.edges),
       "splits_source": ("metadata/subject_splits.parquet" if splits is not None
                         else "hash of subject_id"),
       "subjects_hash_split": hashed,
@@ -565,13 +737,31 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
       "task_exclusions": {s: per_split[s]["task_excluded"] for s in conventions.SPLITS},
       "task_examples_with_target_year_data": {s: per_split[s]["task_with_target_data"]
                                               for s in conventions.SPLITS},
+      "task": cfg["task"],
       "config": cfg,
       "elapsed_s": round(time.time() - t0, 2),
   }
   if input_rows != used_rows + sum(dropped.values()):
     raise AssertionError(f"row accounting is off: {input_rows} != {used_rows} + "
                          f"{sum(dropped.values())}")
-  labels.check_build(report, cfg)
+  if label_task:
+    report["task_name"] = os.path.basename(cfg["task_aces_config"] or cfg["task_labels_dir"])
+    report["task_label_rows"] = int(task_labels.subject_id.size)
+    report["task_label_rows_without_subject"] = unmatched
+    report["task_empty_histories"] = {s: per_split[s]["task_empty_histories"]
+                                      for s in conventions.SPLITS}
+    if task_labels.is_boolean:
+      report["task_positives"] = {s: per_split[s]["task_positives"] for s in conventions.SPLITS}
+    meds_tasks.check_task(report, cfg)
+    # The claims checks' target-year share does not apply to a label task.
+    labels.check_build(report, {**cfg, "min_share_with_target_year_data": 0.0})
+  elif cfg["task"] == meds_tasks.NONE:
+    empty = [s for s in cfg["required_splits"] if not report["patients"][s]]
+    if empty:
+      raise ValueError(f"the build has no patients in split(s) {empty} (see report.json's "
+                       "dropped; config.required_splits lists the splits that must not be empty)")
+  else:
+    labels.check_build(report, cfg)
   with open(os.path.join(work_dir, records.REPORT_FILE), "w") as f:
     json.dump(report, f, indent=1, sort_keys=True)
     f.write("\n")

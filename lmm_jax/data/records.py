@@ -36,6 +36,7 @@ import msgpack
 import numpy as np
 
 from lmm_jax.data import labels
+from lmm_jax.data import meds_tasks  # pylint: disable=unused-import (registers the MEDS label)
 from lmm_jax.data.fields import Field, FieldKind
 
 TIMELINE = "timeline"

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from lmm_jax import conventions
+from lmm_jax.data import meds_tasks
 from lmm_jax.eval import metrics as eval_metrics
 from lmm_jax.eval import predictions as predictions_lib
 from lmm_jax.tasks.finetune import Collect, FinetuneTask
@@ -59,6 +60,7 @@ class CostTask(FinetuneTask):
   def __init__(self, config: ml_collections.ConfigDict, vocab: Any | None = None,
                stats: Mapping[str, np.ndarray] | None = None):
     super().__init__(config, vocab, stats)
+    meds_tasks.check_cost_target(config.data_dir, self.stats["cost"])
     cc = config.cost
     if cc.loss not in COST_LOSSES:
       raise ValueError(f"config.cost.loss={cc.loss!r}: expected one of {COST_LOSSES}")

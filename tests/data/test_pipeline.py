@@ -41,7 +41,8 @@ def _write(data_dir: str) -> dict[int, dict]:
                        cost_prior=float(sid), dx_prior=["E119"],
                        cond_next=(np.arange(conditions.NUM_CONDITIONS) == sid % 22).astype(
                            np.uint8),
-                       cond_prior=np.zeros(conditions.NUM_CONDITIONS, np.uint8))
+                       cond_prior=np.zeros(conditions.NUM_CONDITIONS, np.uint8),
+                       prediction_time=30_000 * 86_400_000_000, boolean_value=-1)
             by_sid[sid] = rec
           w.write(rec)
   assert sid == NUM_RECORDS

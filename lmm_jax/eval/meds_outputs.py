@@ -1,0 +1,115 @@
+"""Predictions in the layouts the MEDS ecosystem reads.
+
+  WORKDIR/predictions/meds/MODEL.parquet   (binary tasks)
+    meds-evaluation's PredictionSchema: subject_id int64, prediction_time timestamp[us],
+    boolean_value bool (the label), predicted_boolean_value bool (probability >= threshold),
+    predicted_boolean_probability float32. `meds-evaluation-cli predictions_path=...` reads it.
+
+  WORKDIR/predictions/meds_cost/MODEL.parquet   (cost; our regression extension of the schema)
+    subject_id, prediction_time, float_value float64 (the observed next-12-month cost),
+    predicted_float_value float64 (dollars), and when the model has them
+    predicted_float_value_capped, predicted_float_value_p10 / _p50 / _p90.
+    `cost_to_meds` converts a predictions/cost/MODEL.parquet file (lmm_jax.eval.predictions).
+
+Rows are in the order of the split's task records (one per subject and prediction time); the
+prediction times come from those records. Per-patient files live only under a run's workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from meds_evaluation.schema import PredictionSchema
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lmm_jax.data import records
+
+MEDS_DIR = "meds"
+META_KEY = b"lmm_jax"
+
+
+def predictions_path(workdir: str, model: str) -> str:
+  return os.path.join(workdir, "predictions", MEDS_DIR, f"{model}.parquet")
+
+
+def prediction_times(data_dir: str, split: str, subject_id: np.ndarray) -> np.ndarray:
+  """int64[N] prediction times (us) of the split's task records, checked against the order of
+  the predicted subject ids (an ordered pass reads the records in this order)."""
+  sid, t = [], []
+  for rec in records.read_records(data_dir, records.TASK, split):
+    sid.append(int(rec["subject_id"]))
+    t.append(int(rec["prediction_time"]))
+  if not np.array_equal(np.asarray(sid, np.int64), np.asarray(subject_id, np.int64)):
+    raise ValueError(f"{data_dir}/task/{split}: the predicted rows ({len(subject_id)}) are not the "
+                     f"split's {len(sid)} task records in order; predict the whole split")
+  return np.asarray(t, np.int64)
+
+
+def binary_table(subject_id: np.ndarray, time_us: np.ndarray, label: np.ndarray,
+                 probability: np.ndarray, threshold: float = 0.5) -> pa.Table:
+  """The PredictionSchema table of binary predictions (validated by meds-evaluation's schema)."""
+  p = np.asarray(probability, np.float32)
+  table = pa.table({
+      "subject_id": pa.array(np.asarray(subject_id, np.int64)),
+      "prediction_time": pa.array(np.asarray(time_us, np.int64), pa.int64()).cast(
+          pa.timestamp("us")),
+      "boolean_value": pa.array(np.asarray(label) == 1),
+      "predicted_boolean_value": pa.array(p >= threshold),
+      "predicted_boolean_probability": pa.array(p, pa.float32()),
+  })
+  return PredictionSchema.align(table)
+
+
+def write_binary_predictions(workdir: str, model: str, data_dir: str, split: str,
+                             subject_id: np.ndarray, label: np.ndarray, probability: np.ndarray,
+                             meta: Mapping[str, Any]) -> str:
+  """Writes predictions/meds/MODEL.parquet (atomically); returns its path."""
+  table = binary_table(subject_id, prediction_times(data_dir, split, subject_id), label,
+                       probability)
+  table = table.replace_schema_metadata({META_KEY: (
+      json.dumps(dict(meta), default=str).encode())})
+  path = predictions_path(workdir, model)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  pq.write_table(table, tmp)
+  os.replace(tmp, path)
+  return path
+
+
+def cost_table(subject_id: np.ndarray, time_us: np.ndarray, y_true: np.ndarray,
+               y_pred: np.ndarray, extra: Mapping[str, np.ndarray]) -> pa.Table:
+  """Cost predictions in the label layout: float_value / predicted_float_value (+ extra)."""
+  cols = {"subject_id": pa.array(np.asarray(subject_id, np.int64)),
+          "prediction_time": pa.array(np.asarray(time_us, np.int64), pa.int64()).cast(
+              pa.timestamp("us")),
+          "float_value": pa.array(np.asarray(y_true, np.float64)),
+          "predicted_float_value": pa.array(np.asarray(y_pred, np.float64))}
+  for name, x in extra.items():
+    cols[f"predicted_float_value_{name}"] = pa.array(np.asarray(x, np.float64))
+  return pa.table(cols)
+
+
+def cost_to_meds(predictions_file: str, data_dir: str, out_file: str) -> str:
+  """Writes the cost predictions file (predictions/cost/MODEL.parquet, split named in its
+  metadata) in the MEDS label layout, with each row's prediction time; returns out_file."""
+  table = pq.read_table(predictions_file)
+  meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+  split = meta.get("split")
+  if not split:
+    raise ValueError(f"{predictions_file}: no split in its lmm_jax metadata")
+  sid = table.column("subject_id").to_numpy()
+  columns = {"capped": "y_pred_capped", "p10": "y_p10", "p50": "y_p50", "p90": "y_p90"}
+  extra = {name: table.column(col).to_numpy() for name, col in columns.items()
+           if col in table.column_names}
+  out = cost_table(sid, prediction_times(data_dir, split, sid), table.column("y_true").to_numpy(),
+                   table.column("y_pred").to_numpy(), extra)
+  out = out.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+  os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+  tmp = f"{out_file}.tmp-{os.getpid()}"
+  pq.write_table(out, tmp)
+  os.replace(tmp, out_file)
+  return out_file
