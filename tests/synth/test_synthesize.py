@@ -279,8 +279,17 @@ def test_oracle_beats_simple_predictors_on_held_out(calib_dir):
 
 
 @pytest.mark.parametrize("kwargs", [dict(num_patients=0), dict(first_year=2022, last_year=2021),
-                                    dict(oracle_rollouts=0)])
+                                    dict(oracle_rollouts=0), dict(oracle_rollouts_other=0),
+                                    dict(split_fractions=(0.5, 0.1, 0.1))])
 def test_bad_arguments_fail_clearly(tmp_path, kwargs):
   args = {**dict(num_patients=10, seed=0, progress=False), **kwargs}
   with pytest.raises(ValueError):
     synthesize(str(tmp_path), **args)
+
+
+def test_split_fractions_set_the_held_out_share(tmp_path):
+  synthesize(str(tmp_path), num_patients=600, seed=2, split_fractions=(0.4, 0.1, 0.5),
+             oracle_rollouts=4, oracle_rollouts_other=2, progress=False)
+  splits = pq.read_table(os.path.join(str(tmp_path), "metadata", "subject_splits.parquet"))
+  share = np.mean(np.array(splits.column("split").to_pylist()) == conv.HELD_OUT)
+  assert 0.42 < share < 0.58, share
