@@ -25,6 +25,8 @@ _ORACLE_ROLLOUTS = flags.DEFINE_integer(
     "oracle_rollouts", 256, "Simulated target years per held-out member for the oracle.")
 _ORACLE_ROLLOUTS_OTHER = flags.DEFINE_integer(
     "oracle_rollouts_other", 16, "Simulated target years per train/tuning member.")
+_SPLIT_FRACTIONS = flags.DEFINE_list(
+    "split_fractions", ["0.8", "0.1", "0.1"], "Train, tuning and held-out shares of the people.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -35,6 +37,7 @@ def main(argv):
                        patients_per_shard=_PATIENTS_PER_SHARD.value,
                        num_workers=_NUM_WORKERS.value, oracle_rollouts=_ORACLE_ROLLOUTS.value,
                        oracle_rollouts_other=_ORACLE_ROLLOUTS_OTHER.value,
+                       split_fractions=tuple(float(f) for f in _SPLIT_FRACTIONS.value),
                        progress=_PROGRESS.value)
   keys = ("patients", "rows", "shards", "seconds", "mean_cost", "top5_share", "bottom50_share")
   print(json.dumps({k: summary.get(k) for k in keys}, indent=2))

@@ -115,24 +115,39 @@ def condition_flags(icd10cm_codes: Iterable[str]) -> np.ndarray:
   return flags
 
 
+@functools.lru_cache(maxsize=None)
+def _rule_groups() -> tuple[tuple[tuple[str, ...], np.ndarray], ...]:
+  """(single_claim_types, condition mask bool[C]) per distinct single-claim rule."""
+  groups: dict[tuple[str, ...], np.ndarray] = {}
+  for k, c in enumerate(CONDITIONS):
+    groups.setdefault(c.rule.single_claim_types, np.zeros(NUM_CONDITIONS, bool))[k] = True
+  return tuple(groups.items())
+
+
 def case_flags(cond_ExC: np.ndarray, claim_type: Sequence[str], day: np.ndarray) -> np.ndarray:
   """uint8[NUM_CONDITIONS]: the case rule over the diagnosis rows of one window.
 
   cond_ExC: uint8/bool [E, C] conditions of each diagnosis row; claim_type: the claim type of the
   row's claim (an unknown or empty type counts as an "other" claim); day: int [E].
   """
-  out = np.zeros(NUM_CONDITIONS, np.uint8)
   cond_ExC = np.asarray(cond_ExC, bool)
   if cond_ExC.size == 0:
-    return out
+    return np.zeros(NUM_CONDITIONS, np.uint8)
   day = np.asarray(day, np.int64)
-  for k, c in enumerate(CONDITIONS):
-    rows = np.flatnonzero(cond_ExC[:, k])
-    if rows.size == 0:
-      continue
-    single = np.isin(np.asarray(claim_type, object)[rows], c.rule.single_claim_types)
-    out[k] = bool(single.any()) or len(np.unique(day[rows])) >= c.rule.other_claims
-  return out
+  types = np.asarray(claim_type, object)
+  single = np.zeros(NUM_CONDITIONS, bool)
+  for single_types, mask in _rule_groups():
+    rows = np.isin(types, single_types)
+    if rows.any():
+      single |= cond_ExC[rows].any(0) & mask
+  big = np.iinfo(np.int64).max
+  first = np.where(cond_ExC, day[:, None], big).min(0)
+  last = np.where(cond_ExC, day[:, None], -big).max(0)
+  out = single | (last > first)   # two qualifying days
+  for k, c in enumerate(CONDITIONS):   # rules asking for more than two days (none by default)
+    if c.rule.other_claims != 2 and not single[k]:
+      out[k] = len(np.unique(day[cond_ExC[:, k]])) >= c.rule.other_claims
+  return out.astype(np.uint8)
 
 
 def index_of(names: Sequence[str]) -> list[int]:

@@ -198,7 +198,7 @@ FRAIL_RHO_MONTH = 0.85        # monthly autocorrelation of the AR(1) part
 # age band (x frailty^0.3, x (1 + 0.08 chronic conditions), x 2 in terminal decline), at a gap of
 # 1 + Exponential(READMIT_GAP_MEAN) days: about 20% of Medicare-age discharges are readmitted
 # within 30 days (Jencks et al., NEJM 2009).
-READMIT_P90 = np.array([0.03, 0.05])   # under 65, 65+
+READMIT_P90 = np.array([0.045, 0.075])   # under 65, 65+
 READMIT_GAP_MEAN = 20.0
 # Medication adherence: per-person propensity (the proportion of days covered, PDC) ~ Beta; a
 # month on a maintenance drug without its fill is a refill gap. Recent gaps (decayed count)
@@ -218,7 +218,7 @@ DURATION_YEARS = 8.0
 # case fatality stays immediate. About a quarter of Medicare spending is in the last year of life
 # (Riley and Lubitz, Health Serv Res 2010).
 DECLINE_DEATH_MONTH = 0.2
-DECLINE_UTIL = 4.0
+DECLINE_UTIL = 5.5
 # Winter seasonality: rate x (1 + amplitude cos(2 pi month / 12)), peak in January.
 SEASON_AMPLITUDE = {"respiratory": 0.35, "heart_failure": 0.15}
 
@@ -380,6 +380,13 @@ def new_population(n: int, first_year: int, rng: np.random.Generator) -> State:
     progress(st, 1.0, rng, t_mid)
     st.alive = alive_save
     evolve_health(st, 12, rng)
+  # People already in a terminal decline at the start, at its steady-state share (entry hazard x
+  # mean duration), so the first months carry no wave of new declines.
+  age_now = age0.astype(np.float32)
+  active_cancer = st.present[:, CANCER_IDX] & (-st.onset[:, CANCER_IDX] < 12)
+  mort = chronic_mortality(st, age_now, is_advanced(st), active_cancer)
+  st.decline = rng.random(n) < np.minimum(
+      annual_to_month(mort) / DECLINE_DEATH_MONTH, 0.9)
   # Enrollment: most members are covered from the start, others join later.
   join = np.where(rng.random(n) < 0.75, 0, rng.integers(1, 84, n)).astype(np.int32)
   st.join_mi = join
@@ -471,6 +478,18 @@ def current_codes(st: State, t: int) -> tuple[np.ndarray, np.ndarray]:
                                        code_lib.HISTORY["stroke"]), code[:, k])
   p_alt[:, k] = np.where(late, 0.0, P_ALT_CODE)
   return code.astype(np.int32), p_alt
+
+
+def chronic_mortality(st: State, age: np.ndarray, advanced: np.ndarray,
+                      active_cancer: np.ndarray) -> np.ndarray:
+  """Annual hazard of entering the terminal decline, float [n]: a Gompertz baseline times the
+  hazard ratios of the latent state."""
+  mort = np.exp(MORT_A + MORT_B * np.minimum(age, 105.0)) * np.exp(
+      st.present.astype(np.float32) @ MORT_LOG) * np.sqrt(st.frail)
+  mort *= np.where(st.ckd_stage == 6, 3.5, np.where(st.ckd_stage >= 4, 1.5, 1.0))
+  mort *= np.array([1.0, 1.0, 1.5, 2.5])[st.hf_sev]
+  mort *= np.prod(np.where(advanced, ADVANCED_MORT_HR, 1.0), axis=1)
+  return mort * np.where(active_cancer.any(1), 1.5, 1.0)
 
 
 def is_advanced(st: State) -> np.ndarray:

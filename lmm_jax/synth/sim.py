@@ -86,7 +86,6 @@ class Sink:
                          cost.astype(np.float32), valid.sum(1).astype(np.int32),
                          codes_MxW[valid].astype(np.int32)))
 
-
   def stay(self, pidx: np.ndarray, admit: np.ndarray, discharge: np.ndarray, age: np.ndarray,
            principal: np.ndarray) -> None:
     """Inpatient stays (kept only when emitting, for the calibration figures)."""
@@ -311,12 +310,7 @@ def step(st: world.State, t: int, cal: Calendar, rng: np.random.Generator, sink:
   # --- mortality --------------------------------------------------------------------------------
   advanced = world.is_advanced(st)
   active_cancer = st.present[:, world.CANCER_IDX] & ((t - st.onset[:, world.CANCER_IDX]) < 12)
-  mort = np.exp(world.MORT_A + world.MORT_B * np.minimum(age, 105.0)) * np.exp(
-      st.present.astype(np.float32) @ world.MORT_LOG) * np.sqrt(st.frail)
-  mort *= np.where(st.ckd_stage == 6, 3.5, np.where(st.ckd_stage >= 4, 1.5, 1.0))
-  mort *= np.array([1.0, 1.0, 1.5, 2.5])[st.hf_sev]
-  mort *= np.prod(np.where(advanced, world.ADVANCED_MORT_HR, 1.0), axis=1)
-  mort *= np.where(active_cancer.any(1), 1.5, 1.0)
+  mort = world.chronic_mortality(st, age, advanced, active_cancer)
   # The chronic hazard starts a terminal decline; death follows it (or an acute event's fatality).
   enter = alive & ~st.decline & (rng.random(n) < world.annual_to_month(mort))
   fat = np.array([world.FATALITY[e] for e in world.ACUTE_NAMES]) * np.where(

@@ -265,7 +265,8 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
     ever[p_idx[np.isin(codes, code_lib.ENROLL_START)]] = True
   table = _rows_table(subject_id, st, sink, members)
   u = np.random.default_rng(ss_split).random(n)
-  split = np.where(u < 0.8, 0, np.where(u < 0.9, 1, 2))
+  train_f, tuning_f, _ = task["split_fractions"]
+  split = np.where(u < train_f, 0, np.where(u < train_f + tuning_f, 1, 2))
   split = np.where(ever, split, -1)
   row_split = split[(table.column("subject_id").to_numpy() - subject_id[0]).astype(np.int64)]
   rows_written = {}
@@ -418,14 +419,17 @@ def _clear_outputs(output_dir: str) -> None:
 def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int = 2016,
                last_year: int = 2022, patients_per_shard: int = 10_000,
                num_workers: int | None = None, oracle_rollouts: int = 256,
-               oracle_rollouts_other: int = 16, progress: bool = True) -> dict[str, Any]:
+               oracle_rollouts_other: int = 16,
+               split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+               progress: bool = True) -> dict[str, Any]:
   """Writes a synthetic MEDS claims dataset with oracle ground truth to output_dir.
 
   Output: data/{train,tuning,held_out}/{shard}.parquet, metadata/{dataset.json,codes.parquet,
   subject_splits.parquet}, ground_truth/{oracle.parquet,summary.json,README.md}. The same seed (and
   patients_per_shard) gives identical files whatever num_workers is. Returns the summary.
   oracle_rollouts: simulated target years per held-out member (the oracle the tables evaluate);
-  oracle_rollouts_other: per train/tuning member.
+  oracle_rollouts_other: per train/tuning member. split_fractions: train/tuning/held_out shares
+  of the people (a larger held-out share gives the tables more members per simulated person).
   """
   if num_patients <= 0:
     raise ValueError(f"num_patients must be positive, got {num_patients}")
@@ -435,6 +439,10 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
     raise ValueError("patients_per_shard, oracle_rollouts and oracle_rollouts_other must be "
                      f"positive, got {patients_per_shard}, {oracle_rollouts}, "
                      f"{oracle_rollouts_other}")
+  fractions = tuple(float(f) for f in split_fractions)
+  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+    raise ValueError(f"split_fractions must be three non-negative shares summing to 1, got "
+                     f"{split_fractions}")
   start_time = time.time()
   _clear_outputs(output_dir)
   for sub in [os.path.join("data", s) for s in conv.SPLITS] + ["metadata", "ground_truth"]:
@@ -443,7 +451,7 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
   tasks = [dict(chunk=k, num_patients=min(patients_per_shard, num_patients - k * patients_per_shard),
                 seed=seed, first_year=first_year, last_year=last_year,
                 patients_per_shard=patients_per_shard, rollouts=oracle_rollouts,
-                rollouts_other=oracle_rollouts_other,
+                rollouts_other=oracle_rollouts_other, split_fractions=fractions,
                 output_dir=output_dir) for k in range(num_chunks)]
   if num_workers is None:
     num_workers = os.cpu_count() or 1
@@ -498,7 +506,7 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
       "subjects_by_split": {s: int(np.sum(names == s)) for s in conv.SPLITS},
       "missing_claims_dropped": totals["dropped_claims"], "seed": seed, "first_year": first_year,
       "last_year": last_year, "oracle_rollouts": oracle_rollouts,
-      "oracle_rollouts_other": oracle_rollouts_other,
+      "oracle_rollouts_other": oracle_rollouts_other, "split_fractions": list(fractions),
       "distinct_codes_by_system": _distinct_by_system(used_codes),
       "index_date": f"{last_year}-01-01",
       "calibration_year": last_year - 1 if last_year > first_year else last_year,

@@ -19,9 +19,8 @@ def test_oracle_rows_carry_median_and_standard_errors(tiny_data_dir, tmp_path):
   for arr in (o.median_cost, o.expected_cost_se, o.median_cost_se):
     assert arr is not None and arr.shape == o.expected_cost.shape and np.all(arr >= 0)
   assert o.p_se_MxC.shape == o.p_MxC.shape and np.all(o.p_se_MxC <= 0.5 / np.sqrt(256) + 1e-6)
-  # The median predicts absolute error better than the mean on skewed costs.
-  y = held.cost_next[o.rows]
-  assert np.abs(y - o.median_cost).mean() < np.abs(y - o.expected_cost).mean()
+  # Costs are right-skewed: the conditional median lies below the mean for most members.
+  assert np.mean(o.median_cost < o.expected_cost) > 0.7
   meta = {"kind": "oracle", "data_dir": tiny_data_dir, "split": conventions.HELD_OUT,
           "num_params": 0, "description": "conditional median of the synthetic world"}
   out = oracle_lib.write_median_row(str(tmp_path), held, o, meta)

