@@ -11,6 +11,12 @@
     predicted_float_value_capped, predicted_float_value_p10 / _p50 / _p90.
     `cost_to_meds` converts a predictions/cost/MODEL.parquet file (lmm_jax.eval.predictions).
 
+  DIR/{split}/{sample}.parquet   (generated futures, the trajectory layout of MEDS-EIC-AR)
+    MEDS data, one file per sample index: subject_id, prediction_time, time (prediction time +
+    the generated clock), code (the token), numeric_value (a cost bin's mean dollars, a time
+    gap's days, else null), sorted by subject, prediction time and time.
+    `write_futures` writes them from `lmm_jax.sampling.decode.Futures`.
+
 Rows are in the order of the split's task records (one per subject and prediction time); the
 prediction times come from those records. Per-patient files live only under a run's workdir.
 """
@@ -113,3 +119,51 @@ def cost_to_meds(predictions_file: str, data_dir: str, out_file: str) -> str:
   pq.write_table(out, tmp)
   os.replace(tmp, out_file)
   return out_file
+
+
+def futures_tables(tokens_RxT: np.ndarray, clock_RxT: np.ndarray, num_tokens_R: np.ndarray,
+                   num_samples: int, subject_id_P: np.ndarray, time_us_P: np.ndarray,
+                   vocab: Any) -> list[pa.Table]:
+  """One MEDS data table per sample index from sampled futures (row = patient * num_samples +
+  sample, as `Futures`); the clock is in days after the prediction time."""
+  tokens_RxT, clock_RxT = np.asarray(tokens_RxT), np.asarray(clock_RxT, np.float64)
+  num_tokens_R = np.asarray(num_tokens_R)
+  if tokens_RxT.shape[0] != len(subject_id_P) * num_samples:
+    raise ValueError(f"{tokens_RxT.shape[0]} future rows for {len(subject_id_P)} patients x "
+                     f"{num_samples} samples")
+  names = np.asarray(vocab.tokens, object)
+  value_V = np.where(vocab.cost_value > 0, vocab.cost_value,
+                     np.where(vocab.time_gap_days > 0, vocab.time_gap_days, np.nan))
+  out = []
+  for k in range(num_samples):
+    rows = np.arange(len(subject_id_P)) * num_samples + k
+    keep_RxT = np.arange(tokens_RxT.shape[1])[None, :] < num_tokens_R[rows][:, None]
+    p_idx, t_idx = np.nonzero(keep_RxT)
+    tok = tokens_RxT[rows][p_idx, t_idx]
+    base = np.asarray(time_us_P, np.int64)[p_idx]
+    time = base + np.round(clock_RxT[rows][p_idx, t_idx] * 86_400_000_000).astype(np.int64)
+    value = value_V[tok].astype(np.float64)
+    table = pa.table({
+        "subject_id": pa.array(np.asarray(subject_id_P, np.int64)[p_idx]),
+        "prediction_time": pa.array(base, pa.int64()).cast(pa.timestamp("us")),
+        "time": pa.array(time, pa.int64()).cast(pa.timestamp("us")),
+        "code": pa.array(names[tok].tolist(), pa.string()),
+        "numeric_value": pa.array(value, pa.float32(), mask=np.isnan(value)),
+    })
+    out.append(table.sort_by([("subject_id", "ascending"), ("prediction_time", "ascending"),
+                              ("time", "ascending")]))
+  return out
+
+
+def write_futures(out_dir: str, split: str, futures: Any, subject_id_P: np.ndarray,
+                  time_us_P: np.ndarray, vocab: Any) -> list[str]:
+  """Writes OUT_DIR/{split}/{sample}.parquet (one per sample index); returns the paths."""
+  tables = futures_tables(futures.tokens, futures.clock, futures.num_tokens, futures.num_samples,
+                          subject_id_P, time_us_P, vocab)
+  os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+  paths = []
+  for k, table in enumerate(tables):
+    path = os.path.join(out_dir, split, f"{k}.parquet")
+    pq.write_table(table, path)
+    paths.append(path)
+  return paths

@@ -7,6 +7,7 @@ new prediction target is one module in this folder (plus its labels and its conf
   pretrain   next-token prediction over packed timelines          tasks/pretrain.py
   cost       next-year allowed cost (Tweedie / Poisson / Huber)    tasks/cost.py
   chronic    next-year chronic conditions, multi-label             tasks/chronic.py
+  binary     a MEDS label's boolean_value (e.g. MEDS-DEV tasks)    tasks/binary.py
 
 Shared by the fine-tuning tasks: tasks/finetune.py (backbone + head over TASK records) and
 tasks/losses.py.

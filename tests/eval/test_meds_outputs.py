@@ -8,10 +8,12 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from lmm_jax.data import records
 from lmm_jax.data import meds_tasks
+from lmm_jax.data import records
+from lmm_jax.data.vocab import Vocabulary
 from lmm_jax.eval import meds_outputs
 from lmm_jax.eval import predictions
+from lmm_jax.sampling import decode
 from meds_evaluation.evaluate import evaluate_binary_classification
 from meds_evaluation.schema import PredictionSchema
 
@@ -50,3 +52,29 @@ def test_cost_predictions_in_the_label_layout(tiny_data_dir, tmp_path):
   with pytest.raises(ValueError, match="not the split's"):
     meds_outputs.prediction_times(tiny_data_dir, "held_out", sid[::-1].copy())
   assert os.path.exists(out)
+
+
+def test_generated_futures_are_meds_data_with_a_prediction_time(tmp_path):
+  entries = [{"token": t, "kind": k, "system": "X", "count": 1, "value": v}
+             for t, k, v in (("[PAD]", "special", 0), ("[BOS]", "special", 0),
+                             ("[EOS]", "special", 0), ("LAB//A", "other", 0),
+                             ("TIME//7-30d", "time", 12.0), ("COST//BIN01", "cost", 250.0))]
+  vocab = Vocabulary(entries)
+  # 2 patients x 2 samples; row = patient * 2 + sample; 0 after each future's end.
+  tokens = np.array([[3, 4, 3, 2], [5, 2, 0, 0], [3, 2, 0, 0], [4, 5, 3, 2]], np.int32)
+  clock = np.array([[0, 12, 12, 12], [0.5, 0.5, 0, 0], [1, 1, 0, 0], [12, 12, 12.25, 12.25]])
+  futures = decode.Futures(tokens, clock.astype(np.float32), np.array([4, 2, 2, 4]),
+                           np.zeros(4, np.int8), num_samples=2)
+  t0 = np.array([10**15, 2 * 10**15], np.int64)
+  paths = meds_outputs.write_futures(str(tmp_path), "held_out", futures, np.array([7, 3]), t0,
+                                     vocab)
+  assert [os.path.basename(p) for p in paths] == ["0.parquet", "1.parquet"]
+  s1 = pl.read_parquet(paths[1])
+  assert s1.columns == ["subject_id", "prediction_time", "time", "code", "numeric_value"]
+  assert s1["subject_id"].to_list() == [3, 3, 3, 3, 7, 7]   # sorted by subject
+  assert s1.filter(pl.col("subject_id") == 3)["code"].to_list() == [
+      "TIME//7-30d", "COST//BIN01", "LAB//A", "[EOS]"]
+  assert s1.filter(pl.col("subject_id") == 7)["numeric_value"].to_list() == [250.0, None]
+  first = s1.filter(pl.col("subject_id") == 3)
+  assert (first["time"] - first["prediction_time"]).dt.total_hours().to_list() == [
+      288, 288, 294, 294]
