@@ -74,6 +74,7 @@ def training_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 500          # and always at the end; 0 disables periodic eval
   c.eval_batches = 50               # tuning-split batches per eval; -1 means the whole split
   c.eval_split = "tuning"
+  c.train_examples = 0              # > 0: train on the first N train records only (scaling curves)
   c.batch_size = 32                 # global batch (sequences per optimizer step, all processes)
   c.eval_batch_size = 32
   c.seq_len = 512

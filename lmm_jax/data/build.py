@@ -311,7 +311,7 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
         excluded = labels.exclusion(ev, window, ctx.config)
         if excluded is None:
           writers[records.TASK, split].write(records.make_record(records.TASK, {
-              "subject_id": ev.subject_id, **timeline.before_index(fields, window.index),
+              "subject_id": ev.subject_id, **timeline.history_at(fields, window.index, tok),
               "prefix_len": fields["prefix_len"], "index_day": window.index,
               **labels.compute(ev, window)}))
           st["task_examples"] += 1
@@ -508,8 +508,9 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
                else meds_io.date_to_day(cfg["index_date"]))
 
   lobs.discard("")
-  vocab = tok_lib.build_vocabulary(tok_cfg, counts, tok_lib.cost_edges_from_sample(
-      cost, int(cfg["num_cost_bins"])), lobs)
+  vocab = tok_lib.build_vocabulary(tok_cfg, counts, tok_lib.cost_edges(
+      cfg["cost_bin_spacing"], int(cfg["num_cost_bins"]), cost, cfg["cost_bin_low"],
+      cfg["cost_bin_high"]), lobs)
   vocab_path = os.path.join(work_dir, records.VOCAB_FILE)
   vocab.save(vocab_path)
 
