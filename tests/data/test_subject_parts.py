@@ -309,3 +309,15 @@ def test_label_registry_rejects_clashes():
     with pytest.raises(ValueError, match="returned"):
       labels.compute(_subject(), labels.Window(INDEX))
   assert "y" not in records.field_names(records.TASK)
+
+
+def test_log_cost_edges_span_one_dollar_to_500k():
+  edges = tok_lib.cost_edges("log", 40, np.zeros(0))
+  assert len(edges) == 39 and edges[0] == 1.0 and edges[-1] == 500_000.0
+  ratios = np.diff(np.log(edges))
+  np.testing.assert_allclose(ratios, np.log(5e5) / 38, atol=0.01)  # equal factors (to the cent)
+  assert tok_lib.cost_edges("quantile", 4, np.arange(1.0, 101.0)) == [25.75, 50.5, 75.25]
+  with pytest.raises(ValueError, match="cost_bin_spacing='linear'"):
+    tok_lib.cost_edges("linear", 40, np.zeros(0))
+  with pytest.raises(ValueError, match="num_cost_bins >= 3"):
+    tok_lib.cost_edges("log", 2, np.zeros(0))
