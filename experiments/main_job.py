@@ -79,6 +79,7 @@ def stage_configs(job: ml_collections.ConfigDict, workdir: str
   out = {"pretrain": pretrain_cfg.get_config(job.preset)}
   if job.pretrain_steps:
     out["pretrain"].num_train_steps = job.pretrain_steps
+  out["pretrain"].train_examples = job.pretrain_examples
   for name, module, init_from, model_name in (
       ("finetune_cost", cost_cfg, pretrain_dir, "lmm_finetuned"),
       ("finetune_chronic", chronic_cfg, pretrain_dir, "lmm_finetuned"),
@@ -88,6 +89,7 @@ def stage_configs(job: ml_collections.ConfigDict, workdir: str
     c.init_from, c.model_name = init_from, model_name
     if job.finetune_steps:
       c.num_train_steps = job.finetune_steps
+    c.train_examples = job.finetune_examples
     out[name] = c
   g = generate_cfg.get_config(job.preset)
   g.init_from = pretrain_dir

@@ -27,8 +27,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.map_icd9_to_icd10 = True
   c.drug_grouping = "ndc"          # 'ndc' | 'ndc9' | 'hhs_class'
   c.time_gap_edges_days = (1, 7, 30, 91, 182, 365)
-  c.num_cost_bins = 20
-  c.cost_sample_size = 200_000     # claims kept (bounded) to fit the cost-bin quantiles
+  c.num_cost_bins = 40              # claim-cost tokens: [0, low), log-spaced to high, [high, inf)
+  c.cost_bin_spacing = "log"       # 'log' (fixed edges below) | 'quantile' (of the train sample)
+  c.cost_bin_low = 1.0             # dollars ('log' spacing)
+  c.cost_bin_high = 500_000.0
+  c.cost_sample_size = 200_000     # claims kept (bounded) to fit the cost-bin quantiles ('quantile')
   c.index_date = "auto"            # 'auto' = Jan 1 of the last calendar year in the data
   c.min_history_days = 365
   c.require_full_target_year = True

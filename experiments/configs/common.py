@@ -29,7 +29,9 @@ PRESETS = ("tiny", "demo", "small", "base", "large")
 #   tiny 0.7M, demo 1.9M, small 17M, base 91M, large 1.15B.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"seq_len": 64},
-    "demo": {"seq_len": 256, "model.num_layers": 4, "model.d_model": 128, "model.mlp_dim": 384,
+    # demo: 512 tokens hold the whole year before the index for 99.5% of the members of the
+    # 8,000-patient world (256: 95.2%; benchmarks/bench_history_coverage.py, docs/training.md).
+    "demo": {"seq_len": 512, "model.num_layers": 4, "model.d_model": 128, "model.mlp_dim": 384,
              "model.num_heads": 4, "model.num_kv_heads": 4, "model.head_dim": 32},
     "small": {"seq_len": 512, "model.num_layers": 8, "model.d_model": 384, "model.mlp_dim": 1024,
               "model.num_heads": 6, "model.num_kv_heads": 6, "model.head_dim": 64,
@@ -74,6 +76,7 @@ def training_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 500          # and always at the end; 0 disables periodic eval
   c.eval_batches = 50               # tuning-split batches per eval; -1 means the whole split
   c.eval_split = "tuning"
+  c.train_examples = 0              # > 0: train on the first N train records only (scaling curves)
   c.batch_size = 32                 # global batch (sequences per optimizer step, all processes)
   c.eval_batch_size = 32
   c.seq_len = 512
@@ -137,10 +140,11 @@ FINETUNE_SCHEDULES: dict[str, dict[str, Any]] = {
     "tiny": {"num_train_steps": 10, "batch_size": 8, "eval_batch_size": 16,
              "eval_every_steps": 0, "checkpoint_every_steps": 10, "log_every_steps": 5,
              "optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 2},
-    # demo: about 0.7 epoch of the 8,000-patient default world; minutes on a 2-core CPU.
-    "demo": {"num_train_steps": 150, "batch_size": 16, "eval_batch_size": 64,
-             "eval_every_steps": 0, "checkpoint_every_steps": 150, "log_every_steps": 10,
-             "optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 15},
+    # demo: two passes over 3,500 train members (the 8,000-patient world has 3,442; the main job
+    # caps train_examples there), the tuning loss measured after each pass to show the plateau.
+    "demo": {"num_train_steps": 440, "batch_size": 16, "eval_batch_size": 64,
+             "eval_every_steps": 220, "checkpoint_every_steps": 220, "log_every_steps": 10,
+             "optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 30},
     "small": {"num_train_steps": 3000, "batch_size": 64, "eval_batch_size": 128,
               "eval_every_steps": 500, "checkpoint_every_steps": 500, "log_every_steps": 50,
               "optimizer.learning_rate": 3e-4, "optimizer.warmup_steps": 200},

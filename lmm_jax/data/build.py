@@ -396,7 +396,7 @@ def _claims_records(ev: events_lib.SubjectEvents, fields: dict[str, Any], code_i
     st["task_excluded"][excluded] += 1
     return
   write(records.make_record(records.TASK, {
-      "subject_id": ev.subject_id, **timeline.before_index(fields, window.index),
+      "subject_id": ev.subject_id, **timeline.history_at(fields, window.index, _TOKENIZER),
       "prefix_len": fields["prefix_len"], "index_day": window.index,
       **labels.compute(ev, window)}))
   st["task_examples"] += 1
@@ -423,15 +423,16 @@ def _label_records(ev: events_lib.SubjectEvents, fields: dict[str, Any], code_id
   for i in _TASK_LABELS.rows_of(ev.subject_id):
     w = _TASK_LABELS.window(i)
     past = timeline.tokenize(events_through(ev, w.time_us), tok, code_ids, None)
-    # Every token of `past` is on or before the prediction day: this keeps all but the EOS.
-    history = timeline.before_index(past, w.index + 1)  # TODO(merge): history_at
+    # Every token of `past` is at or before the prediction time: all are kept (but the EOS).
+    history = timeline.history_at(past, w.index, tok, through_day=True)
     write(records.make_record(records.TASK, {
         "subject_id": ev.subject_id, **history, "prefix_len": past["prefix_len"],
         "index_day": w.index, **labels.compute(ev, w)}))
     st["task_examples"] += 1
     st["task_with_target_data"] += labels.has_target_year_data(ev, w)
     st["task_positives"] += int(w.boolean_value == 1)
-    st["task_empty_histories"] += int(history["tokens"].size <= int(past["prefix_len"]))
+    # Empty: nothing but the demographic prefix before the anchor (`past` ends with its EOS).
+    st["task_empty_histories"] += int(past["tokens"].size - 1 <= int(past["prefix_len"]))
 
 
 def _no_records(ev, fields, code_ids, window, write, st) -> None:
@@ -667,8 +668,9 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
                               int(cfg["min_code_count"]))
   del value_samples
   counts.update(value_bins.bin_counts)
-  vocab = tok_lib.build_vocabulary(tok_cfg, counts, tok_lib.cost_edges_from_sample(
-      cost, int(cfg["num_cost_bins"])), lobs)
+  vocab = tok_lib.build_vocabulary(tok_cfg, counts, tok_lib.cost_edges(
+      cfg["cost_bin_spacing"], int(cfg["num_cost_bins"]), cost, cfg["cost_bin_low"],
+      cfg["cost_bin_high"]), lobs)
   if code_meta is not None:
     code_metadata.describe(vocab, code_meta, raw_counts, mapping, int(cfg["min_code_count"]))
   values_lib.describe_bins(vocab, value_bins, tok_lib.Tokenizer(vocab))

@@ -284,7 +284,8 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
                  shard_index: int | None = None, shard_count: int | None = None,
                  worker_count: int = 0, prefetch_buffer_size: int = 2,
                  truncation: str = "recent", read_threads: int = 2,
-                 num_packing_bins: int | None = None) -> grain.IterDataset:
+                 num_packing_bins: int | None = None,
+                 max_records: int = 0) -> grain.IterDataset:
   """The batched dataset of one record kind and split for this process.
 
   Args:
@@ -309,6 +310,8 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
       keeps the prefix and a random contiguous window of events, drawn from (seed, epoch, record).
     read_threads: threads reading and decoding records in each process.
     num_packing_bins: rows packed at once (default batch_size); more bins waste less padding.
+    max_records: > 0 reads only the first max_records records of the split (in shard order: a
+      fixed subset, e.g. fewer training patients for a scaling curve); 0 reads them all.
 
   Returns:
     A grain IterDataset; iter() gives a DatasetIterator with get_state()/set_state().
@@ -336,7 +339,12 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
   records.check_record_count(data_dir, manifest, kind, split, n)
   if n == 0:
     raise ValueError(f"no {kind} records for split {split!r} in {data_dir}")
-  ds = grain.MapDataset.source(source).map_with_index(functools.partial(_tag, num_records=n))
+  if max_records < 0:
+    raise ValueError(f"max_records={max_records} must be >= 0 (0: every record)")
+  ds = grain.MapDataset.source(source)
+  if 0 < max_records < n:
+    ds, n = ds[:max_records], max_records
+  ds = ds.map_with_index(functools.partial(_tag, num_records=n))
   if shuffle:
     ds = ds.shuffle(seed=seed)
   pad_epochs = not drop_remainder and not pack

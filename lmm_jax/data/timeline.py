@@ -2,7 +2,7 @@
 
     code_ids = code_token_ids(tok, chunk.codes)            # once per chunk of subjects
     fields = tokenize(events, tok, code_ids, stats)        # tokens, days, age, prefix_len
-    inputs = before_index(fields, index_day)               # the task record's history
+    inputs = history_at(fields, index_day, tok)            # the task record's history + anchor
 """
 
 from __future__ import annotations
@@ -151,10 +151,35 @@ def tokenize(ev: events_lib.SubjectEvents, tok: tok_lib.Tokenizer,
           "age": np.asarray(ages, np.float32), "prefix_len": np.int32(prefix_len)}
 
 
-def before_index(timeline: dict[str, Any], index_day: int) -> dict[str, np.ndarray]:
-  """The sequence fields of a timeline restricted to tokens strictly before index_day (the
-  demographic prefix always kept; the final EOS never, since its presence would tell that
-  nothing follows)."""
-  keep = timeline["days"][:-1] < index_day
+def history_at(timeline: dict[str, Any], day: int, tok: tok_lib.Tokenizer,
+               through_day: bool = False) -> dict[str, np.ndarray]:
+  """The history of a timeline as seen at `day` (a prediction time), ending with its anchor.
+
+  The sequence fields (tokens, days, age) of the tokens strictly before `day` (the demographic
+  prefix always kept; a final EOS never, since its presence would tell that nothing follows),
+  then the anchor at `day`: the time-gap token of the days since the last kept token (when
+  >= 1) and the AGE token of the age at `day` (when the birth date is known, i.e. ages >= 0).
+  The anchor's days are `day`; fine-tuning pools there and zero-shot sampling starts there.
+  Independent of any calendar: any per-subject prediction time works. `through_day` keeps the
+  tokens ON `day` too: a MEDS prediction time's history is cut by event time before tokenizing, so
+  everything left (on or before the prediction day) belongs to it.
+  """
+  tokens = np.asarray(timeline["tokens"])
+  n = len(tokens) - (1 if len(tokens) and int(tokens[-1]) == tok.eos_id else 0)
+  days = np.asarray(timeline["days"])[:n]
+  keep = days <= day if through_day else days < day
   keep[:int(timeline["prefix_len"])] = True
-  return {name: timeline[name][:-1][keep] for name in records.SEQUENCE_FIELDS}
+  out = {k: np.asarray(timeline[k])[:n][keep] for k in records.SEQUENCE_FIELDS}
+  last_day = int(out["days"][-1]) if len(out["days"]) else int(day)
+  last_age = float(out["age"][-1]) if len(out["age"]) else -1.0
+  age_at_day = (last_age + (int(day) - last_day) / events_lib.DAYS_PER_YEAR
+                if last_age >= 0 else -1.0)
+  anchor: list[int] = []
+  if int(day) - last_day >= 1:
+    anchor.append(tok.gap_token(int(day) - last_day))
+  if age_at_day >= 0:
+    anchor.append(tok.age_token(math.floor(age_at_day)))
+  # Other sequence fields (none today) get zeros at the anchor.
+  fill = {"tokens": anchor, "days": [day] * len(anchor), "age": [age_at_day] * len(anchor)}
+  return {k: np.concatenate([v, np.asarray(fill.get(k, [0] * len(anchor)), v.dtype)])
+          for k, v in out.items()}

@@ -16,6 +16,7 @@ import bisect
 import collections
 import dataclasses
 import functools
+import math
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -143,6 +144,31 @@ def cost_edges_from_sample(costs: np.ndarray, num_bins: int) -> list[float]:
   edges = np.unique(np.round(q, 2))
   edges = edges[edges > 0] if edges.size > 1 else edges
   return [float(e) for e in edges]
+
+
+COST_BIN_SPACINGS = ("log", "quantile")
+
+
+def log_cost_edges(num_bins: int, low: float, high: float) -> list[float]:
+  """Interior edges of num_bins cost bins: [0, low), log-spaced up to high, [high, inf).
+
+  Fixed (no data needed), so a $50k admission never shares a bin with a $900 ER visit: each
+  bin spans a factor (high / low) ** (1 / (num_bins - 2)).
+  """
+  if num_bins < 3 or not 0 < low < high:
+    raise ValueError(f"log cost bins need num_cost_bins >= 3 and 0 < cost_bin_low < "
+                     f"cost_bin_high, got {num_bins}, {low}, {high}")
+  return [float(e) for e in np.round(np.geomspace(low, high, num_bins - 1), 2)]
+
+
+def cost_edges(spacing: str, num_bins: int, sample: np.ndarray, low: float = 1.0,
+               high: float = 500_000.0) -> list[float]:
+  """The cost-bin edges of the build config: 'log' (fixed) or 'quantile' (of the train sample)."""
+  if spacing == "log":
+    return log_cost_edges(num_bins, low, high)
+  if spacing == "quantile":
+    return cost_edges_from_sample(sample, num_bins)
+  raise ValueError(f"cost_bin_spacing={spacing!r}: expected one of {COST_BIN_SPACINGS}")
 
 
 def _entry(token: str, kind: TokenKind, system: str, description: str = "",
@@ -323,8 +349,13 @@ def finalize(vocab: vocab_lib.Vocabulary, token_counts: np.ndarray, cost_sums: n
   entries = [dict(e) for e in vocab.entries]
   for i, e in enumerate(entries):
     e["count"] = int(token_counts[i])
+  # A bin no train claim fell in is worth its geometric midpoint (zero-shot may still sample it).
+  edges = tok.cost_edges.tolist()
   for b, i in enumerate(tok.cost_ids):
-    entries[i]["value"] = float(cost_sums[b] / cost_counts[b]) if cost_counts[b] else 0.0
+    lo_e = edges[b - 1] if b > 0 else 0.0
+    hi_e = edges[b] if b < len(edges) else lo_e
+    empty = math.sqrt(lo_e * hi_e) if lo_e > 0 else hi_e / 2
+    entries[i]["value"] = float(cost_sums[b] / cost_counts[b]) if cost_counts[b] else empty
   for b, i in enumerate(tok.gap_ids):
     entries[i]["value"] = float(gap_sums[b] / gap_counts[b]) if gap_counts[b] else 0.0
   unk = {i for i, t in enumerate(vocab.tokens) if t.endswith(f"//{UNK}")}

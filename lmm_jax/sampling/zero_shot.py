@@ -12,6 +12,10 @@ before the index date; a future's generated events count when they fall in the t
 
 Predictions go through `lmm_jax.eval.predictions` (kind 'zero-shot'), so they join the paper tables.
 Accuracy against N is computed on nested subsets of one set of samples (the first n of N_max).
+A future stops when its clock passes the horizon or at the token cap (sampling.max_new_tokens);
+the share of futures cut by the cap is `cap_share` in the summary and a line of the curve's .md.
+`max_patients` > 0 predicts a seeded uniform subsample of the split (the summary says how many of
+how many).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import time
 from typing import Any, Sequence
 
+from absl import logging
 import numpy as np
 import tqdm
 
@@ -35,6 +40,7 @@ from lmm_jax.sampling import decode
 
 CURVE_FILE = "zero_shot_vs_n"
 SUMMARY_FILE = "zero_shot_summary.json"
+CAP_SHARE_WARNING = 0.01   # futures cut by the token budget above this share: a warning
 
 
 def history_of(rec: dict[str, Any], context_len: int) -> tuple[decode.History, float]:
@@ -170,8 +176,11 @@ def run(sampler: decode.Sampler, vocab: Any, *, data_dir: str, split: str, workd
         progress: bool = True) -> dict[str, Any]:
   """Samples, writes predictions/{cost,chronic}/MODEL.parquet, the N curve and a summary."""
   recs = list(records.read_records(data_dir, records.TASK, split))
-  if max_patients > 0:
-    recs = recs[:max_patients]
+  num_in_split = len(recs)
+  if 0 < max_patients < len(recs):
+    # A seeded uniform subsample of the split (in record order), not its first records.
+    keep = np.sort(np.random.default_rng(seed).choice(len(recs), max_patients, replace=False))
+    recs = [recs[i] for i in keep]
   if not recs:
     raise ValueError(f"no task records in split {split!r} of {data_dir}")
   n_max = sampler.sc.num_samples
@@ -196,7 +205,16 @@ def run(sampler: decode.Sampler, vocab: Any, *, data_dir: str, split: str, workd
   rows = curve(sim["cost"], sim["cond"], y_cost, y_cond, y_prior, ns)
   paths.update(write_curve(rows, workdir, f"Zero-shot accuracy vs sampled futures ({split}, "
                                           f"{len(recs)} members)"))
-  summary = {"model": model_name, "split": split, "members": len(recs), "curve": rows,
+  cap_share = sim["stats"]["stop_share"]["budget"]
+  with open(paths["md"], "a") as f:
+    f.write(f"\nFutures stopped by the {sampler.sc.max_new_tokens}-token cap before reaching the "
+            f"12-month horizon: {cap_share:.2%} (of {len(recs) * n_max}).\n")
+  if cap_share > CAP_SHARE_WARNING:
+    logging.warning("%.2f%% of the futures hit the %d-token cap before the 12-month horizon: "
+                    "their cost and conditions are undercounted; raise sampling.max_new_tokens",
+                    100 * cap_share, sampler.sc.max_new_tokens)
+  summary = {"model": model_name, "split": split, "members": len(recs),
+             "members_in_split": num_in_split, "cap_share": cap_share, "curve": rows,
              "sampling": sim["stats"], "files": paths}
   with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2)

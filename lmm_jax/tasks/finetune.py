@@ -123,7 +123,8 @@ class FinetuneTask(Task):
     return pipeline.make_dataset(
         c.data_dir, records.TASK, conventions.TRAIN, seq_len=c.seq_len, batch_size=batch_size,
         seed=c.seed, shuffle=True, num_epochs=None, pack=False, truncation=c.truncation,
-        worker_count=c.worker_count, shard_index=shard_index, shard_count=shard_count)
+        worker_count=c.worker_count, shard_index=shard_index, shard_count=shard_count,
+        max_records=c.train_examples)
 
   def split_batches(self, split: str, *, batch_size: int, shard_index: int, shard_count: int,
                     max_batches: int = -1) -> Iterator[dict[str, np.ndarray]]:

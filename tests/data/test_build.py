@@ -83,15 +83,19 @@ def test_report_and_records(world):
   for sid, (split, rec) in tasks.items():
     assert list(rec) == list(records.field_names(records.TASK))
     assert timelines[sid][0] == split
-    assert np.all(rec["days"] < rec["index_day"])
+    # The history strictly before the index, then its anchor at the index (gap, age).
+    anchor = rec["days"] == rec["index_day"]
+    assert np.all(rec["days"] <= rec["index_day"]) and 1 <= anchor.sum() <= 2
+    assert anchor[-int(anchor.sum()):].all()
+    assert vocab.tokens[rec["tokens"][-1]] == f"AGE//{int(rec['age_at_index'])}"
     assert vocab.eos_id not in rec["tokens"]
     assert rec["cond_next"].shape == (conditions.NUM_CONDITIONS,)
     assert rec["cost_next_capped"] <= conventions.COST_CAP
     assert all("." not in c for c in rec["dx_prior"])
     # The task inputs are the timeline's tokens before the index date.
     tl = timelines[sid][1]
-    n = rec["tokens"].size
-    np.testing.assert_array_equal(rec["tokens"], tl["tokens"][:n])
+    n = rec["tokens"].size - int(anchor.sum())
+    np.testing.assert_array_equal(rec["tokens"][:n], tl["tokens"][:n])
     assert tl["days"][n] >= rec["index_day"] or tl["tokens"][n] == vocab.eos_id
 
 
@@ -153,6 +157,12 @@ def test_vocabulary_contents(world):
   costs = vocab.ids_of_kind(TokenKind.COST)
   used = costs[vocab.counts[costs] > 0]
   assert used.size > 10 and np.all(np.diff(vocab.cost_value[used]) > 0)
+  # Log-spaced bins: $1 to $500k; every bin's value lies inside it (train mean or midpoint).
+  edges = np.asarray(vocab.meta["cost_edges"])
+  assert len(costs) == 40 and edges[0] == 1.0 and edges[-1] == 500_000.0
+  lo_B, hi_B = np.r_[0.0, edges], np.r_[edges, np.inf]
+  value_B = vocab.cost_value[costs]
+  assert np.all((value_B >= lo_B * (1 - 1e-6)) & (value_B <= hi_B))
   gaps = vocab.ids_of_kind(TokenKind.TIME)
   assert np.all(vocab.time_gap_days[gaps][vocab.counts[gaps] > 0] >= 1)
   assert vocab.time_gap_days[vocab.id_of("TIME//30-91d")] == pytest.approx(60, abs=31)
@@ -224,7 +234,8 @@ def test_no_information_after_index_reaches_task_inputs(world, tmp_path):
     ra, rb = a[sid][1], b[sid][1]
     for f in inputs:
       np.testing.assert_array_equal(np.asarray(ra[f]), np.asarray(rb[f]), err_msg=f)
-    assert np.all(rb["days"] < rb["index_day"])
+    at_index = rb["days"] == rb["index_day"]   # only the anchor, at the end
+    assert np.all(rb["days"] <= rb["index_day"]) and at_index[-int(at_index.sum()):].all()
     assert rb["cost_next"] > ra["cost_next"]
     assert rb["cond_next"][conditions.CONDITION_NAMES.index("lung_cancer")] == 1
   ta, tb = _read_all(out, records.TIMELINE), _read_all(out2, records.TIMELINE)

@@ -204,6 +204,20 @@ def test_epochs_are_reshuffled_and_complete(data):
   assert not np.array_equal(first, second)
 
 
+def test_max_records_trains_on_a_fixed_first_subset(data):
+  data_dir, _ = data
+  k = 7
+  batches = list(_make(data_dir, records.TASK, num_epochs=2, batch_size=k, max_records=k))
+  assert len(batches) == 2
+  first, second = (b["subject_id"].tolist() for b in batches)
+  # The first k records in shard order (subject ids 1..k here), reshuffled every epoch.
+  assert sorted(first) == sorted(second) == list(range(1, k + 1))
+  timeline = _take(iter(_make(data_dir, max_records=3, batch_size=3, num_epochs=1)), 1)[0]
+  assert sorted(int(row.max()) // 1000 for row in timeline["tokens"]) == [1, 2, 3]
+  with pytest.raises(ValueError, match="max_records=-1"):
+    _make(data_dir, max_records=-1)
+
+
 @pytest.mark.parametrize("shard_count", [1, 3])
 def test_eval_yields_every_example_exactly_once(data, shard_count):
   data_dir, by_sid = data

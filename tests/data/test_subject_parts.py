@@ -156,12 +156,29 @@ def test_timeline_tokens_days_ages_and_stats():
   assert stats.cost_sums.tolist() == [50.0, 120.0] and stats.cost_counts.tolist() == [1, 1]
   assert stats.gap_sums[tok.gap_index(10)] == 10 and stats.gap_counts.sum() == 1
   assert stats.token_counts.sum() == len(names)
-  # The task inputs: strictly before the index day, prefix kept, no EOS.
-  hist = timeline.before_index(out, INDEX)
-  assert [tok.vocab.tokens[i] for i in hist["tokens"]] == names[:9]
+  # The task inputs: strictly before the index day, prefix kept, no EOS, then the anchor at the
+  # index: the gap since the last event and the age at the index.
+  hist = timeline.history_at(out, INDEX, tok)
+  gap = INDEX - 18300
+  assert [tok.vocab.tokens[i] for i in hist["tokens"]] == names[:9] + [
+      tok.vocab.tokens[tok.gap_token(gap)], f"AGE//{int(INDEX // 365.25)}"]
   assert set(hist) == set(records.SEQUENCE_FIELDS)
-  late = timeline.before_index(out, 0)
-  assert late["tokens"].tolist() == out["tokens"][:4].tolist()
+  assert hist["days"][-2:].tolist() == [INDEX, INDEX]
+  np.testing.assert_allclose(hist["age"][-1], INDEX / 365.25, rtol=1e-6)
+  assert hist["tokens"].dtype == np.int32 and hist["days"].dtype == out["days"].dtype
+  # A prediction time before every event: the prefix, then its anchor.
+  late = timeline.history_at(out, 17600, tok)
+  assert late["tokens"].tolist() == out["tokens"][:4].tolist() + [tok.gap_token(100),
+                                                                    tok.age_token(48)]
+  # On the prefix's own day there is no gap to carry: the age alone anchors.
+  same = timeline.history_at(out, 17500, tok)
+  assert same["tokens"].tolist() == out["tokens"][:4].tolist() + [tok.age_token(47)]
+  # Without a birth date (ages -1) only the gap anchors; a timeline without EOS is accepted.
+  no_age = dict(out, age=np.full_like(out["age"], -1.0))
+  no_age = {k: (v[:-1] if k in records.SEQUENCE_FIELDS else v) for k, v in no_age.items()}
+  h = timeline.history_at(no_age, INDEX, tok)
+  assert h["tokens"].tolist() == out["tokens"][:9].tolist() + [tok.gap_token(gap)]
+  assert h["age"][-1] == -1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,3 +309,15 @@ def test_label_registry_rejects_clashes():
     with pytest.raises(ValueError, match="returned"):
       labels.compute(_subject(), labels.Window(INDEX))
   assert "y" not in records.field_names(records.TASK)
+
+
+def test_log_cost_edges_span_one_dollar_to_500k():
+  edges = tok_lib.cost_edges("log", 40, np.zeros(0))
+  assert len(edges) == 39 and edges[0] == 1.0 and edges[-1] == 500_000.0
+  ratios = np.diff(np.log(edges))
+  np.testing.assert_allclose(ratios, np.log(5e5) / 38, atol=0.01)  # equal factors (to the cent)
+  assert tok_lib.cost_edges("quantile", 4, np.arange(1.0, 101.0)) == [25.75, 50.5, 75.25]
+  with pytest.raises(ValueError, match="cost_bin_spacing='linear'"):
+    tok_lib.cost_edges("linear", 40, np.zeros(0))
+  with pytest.raises(ValueError, match="num_cost_bins >= 3"):
+    tok_lib.cost_edges("log", 2, np.zeros(0))

@@ -14,6 +14,7 @@ from lmm_jax import conditions
 from lmm_jax import runs
 from lmm_jax.data import build
 from lmm_jax.data import meds_io
+from lmm_jax.data import records
 from lmm_jax.eval import predictions as pred_lib
 from lmm_jax.model import Transformer
 from lmm_jax.model import transformer
@@ -66,6 +67,16 @@ def test_zero_shot_synthesize_and_audit(tiny_data_dir, pretrain_dir, tmp_path):
   np.testing.assert_allclose(chronic.y_pred * 4, np.round(chronic.y_pred * 4), atol=1e-9)
   rows = result["zero_shot"]["curve"]
   assert [r["n"] for r in rows] == [1, 2, 4]
+  # The cap share is reported; 12 members are a seeded subsample of the split, in record order.
+  zs = result["zero_shot"]
+  assert zs["cap_share"] == zs["sampling"]["stop_share"]["budget"] and 0 <= zs["cap_share"] <= 1
+  held = [int(r["subject_id"]) for r in records.read_records(tiny_data_dir, records.TASK,
+                                                             "held_out")]
+  assert zs["members"] == 12 < zs["members_in_split"] == len(held)
+  pos = [held.index(int(i)) for i in cost.subject_id]
+  assert pos == sorted(pos) and pos != list(range(12))
+  with open(os.path.join(wd, "zero_shot_vs_n.md")) as f:
+    assert "-token cap before reaching the 12-month horizon" in f.read()
   for ext in ("csv", "md", "png"):
     assert os.path.getsize(os.path.join(wd, f"zero_shot_vs_n.{ext}")) > 0
 
