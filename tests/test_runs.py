@@ -127,7 +127,7 @@ def test_not_a_run_is_one_clear_error(tmp_path):
 
 
 def test_tasks_are_registered_by_name():
-  assert set(tasks.TASKS) == {"pretrain", "cost", "chronic"}
+  assert set(tasks.TASKS) == {"pretrain", "cost", "chronic", "binary"}
   for module in (pretrain_config, cost_config, chronic_config):
     assert module.get_config("tiny").task in tasks.TASKS
   config = pretrain_config.get_config("tiny")

@@ -26,7 +26,7 @@ import dataclasses
 import glob
 import json
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa

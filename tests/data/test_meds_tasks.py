@@ -5,7 +5,6 @@ errors for malformed or degenerate labels."""
 import datetime as dt
 import os
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
