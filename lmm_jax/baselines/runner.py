@@ -19,7 +19,6 @@ from typing import Any, Callable, Sequence
 
 from absl import logging
 import numpy as np
-import pyarrow.parquet as pq
 import threadpoolctl
 
 from lmm_jax import conventions
@@ -33,7 +32,7 @@ from lmm_jax.eval import metrics
 from lmm_jax.eval import predictions as preds_io
 
 ORACLE = "oracle"
-ORACLE_MEDIAN = "oracle_median"   # cost row from the oracle's median_cost column, when present
+ORACLE_MEDIAN = oracle_lib.ORACLE_MEDIAN  # cost row from the oracle's median_cost, when present
 SUMMARY_FILE = "baselines_summary.json"
 
 
@@ -106,31 +105,6 @@ def _check_models(models: Sequence[str] | None) -> tuple[set[str], set[str], boo
   if unknown:
     raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(known)}")
   return set(models) & set(COST_MODELS), set(models) & set(CHRONIC_MODELS), ORACLE in models
-
-
-def oracle_median(path: str, o: oracle_lib.OracleRows,
-                  test: features.TaskData) -> np.ndarray | None:
-  """float64[M] median_cost of the oracle rows o (None when the oracle file has no such column)."""
-  median = getattr(o, "median_cost", None)
-  if median is not None:
-    return np.asarray(median, np.float64)
-  table = pq.read_table(path)
-  if "median_cost" not in table.column_names:
-    return None
-  ids = table.column("subject_id").to_numpy().astype(np.int64)
-  if "index_date" in table.column_names:
-    days = oracle_lib._days(table.column("index_date"), path)  # pylint: disable=protected-access
-    keys = list(zip(ids.tolist(), days.tolist()))
-    want = list(zip(test.subject_id[o.rows].tolist(),
-                    test.index_day[o.rows].astype(np.int64).tolist()))
-  else:
-    keys, want = ids.tolist(), test.subject_id[o.rows].tolist()
-  lookup = dict(zip(keys, range(len(keys))))
-  median = table.column("median_cost").to_numpy(zero_copy_only=False).astype(np.float64)
-  out = median[np.array([lookup[k] for k in want], np.int64)]
-  if not np.all(np.isfinite(out)) or np.any(out < 0):
-    raise ValueError(f"{path}: column median_cost must hold finite dollars >= 0")
-  return out
 
 
 def run_baselines(data_dir: str, workdir: str, *, split: str = conventions.HELD_OUT,
@@ -253,13 +227,12 @@ def _run(data_dir: str, workdir: str, *, split: str, models: Sequence[str] | Non
     headline[ORACLE] = {
         "nmae": metrics.cost_metrics(test.cost_next[r], o.expected_cost)["nmae"],
         "macro_auroc": metrics.chronic_metrics(test.cond_next[r], o.p_MxC)["macro_auroc"]}
-    median = oracle_median(path, o, test)
-    if median is not None:
-      files.append(preds_io.write_cost_predictions(
-          workdir, ORACLE_MEDIAN, test.subject_id[r], test.cost_next[r], median,
-          y_pred_capped=np.minimum(median, conventions.COST_CAP),
-          meta=meta("Conditional median cost of the synthetic world's ground truth (not a "
-                    "model): the NMAE limit.", "oracle")))
+    median_file = oracle_lib.write_median_row(workdir, test, o, meta(
+        "Conditional median cost of the synthetic world's ground truth (not a model): the NMAE "
+        "limit.", "oracle"))
+    if median_file is not None:
+      files.append(median_file)
+      median = o.median_cost
       headline[ORACLE_MEDIAN] = {"nmae": metrics.cost_metrics(test.cost_next[r], median)["nmae"]}
 
   for name, h in headline.items():
