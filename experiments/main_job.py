@@ -110,7 +110,8 @@ def stage_inputs(job: ml_collections.ConfigDict, workdir: str,
   """{stage: its own inputs as JSON}; paths under workdir are written relative to it, so a moved
   workdir keeps its digests."""
   build = build_config.get_config().to_dict()
-  inputs = {"synthesize": {"num_patients": job.num_patients, "seed": job.seed},
+  inputs = {"synthesize": {"num_patients": job.num_patients, "seed": job.seed,
+                           "split_fractions": list(job.split_fractions)},
             "build_dataset": build, "baselines": {"seed": job.seed}, "insights": {},
             "paper_tables": {"seed": job.seed}}
   inputs.update({s: c.to_dict() for s, c in configs.items()})
@@ -220,7 +221,8 @@ def run(workdir: str, *, size: str = "demo", seed: int = 0, num_patients: int | 
   n = job.num_patients
 
   def synthesize() -> dict[str, Any]:
-    return synthesize_world(meds_dir, num_patients=n, seed=seed, progress=progress)
+    return synthesize_world(meds_dir, num_patients=n, seed=seed, progress=progress,
+                            split_fractions=tuple(job.split_fractions))
 
   def build_dataset() -> dict[str, Any]:
     config = build_config.get_config()
