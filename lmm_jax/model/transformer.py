@@ -118,12 +118,90 @@ def segment_mask(q_segment_ids_BxL: jax.Array, kv_segment_ids_BxS: jax.Array) ->
   return (q_segment_ids_BxL[:, None, :, None] == kv_segment_ids_BxS[:, None, None, :])
 
 
+# Causal self-attention longer than this runs in query chunks that skip the key blocks after them.
+CAUSAL_CHUNK = 128
+# Queries of at most this many tokens (decode steps) attend by multiply-and-reduce over the cache.
+SMALL_QUERY = 4
+_MASKED = -0.7 * float(np.finfo(np.float32).max)  # as jax.nn.dot_product_attention's mask value
+
+
+def _attend_dense(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
+                  mask_Bx1x1xLxS: jax.Array | None) -> jax.Array:
+  """Softmax attention of grouped queries over all S keys; float32 logits and softmax."""
+  scale = 1.0 / math.sqrt(q_BxLxKxGxE.shape[-1])
+  logits_BxKxGxLxS = jnp.einsum("blkge,bske->bkgls", q_BxLxKxGxE, k_BxSxKxE,
+                                preferred_element_type=jnp.float32) * scale
+  if mask_Bx1x1xLxS is not None:
+    logits_BxKxGxLxS = jnp.where(mask_Bx1x1xLxS, logits_BxKxGxLxS, _MASKED)
+  probs = jax.nn.softmax(logits_BxKxGxLxS, axis=-1).astype(v_BxSxKxE.dtype)
+  return jnp.einsum("bkgls,bske->blkge", probs, v_BxSxKxE)
+
+
+def _attend_small(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
+                  mask_Bx1x1xLxS: jax.Array) -> jax.Array:
+  """The same math for a few queries (decode steps), on the [B,S,K,E] cache as it lies: a dot
+  batched over kv heads would first transpose the whole cache to [B,K,S,E] at every step, so
+  each query head meets every kv head J in dots batched over B only, and the pairs of other
+  groups are dropped (J times the attention FLOPs, which are tiny at L <= SMALL_QUERY)."""
+  kh = k_BxSxKxE.shape[2]
+  scale = 1.0 / math.sqrt(q_BxLxKxGxE.shape[-1])
+  own_KxJ = np.eye(kh, dtype=bool)
+  # The cache is the dot's left operand: with E its minor (contracting) axis it is read in place
+  # (as the right operand XLA:CPU would first copy it to [B,E,S*J]); the small q is transposed.
+  logits_BxSxJxLxKxG = jnp.einsum("bsje,blkge->bsjlkg", k_BxSxKxE, q_BxLxKxGxE,
+                                  preferred_element_type=jnp.float32)
+  own_11J1K1 = own_KxJ.T[None, None, :, None, :, None]
+  logits_BxSxLxKxG = jnp.sum(jnp.where(own_11J1K1, logits_BxSxJxLxKxG, 0.0), axis=2) * scale
+  logits_BxLxKxGxS = jnp.moveaxis(logits_BxSxLxKxG, 1, -1)
+  mask_BxLx1x1xS = mask_Bx1x1xLxS[:, 0, 0, :, None, None, :]
+  logits_BxLxKxGxS = jnp.where(mask_BxLx1x1xS, logits_BxLxKxGxS, _MASKED)
+  probs_BxLxKxGxS = jax.nn.softmax(logits_BxLxKxGxS, axis=-1).astype(v_BxSxKxE.dtype)
+  out_BxLxKxGxJxE = jnp.einsum("blkgs,bsje->blkgje", probs_BxLxKxGxS, v_BxSxKxE)
+  own_11K1J1 = own_KxJ[None, None, :, None, :, None]
+  return jnp.sum(jnp.where(own_11K1J1, out_BxLxKxGxJxE, 0.0), axis=4).astype(v_BxSxKxE.dtype)
+
+
+def _causal_block(l: int, s: int, offset: int) -> np.ndarray:
+  """bool[1,1,1,l,s]: query offset+i sees key j <= offset+i (a constant, folded at compile time)."""
+  return (np.arange(s)[None, :] <= offset + np.arange(l)[:, None])[None, None, None]
+
+
 def attend(q_BxLxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
            mask_Bx1xLxS: jax.Array | None, *, is_causal: bool,
            implementation: str = "xla") -> jax.Array:
-  """Scaled dot-product attention through `jax.nn.dot_product_attention` (cuDNN on GPU)."""
-  return jax.nn.dot_product_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask_Bx1xLxS,
-                                      is_causal=is_causal, implementation=implementation)
+  """Scaled dot-product attention: float32 logits and softmax, masked logits at -0.7 float32 max
+  (`jax.nn.dot_product_attention`'s math; 'cudnn' calls it, for the fused GPU kernel).
+
+  'xla' on CPU: causal self-attention over more than CAUSAL_CHUNK tokens runs in query chunks of
+  CAUSAL_CHUNK, each over the keys up to its end only (the blocks after a chunk are all masked, so
+  skipping them changes nothing but the work: (n+1)/2n of it for n chunks); a few queries (decode
+  steps) use `_attend_small`. Grouped-query heads are never repeated: H = K x G.
+  """
+  if implementation == "cudnn":
+    return jax.nn.dot_product_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask_Bx1xLxS,
+                                        is_causal=is_causal, implementation="cudnn")
+  b, l, h, e = q_BxLxHxE.shape
+  s, kh = k_BxSxKxE.shape[1], k_BxSxKxE.shape[2]
+  q_BxLxKxGxE = q_BxLxHxE.reshape(b, l, kh, h // kh, e)
+  mask = None if mask_Bx1xLxS is None else mask_Bx1xLxS[:, :, None]  # [B,1,1,L,S]
+  if not is_causal:
+    if l <= SMALL_QUERY and mask is not None:
+      out = _attend_small(q_BxLxKxGxE, k_BxSxKxE, v_BxSxKxE, mask)
+    else:
+      out = _attend_dense(q_BxLxKxGxE, k_BxSxKxE, v_BxSxKxE, mask)
+    return out.reshape(b, l, h, e)
+  if l != s:
+    raise ValueError(f"causal attention needs as many queries as keys, got L={l}, S={s}")
+  chunk = l if l <= CAUSAL_CHUNK else CAUSAL_CHUNK
+  outs = []
+  for start in range(0, l, chunk):
+    stop = min(start + chunk, l)
+    causal = _causal_block(stop - start, stop, start)
+    m = causal if mask is None else mask[..., start:stop, :stop] & causal
+    outs.append(_attend_dense(q_BxLxKxGxE[:, start:stop], k_BxSxKxE[:, :stop],
+                              v_BxSxKxE[:, :stop], m))
+  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+  return out.reshape(b, l, h, e)
 
 
 class LayerCache(NamedTuple):

@@ -56,6 +56,17 @@ from lmm_jax.train import metrics as metrics_lib
 from lmm_jax.train import optimizer as opt_lib
 from lmm_jax.train.task import Task
 
+# XLA:CPU hands dots, elementwise and reduce fusions to YNNPACK by default; profiled on the
+# 2-core CPU (docs/training.md, "Speed"), XLA's own loop emitters run the elementwise and reduce
+# work (softmax and its backward, norms, the loss) faster, so YNNPACK keeps the dots only.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str] | None:
+  """Backend options for compiling on this mesh's devices (CPU_COMPILER_OPTIONS on CPU)."""
+  return dict(CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else None
+
+
 _CONSOLE_KEYS = ("train_loss", "grad_norm", "lr", "tokens_per_s", "eval_loss", "eval_acc1")
 
 
@@ -232,7 +243,7 @@ class Trainer:
                         out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())))
     with sharding.activation_rules(self.mesh, self.rules):
       lowered = train_jit.lower(self.abstract_state, abstract_batch)
-    self._compiled = lowered.compile()
+    self._compiled = lowered.compile(compiler_options=compiler_options(self.mesh))
     mem = self._compiled.memory_analysis()
     if mem is not None:
       fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
