@@ -15,28 +15,19 @@ from __future__ import annotations
 
 from absl import flags
 
+from data_prep import import_flags
 from experiments import cli
-from lmm_jax.importers import common
 from lmm_jax.importers import fhir
 
-_INPUT_DIR = flags.DEFINE_string("input_dir", None, "FHIR bulk export or bundle directory.",
-                                 required=True)
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the MEDS dataset is written.",
-                                  required=True)
 _DEFAULT_LOB = flags.DEFINE_string("default_lob", "COMMERCIAL", "Line of business of a Coverage "
                                    "without a Source of Payment Typology type.")
-_SHARD_INPUT_MB = flags.DEFINE_float("shard_input_mb", 64.0, "Input megabytes per output shard "
-                                     "(bounds memory: one shard is sorted at a time).")
-_ID_KEY_FILE = flags.DEFINE_string("id_key_file", "", "File holding the key of the member-id "
-                                   "hash (default: unkeyed).")
 
 
 def main(argv: list[str]) -> None:
   del argv
-  report = fhir.import_fhir(_INPUT_DIR.value, _OUTPUT_DIR.value, default_lob=_DEFAULT_LOB.value,
-                            shard_input_mb=_SHARD_INPUT_MB.value,
-                            id_key=common.read_id_key(_ID_KEY_FILE.value))
-  print(common.summary(report, _OUTPUT_DIR.value))
+  report = fhir.import_fhir(import_flags.INPUT_DIR.value, import_flags.OUTPUT_DIR.value,
+                            default_lob=_DEFAULT_LOB.value, **import_flags.options())
+  import_flags.print_summary(report)
 
 
 if __name__ == "__main__":
