@@ -132,16 +132,19 @@ class FinetuneTask(Task):
         max_records=c.train_examples, bucket_lengths=self.bucket_lengths())
 
   def split_batches(self, split: str, *, batch_size: int, shard_index: int, shard_count: int,
-                    max_batches: int = -1) -> Iterator[dict[str, np.ndarray]]:
+                    max_batches: int = -1, bucketed: bool = True
+                    ) -> Iterator[dict[str, np.ndarray]]:
     """One pass over a split (every member once; padding rows have valid == 0).
 
-    With config.bucket_lengths the batches come in length order within windows and have the
-    bucket's length, so callers key outputs by subject_id, never by position.
+    With config.bucket_lengths (and `bucketed`) the batches come in length order within windows
+    and have the bucket's length, so callers key outputs by subject_id, never by position.
+    bucketed=False keeps record order, so that max_batches takes the first records, not the
+    shortest of a window.
     """
     it = pipeline.iterate_eval_batches(self.config.data_dir, records.TASK, split,
                                        seq_len=self.config.seq_len, batch_size=batch_size,
                                        shard_index=shard_index, shard_count=shard_count,
-                                       bucket_lengths=self.bucket_lengths())
+                                       bucket_lengths=self.bucket_lengths() if bucketed else ())
     for i, batch in enumerate(it):
       if 0 <= max_batches <= i:
         break

@@ -72,3 +72,27 @@ def test_pipeline_anchors_are_seeded_and_only_for_timelines(tiny_data_dir):
   with pytest.raises(ValueError, match="anchor_rate=1.5"):
     pipeline.make_dataset(tiny_data_dir, records.TIMELINE, "train", seq_len=64, batch_size=4,
                           seed=0, anchor_rate=1.5)
+
+
+def test_the_next_events_age_token_is_kept_only_when_the_age_changed_since_the_anchor(tok):
+  a = anchors.AnchorTokens.from_tokenizer(tok)
+  x, y = int(tok.cost_ids[0]), int(tok.cost_ids[1])
+  rec = {"tokens": np.asarray([tok.bos_id, tok.sex_ids["F"], tok.age_token(40), x,
+                               tok.gap_token(100), tok.age_token(41), y, tok.eos_id], np.int32),
+         "days": np.asarray([0, 0, 0, 100, 200, 200, 200, 200], np.int32),
+         "age": np.asarray([40.0, 40.0, 40.0, 40.9, 41.17, 41.17, 41.17, 41.17], np.float32),
+         "prefix_len": np.int32(3)}
+  # Day 150: the anchor already says 41 (birthday between day 100 and 150): no AGE 41 again.
+  late = anchors.insert_anchor(rec, 150, a)
+  assert late["tokens"].tolist() == [
+      tok.bos_id, tok.sex_ids["F"], tok.age_token(40), x, tok.gap_token(50), tok.age_token(41),
+      tok.gap_token(50), y, tok.eos_id]
+  # Day 110: the anchor says 40, so the event at day 200 still announces 41.
+  early = anchors.insert_anchor(rec, 110, a)
+  assert early["tokens"].tolist() == [
+      tok.bos_id, tok.sex_ids["F"], tok.age_token(40), x, tok.gap_token(10), tok.age_token(40),
+      tok.gap_token(90), tok.age_token(41), y, tok.eos_id]
+  # On the event day itself: no gap after the anchor.
+  same = anchors.insert_anchor(rec, 200, a)
+  assert same["tokens"].tolist()[4:] == [tok.gap_token(100), tok.age_token(41), y, tok.eos_id]
+  np.testing.assert_array_equal(np.diff(late["days"]) >= 0, True)
