@@ -62,6 +62,7 @@ def point_configs(sc: ml_collections.ConfigDict, size: str, n: int, report: dict
                                 "train_examples": n})
   p.num_train_steps = _steps(tokens, sc.batch_size * sc.seq_len, sc, sc.passes)
   p.eval_every_steps = 0
+  p.early_stopping.patience = 0   # fixed passes per point: no tuning evaluations to stop on
   p.checkpoint_every_steps = p.num_train_steps
   p.optimizer.warmup_steps = min(p.optimizer.warmup_steps, max(1, p.num_train_steps // 10))
   out["pretrain"] = p
@@ -73,6 +74,7 @@ def point_configs(sc: ml_collections.ConfigDict, size: str, n: int, report: dict
     c.init_from = os.path.join(workdir, "pretrain")
     c.num_train_steps = _steps(members, 2 * sc.batch_size, sc, sc.finetune_passes)
     c.eval_every_steps = 0
+    c.early_stopping.patience = 0
     c.checkpoint_every_steps = c.num_train_steps
     c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, max(1, c.num_train_steps // 10))
     out[name] = c

@@ -24,13 +24,22 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # held-out people, 0.54; docs/synthetic_world.md). The
     # LMM trains on a fixed subset of the train split (the first 6,400 timelines and 3,500 task
     # members) with the step counts below, sized so the whole job fits about 30 minutes of the
-    # 2-core CPU; that is less than the presets' two passes (docs/results.md says what this
-    # budget reaches). Zero-shot samples 16 futures for a seeded subsample of 300 held-out members
+    # 2-core CPU; that is less than the presets' passes (docs/results.md says what this budget
+    # reaches). Arithmetic (idle 2-core CPU; per-step times are the shared machine's measurements
+    # scaled to idle as in docs/training.md, "Speed"): pretraining 300 x ~1.25 s (8 x 512 packed)
+    # = ~6 min; fine-tuning, four runs (cost, chronic, and both from scratch) x 220 steps (one
+    # pass of 3,500 members at batch 16) x ~1.25 s per length-bucketed step (padded to 512 it was
+    # ~2.5 s; `python -m benchmarks.bench_train --presets=demo --finetune_buckets`, 2026-12-02:
+    # 7.8 s padded vs 3.9 s bucketed under load, x2.0) = ~18 min, the same time the former 120
+    # padded steps took. Each fine-tuning run evaluates the tuning split at 110 and 220 steps and
+    # predicts from the better of the two (early stopping, docs/finetuning.md). The other stages
+    # (build, baselines, predictions, zero-shot) were not timed in this change; they have the
+    # remaining ~6 min. Zero-shot samples 16 futures for a seeded subsample of 300 held-out members
     # (its rows are paired with the others on those members). Every other row covers every
     # held-out member.
     "demo": {"num_patients": 50_000, "split_fractions": (0.5, 0.1, 0.4),
              "pretrain_examples": 6_400, "finetune_examples": 3_500, "pretrain_steps": 300,
-             "finetune_steps": 120, "zero_shot_patients": 300, "zero_shot_samples": 16},
+             "finetune_steps": 220, "zero_shot_patients": 300, "zero_shot_samples": 16},
     "small": {"num_patients": 200_000},
     "base": {"num_patients": 1_000_000},
     "large": {"num_patients": 5_000_000},

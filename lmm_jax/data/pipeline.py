@@ -11,6 +11,9 @@ Stages (MapDataset, lazy and indexable, then IterDataset):
   truncate and pad or trim per example (random windows seeded by seed, epoch and record index) ->
   this process's slice [shard_index::shard_count] -> batch (or first-fit packing, then batch) ->
   prefetch (a thread, or `worker_count` processes).
+TASK records with `bucket_lengths` are batched by `_BucketBatches` instead: windows of
+`bucket_window` global batches are sorted by length, cut into batches, each trimmed to the smallest
+bucket length holding its longest record (train: the window's batch order seeded-shuffled).
 
 Every process sees the same global order and takes every shard_count-th example, so the examples
 a step consumes do not depend on how many processes read them, and processes never overlap.
@@ -34,7 +37,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
+import threading
 from typing import Any, Iterator
 
 from absl import flags
@@ -42,7 +47,10 @@ import grain
 import jax
 import numpy as np
 
+from lmm_jax.data import anchors as anchors_lib
 from lmm_jax.data import records
+from lmm_jax.data import tokenizer as tok_lib
+from lmm_jax.data import vocab as vocab_lib
 from lmm_jax.data.fields import Field, FieldKind
 
 TRUNCATIONS = ("recent", "random_window")
@@ -114,6 +122,103 @@ class _PadEpochs(grain.MapDataset):
     return self._source[epoch * self._n + i]
 
 
+def check_buckets(bucket_lengths: tuple[int, ...] | list[int], seq_len: int) -> tuple[int, ...]:
+  """The sorted bucket lengths, seq_len always the last; refuses a bucket outside (0, seq_len]."""
+  buckets = sorted({int(b) for b in bucket_lengths})
+  bad = [b for b in buckets if not 0 < b <= seq_len]
+  if bad:
+    raise ValueError(f"bucket_lengths={tuple(bucket_lengths)}: {bad[0]} is outside (0, "
+                     f"seq_len={seq_len}]")
+  if not buckets or buckets[-1] != seq_len:
+    buckets.append(seq_len)
+  return tuple(buckets)
+
+
+def bucket_length(longest: int, buckets: tuple[int, ...]) -> int:
+  """The smallest bucket length holding a record of `longest` tokens (buckets sorted)."""
+  for b in buckets:
+    if longest <= b:
+      return b
+  return buckets[-1]
+
+
+class _BucketBatches(grain.MapDataset):
+  """Length-bucketed batches of padded TASK examples (one element = this process's batch).
+
+  The global stream (every process's rows, before the process slice) is read in windows of
+  `window` global batches of batch_size * shard_count rows. A window is sorted by length (stable),
+  cut into global batches, and each batch is trimmed to the smallest bucket length that holds its
+  longest record; with `shuffle` the window's batch order is permuted by (seed, window). Process p
+  takes rows p::shard_count of every global batch, so all processes agree on each step's shape.
+  A pure function of the index: deterministic, and the iterator state (an index) resumes exactly.
+  Every record of the parent appears once (evaluation: the epochs are padded to whole batches).
+  """
+
+  def __init__(self, parent: grain.MapDataset, *, batch_size: int, shard_index: int,
+               shard_count: int, buckets: tuple[int, ...], window: int, seed: int,
+               shuffle: bool, drop_remainder: bool):
+    super().__init__(parent)
+    self._source = parent
+    self._rows = batch_size * shard_count
+    self._shard_index, self._shard_count = shard_index, shard_count
+    self._buckets, self._window = buckets, max(int(window), 1)
+    self._seed, self._shuffle = seed, shuffle
+    n = len(parent)
+    self._len = n // self._rows if drop_remainder or n >= sys.maxsize else -(-n // self._rows)
+    self._n = n
+    self._lock = threading.Lock()
+    self._cache: dict[int, list[Example]] = {}
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state.pop("_lock")
+    state["_cache"] = {}
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __str__(self) -> str:
+    return f"_BucketBatches(buckets={self._buckets}, window={self._window})"
+
+  def _window_batches(self, w: int) -> list[Example]:
+    first = w * self._window
+    count = min(self._window, self._len - first)
+    stop = min((first + count) * self._rows, self._n)
+    rows = [self._source[i] for i in range(first * self._rows, stop)]
+    order = sorted(range(len(rows)), key=lambda i: int(rows[i]["length"]))
+    batches = []
+    for b in range(count):
+      take = [rows[i] for i in order[b * self._rows:(b + 1) * self._rows]]
+      length = bucket_length(max(int(r["length"]) for r in take), self._buckets)
+      batch = {}
+      for k in take[0]:
+        x = np.stack([r[k] for r in take])
+        if k in SEQUENCE_OUTPUTS:
+          x = x[:, :length]
+        batch[k] = x[self._shard_index::self._shard_count]
+      batches.append(batch)
+    if self._shuffle:
+      perm = np.random.default_rng([self._seed, w]).permutation(count)
+      batches = [batches[i] for i in perm]
+    return batches
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    w, j = divmod(index, self._window)
+    with self._lock:  # grain's read threads ask for neighbouring batches of one window
+      if w not in self._cache:
+        if len(self._cache) >= 2:
+          self._cache.pop(min(self._cache))
+        self._cache[w] = self._window_batches(w)
+      return self._cache[w][j]
+
+
 def task_batch_fields() -> tuple[Field, ...]:
   """The per-example task-record fields batched besides the sequences (see the module doc)."""
   return tuple(f for f in records.schema(records.TASK)
@@ -164,6 +269,11 @@ def _empty_task_example(seq_len: int, task_fields: tuple[Field, ...]) -> Example
   return ex
 
 
+def _anchor_tokens(data_dir: str) -> anchors_lib.AnchorTokens:
+  vocab = vocab_lib.Vocabulary.load(os.path.join(data_dir, records.VOCAB_FILE))
+  return anchors_lib.AnchorTokens.from_tokenizer(tok_lib.Tokenizer(vocab))
+
+
 def _locate(paths: list[str], record_index: int) -> str:
   """'FILE, record i' for a global record index (only computed when reporting an error)."""
   for path in paths:
@@ -185,19 +295,27 @@ def _check_token_ids(tokens: np.ndarray, vocab_size: int) -> None:
 
 def _parse(index: int, tagged: tuple[int, bytes | None], *, kind: str, seq_len: int,
            truncation: str, seed: int, epoch_length: int, pad: bool, paths: list[str],
-           task_fields: tuple[Field, ...], vocab_size: int) -> Example:
+           task_fields: tuple[Field, ...], vocab_size: int, anchor_rate: float = 0.0,
+           anchor: anchors_lib.AnchorTokens | None = None) -> Example:
   """Decodes, truncates and (unless packing) pads one tagged record (TASK: plus task_fields)."""
   record_index, data = tagged
   if data is None:  # an evaluation padding row
     return (_pad_sequence(_empty_sequence(), seq_len) if kind == records.TIMELINE
             else _empty_task_example(seq_len, task_fields))
   rng = None
+  epoch = index // epoch_length
   if truncation == "random_window":
-    epoch = index // epoch_length
     rng = np.random.default_rng([seed, epoch, record_index])
   try:
     rec = records.decode(data)
     _check_token_ids(np.asarray(rec[_TOKENS]), vocab_size)
+    if anchor_rate > 0:
+      # Its own stream (the 1), so anchors leave the random windows as they were.
+      arng = np.random.default_rng([seed, epoch, record_index, 1])
+      if arng.random() < anchor_rate:
+        day = anchors_lib.random_anchor_day(rec, arng)
+        if day is not None:
+          rec = anchors_lib.insert_anchor(rec, day, anchor)
     ex = _sequence_example(rec, seq_len, truncation, rng)
     if pad and kind == records.TASK:
       task = {"length": np.int32(min(len(rec[_TOKENS]), seq_len)), "valid": np.int32(1)}
@@ -259,6 +377,37 @@ def _ensure_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def _batch_process_slice(ds: grain.MapDataset, *, pack: bool, drop_remainder: bool, seq_len: int,
+                         batch_size: int, seed: int, shuffle: bool, shard_index: int,
+                         shard_count: int, read_threads: int, num_packing_bins: int | None,
+                         prefetch_buffer_size: int) -> grain.IterDataset:
+  """This process's slice of the parsed examples, packed or not, batched at seq_len."""
+  if drop_remainder and len(ds) < sys.maxsize:
+    # Finite data: every process gets the same number of examples, hence of batches.
+    ds = ds[:len(ds) - len(ds) % shard_count]
+  ds = ds[shard_index::shard_count]
+
+  if pack:
+    # The reading threads run ahead by a few batches' worth of timelines.
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                 prefetch_buffer_size=4 * batch_size))
+    it_ds = grain.experimental.FirstFitPackIterDataset(
+        it_ds, length_struct={f.name: seq_len for f in _SEQUENCES},
+        num_packing_bins=num_packing_bins or batch_size, seed=seed, shuffle_bins=shuffle)
+    it_ds = it_ds.map(_rename_packed)
+    batch_fn = None if drop_remainder else functools.partial(
+        grain.experimental.batch_and_pad, batch_size=batch_size)
+    it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn)
+  else:
+    # Batching the MapDataset keeps whole batches per worker process and needs no padding logic:
+    # in evaluation mode every batch is already full.
+    # Here the reading threads' elements are whole batches.
+    it_ds = ds.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads,
+                          prefetch_buffer_size=max(2 * read_threads, prefetch_buffer_size)))
+  return it_ds
+
+
 # ------------------------------------------------------------------------------------------------
 # Public API.
 
@@ -285,7 +434,8 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
                  worker_count: int = 0, prefetch_buffer_size: int = 2,
                  truncation: str = "recent", read_threads: int = 2,
                  num_packing_bins: int | None = None,
-                 max_records: int = 0) -> grain.IterDataset:
+                 max_records: int = 0, bucket_lengths: tuple[int, ...] = (),
+                 bucket_window: int = 16, anchor_rate: float = 0.0) -> grain.IterDataset:
   """The batched dataset of one record kind and split for this process.
 
   Args:
@@ -312,6 +462,15 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
     num_packing_bins: rows packed at once (default batch_size); more bins waste less padding.
     max_records: > 0 reads only the first max_records records of the split (in shard order: a
       fixed subset, e.g. fewer training patients for a scaling curve); 0 reads them all.
+    bucket_lengths: TASK only: each batch is trimmed to the smallest of these lengths (seq_len is
+      always one) that holds its longest record, after sorting windows of `bucket_window` global
+      batches by length (see `_BucketBatches`); the sequences of a batch are then [B, bucket].
+      Empty: every batch is [B, seq_len].
+    anchor_rate: TIMELINE only: the share of timelines (drawn per seed, epoch and record) that
+      get a prediction-time anchor at a random day (`lmm_jax.data.anchors`), as task histories
+      end with; 0: none.
+    bucket_window: global batches sorted together; larger windows waste less padding but mix
+      fewer lengths per batch (train), and cost memory (the window is held decoded).
 
   Returns:
     A grain IterDataset; iter() gives a DatasetIterator with get_state()/set_state().
@@ -322,6 +481,14 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
     raise ValueError(f"truncation={truncation!r}: expected one of {TRUNCATIONS}")
   if pack and kind == records.TASK:
     raise ValueError("task records are never packed: one example per row (pack=False)")
+  if not 0.0 <= anchor_rate <= 1.0:
+    raise ValueError(f"anchor_rate={anchor_rate} must be in [0, 1]")
+  if anchor_rate and kind != records.TIMELINE:
+    raise ValueError(f"anchor_rate={anchor_rate} is for TIMELINE records (task histories "
+                     "already end with their anchor)")
+  if bucket_lengths and kind != records.TASK:
+    raise ValueError(f"bucket_lengths={tuple(bucket_lengths)} is for TASK records; timelines are "
+                     "packed or padded to seq_len")
   if seq_len <= 0 or batch_size <= 0:
     raise ValueError(f"seq_len={seq_len} and batch_size={batch_size} must be positive")
   if num_epochs is not None and num_epochs <= 0:
@@ -356,30 +523,22 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
       _parse, kind=kind, seq_len=seq_len, truncation=truncation, seed=seed,
       epoch_length=epoch_length, pad=not pack, paths=paths,
       task_fields=task_batch_fields() if kind == records.TASK else (),
-      vocab_size=int(manifest["vocab_size"])))
-  if drop_remainder and len(ds) < sys.maxsize:
-    # Finite data: every process gets the same number of examples, hence of batches.
-    ds = ds[:len(ds) - len(ds) % shard_count]
-  ds = ds[shard_index::shard_count]
-
-  if pack:
-    # The reading threads run ahead by a few batches' worth of timelines.
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                 prefetch_buffer_size=4 * batch_size))
-    it_ds = grain.experimental.FirstFitPackIterDataset(
-        it_ds, length_struct={f.name: seq_len for f in _SEQUENCES},
-        num_packing_bins=num_packing_bins or batch_size, seed=seed, shuffle_bins=shuffle)
-    it_ds = it_ds.map(_rename_packed)
-    batch_fn = None if drop_remainder else functools.partial(
-        grain.experimental.batch_and_pad, batch_size=batch_size)
-    it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn)
+      vocab_size=int(manifest["vocab_size"]), anchor_rate=anchor_rate,
+      anchor=_anchor_tokens(data_dir) if anchor_rate else None))
+  if bucket_lengths:
+    # Shapes vary per batch, decided on the global stream so every process agrees.
+    it_ds = _BucketBatches(
+        ds, batch_size=batch_size, shard_index=shard_index, shard_count=shard_count,
+        buckets=check_buckets(bucket_lengths, seq_len), window=bucket_window, seed=seed,
+        shuffle=shuffle, drop_remainder=drop_remainder).to_iter_dataset(
+            grain.ReadOptions(num_threads=read_threads,
+                              prefetch_buffer_size=max(2 * read_threads, prefetch_buffer_size)))
   else:
-    # Batching the MapDataset keeps whole batches per worker process and needs no padding logic:
-    # in evaluation mode every batch is already full.
-    # Here the reading threads' elements are whole batches.
-    it_ds = ds.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset(
-        grain.ReadOptions(num_threads=read_threads,
-                          prefetch_buffer_size=max(2 * read_threads, prefetch_buffer_size)))
+    it_ds = _batch_process_slice(ds, pack=pack, drop_remainder=drop_remainder, seq_len=seq_len,
+                                 batch_size=batch_size, seed=seed, shuffle=shuffle,
+                                 shard_index=shard_index, shard_count=shard_count,
+                                 read_threads=read_threads, num_packing_bins=num_packing_bins,
+                                 prefetch_buffer_size=prefetch_buffer_size)
 
   if worker_count > 0:
     _ensure_absl_flags_parsed()
@@ -392,9 +551,15 @@ def make_dataset(data_dir: str, kind: str, split: str, *, seq_len: int, batch_si
 
 def iterate_eval_batches(data_dir: str, kind: str, split: str, *, seq_len: int, batch_size: int,
                          shard_index: int | None = None, shard_count: int | None = None,
+                         bucket_lengths: tuple[int, ...] = (), bucket_window: int = 16,
                          ) -> Iterator[Example]:
-  """One ordered pass over a split: every example once, the last batch padded (valid == 0)."""
+  """One pass over a split: every example once, the last batch padded (valid == 0).
+
+  In record order; with bucket_lengths (TASK), in length order within each window of
+  bucket_window batches, each batch trimmed to its bucket (so key outputs by subject_id).
+  """
   ds = make_dataset(data_dir, kind, split, seq_len=seq_len, batch_size=batch_size, seed=0,
                     shuffle=False, num_epochs=1, pack=False, drop_remainder=False,
-                    shard_index=shard_index, shard_count=shard_count, prefetch_buffer_size=0)
+                    shard_index=shard_index, shard_count=shard_count, prefetch_buffer_size=0,
+                    bucket_lengths=bucket_lengths, bucket_window=bucket_window)
   yield from ds

@@ -118,8 +118,10 @@ class CostTask(FinetuneTask):
                           ) -> Iterator[dict[str, np.ndarray]]:
     n = self.config.cost.calibration_examples
     max_batches = -1 if n <= 0 else max(1, math.ceil(n / (batch_size * shard_count)))
+    # Record order (unbucketed): the smearing rows are the first n train members, whatever their
+    # history lengths.
     return self.split_batches(conventions.TRAIN, batch_size=batch_size, shard_index=shard_index,
-                              shard_count=shard_count, max_batches=max_batches)
+                              shard_count=shard_count, max_batches=max_batches, bucketed=False)
 
   # Raw outputs -> quantities.
   def _mean_loss(self, o_B: jax.Array, y_B: jax.Array, scale: float, z_mean: float) -> jax.Array:

@@ -118,20 +118,33 @@ class FinetuneTask(Task):
                             dropout_rate=self.config.head.dropout_rate, output_bias=bias)
     return heads.FinetuneModel(cfg, head, rngs=rngs)
 
+  def bucket_lengths(self) -> tuple[int, ...]:
+    """config.bucket_lengths below seq_len (a preset's buckets survive a shorter seq_len)."""
+    c = self.config
+    return tuple(int(b) for b in c.get("bucket_lengths", ()) if 0 < int(b) < c.seq_len)
+
   def train_dataset(self, *, batch_size: int, shard_index: int, shard_count: int) -> Any:
     c = self.config
     return pipeline.make_dataset(
         c.data_dir, records.TASK, conventions.TRAIN, seq_len=c.seq_len, batch_size=batch_size,
         seed=c.seed, shuffle=True, num_epochs=None, pack=False, truncation=c.truncation,
         worker_count=c.worker_count, shard_index=shard_index, shard_count=shard_count,
-        max_records=c.train_examples)
+        max_records=c.train_examples, bucket_lengths=self.bucket_lengths())
 
   def split_batches(self, split: str, *, batch_size: int, shard_index: int, shard_count: int,
-                    max_batches: int = -1) -> Iterator[dict[str, np.ndarray]]:
-    """One ordered pass over a split (every member once; padding rows have valid == 0)."""
+                    max_batches: int = -1, bucketed: bool = True
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over a split (every member once; padding rows have valid == 0).
+
+    With config.bucket_lengths (and `bucketed`) the batches come in length order within windows
+    and have the bucket's length, so callers key outputs by subject_id, never by position.
+    bucketed=False keeps record order, so that max_batches takes the first records, not the
+    shortest of a window.
+    """
     it = pipeline.iterate_eval_batches(self.config.data_dir, records.TASK, split,
                                        seq_len=self.config.seq_len, batch_size=batch_size,
-                                       shard_index=shard_index, shard_count=shard_count)
+                                       shard_index=shard_index, shard_count=shard_count,
+                                       bucket_lengths=self.bucket_lengths() if bucketed else ())
     for i, batch in enumerate(it):
       if 0 <= max_batches <= i:
         break

@@ -109,7 +109,7 @@ class PretrainTask(Task):
         c.data_dir, records.TIMELINE, "train", seq_len=c.seq_len, batch_size=batch_size,
         seed=c.seed, shuffle=True, num_epochs=None, pack=c.pack, truncation=c.truncation,
         worker_count=c.worker_count, shard_index=shard_index, shard_count=shard_count,
-        max_records=c.get("train_examples", 0))
+        max_records=c.get("train_examples", 0), anchor_rate=c.get("anchor_rate", 0.0))
 
   def eval_dataset(self, *, batch_size: int, shard_index: int,
                    shard_count: int) -> Iterable[Mapping[str, np.ndarray]]:

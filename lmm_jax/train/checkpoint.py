@@ -8,7 +8,9 @@ Layout: WORKDIR/checkpoints/<step>/ with the items
              asynchronous write cannot race the loop advancing the iterator; one file per process
              (`metadata` for a single process, `process_<i>-of-<n>.json` for several), since each
              process reads its own slice of the data.
-Saves are asynchronous; the last `max_to_keep` are kept. The tree items go through orbax's
+Saves are asynchronous; the last `max_to_keep` are kept, and with `best_metric=(name, mode)`
+(early stopping) also the best checkpoint by the metrics given to save() (orbax's BestN
+preservation policy beside LatestN; `best_step` finds it). The tree items go through orbax's
 StandardSave / StandardRestore; their on-disk format is PyTreeCheckpointHandler's, so checkpoints
 written earlier with PyTreeSave restore unchanged.
 
@@ -25,6 +27,7 @@ Reading another run's checkpoints (one way for every caller):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 from typing import Any, Iterator
@@ -104,13 +107,25 @@ class Checkpointer:
   """A thin wrapper over ocp.CheckpointManager for the items of a training state."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, best_metric: tuple[str, str] | None = None):
     self.directory = os.path.abspath(directory)
+    best: dict[str, Any] = {}
+    if best_metric is not None:
+      name, mode = best_metric
+      if mode not in ("min", "max"):
+        raise ValueError(f"best_metric mode {mode!r}: expected 'min' or 'max'")
+      best = dict(best_fn=functools.partial(_metric_value, name), best_mode=mode)
+      if not read_only:
+        # The latest max_to_keep (resume) and, among the saves that carry metrics, the best one.
+        best["preservation_policy"] = ocp.checkpoint_managers.AnyPreservationPolicy([
+            ocp.checkpoint_managers.LatestN(n=max_to_keep),
+            ocp.checkpoint_managers.BestN(get_metric_fn=best["best_fn"], reverse=mode == "min",
+                                          n=1, keep_checkpoints_without_metrics=False)])
     # Read-only managers keep nothing and save nothing (set here, orbax warns when it overrides).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else max_to_keep,
+        max_to_keep=None if read_only or best_metric else max_to_keep,
         save_interval_steps=0 if read_only else 1, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=async_save)
+        enable_async_checkpointing=async_save, **best)
     # Every item's handler is registered, so restoring or reading some items never finds the
     # others unrestorable (orbax warns per unregistered item).
     self.manager = _Manager(self.directory, options=options, handler_registry=_handler_registry())
@@ -119,13 +134,25 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: dict[str, Any], data_state: dict[str, Any] | None) -> None:
+  def best_step(self) -> int | None:
+    """The best step by best_metric among the saves with metrics (None if none; needs
+    best_metric)."""
+    if not self.manager._track_best:  # pylint: disable=protected-access
+      raise ValueError(f"{self.directory}: best_step() needs Checkpointer(best_metric=...)")
+    return self.manager.best_step()  # orbax ranks only the checkpoints saved with metrics
+
+  def metrics(self, step: int) -> dict[str, Any] | None:
+    """The metrics saved with `step` (None if it was saved without)."""
+    return self.manager.metrics(step)
+
+  def save(self, step: int, state: dict[str, Any], data_state: dict[str, Any] | None,
+           metrics: dict[str, float] | None = None) -> None:
     items = dict(params=ocp.args.StandardSave(state["params"]),
                  opt_state=ocp.args.StandardSave(state["opt_state"]),
                  train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}))
     if data_state is not None:
       items[DATA_ITEM] = ocp.args.JsonSave(data_state)
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True, metrics=metrics)
 
   def restore(self, step: int, abstract_state: dict[str, Any], with_data: bool = True
               ) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -229,6 +256,21 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _metric_value(name: str, metrics: dict[str, Any]) -> float:
+  return float(metrics[name])
+
+
+def best_step(workdir_or_dir: str, metric: str, mode: str) -> int | None:
+  """The step of a run's best checkpoint by `metric` (saved with metrics), or None."""
+  if not os.path.isdir(checkpoint_dir(workdir_or_dir)):
+    return None
+  ckpt = Checkpointer(checkpoint_dir(workdir_or_dir), read_only=True, best_metric=(metric, mode))
+  try:
+    return ckpt.best_step()
+  finally:
+    ckpt.close()
 
 
 def abstract_like(tree: Any) -> Any:

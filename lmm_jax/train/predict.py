@@ -24,6 +24,8 @@ import tqdm
 
 from lmm_jax import runs
 from lmm_jax import tasks as tasks_lib
+from lmm_jax.train import checkpoint as ckpt_lib
+from lmm_jax.train import early_stopping as es_lib
 from lmm_jax.train import trainer as trainer_lib
 
 
@@ -61,9 +63,12 @@ def collect_outputs(trainer: trainer_lib.Trainer, params: Any,
 
 def predict_and_write(config: ml_collections.ConfigDict, workdir: str,
                       task: tasks_lib.FinetuneTask) -> str:
-  """Predicts config.predict_split from the run's latest checkpoint; returns the file written."""
+  """Predicts config.predict_split from the run's latest checkpoint (with early stopping: its
+  best by the tuning metric); returns the file written."""
   tr = trainer_lib.Trainer(config, task)
-  params, step = runs.restore_params(workdir, tr.abstract_state["params"],
+  es = es_lib.EarlyStopping.from_config(config)
+  best = None if es is None else ckpt_lib.best_step(workdir, es.metric, es.mode)
+  params, step = runs.restore_params(workdir, tr.abstract_state["params"], best,
                                      hint="train before predicting")
   pcount, pindex = jax.process_count(), jax.process_index()
   shard = dict(batch_size=max(config.eval_batch_size // pcount, 1), shard_index=pindex,

@@ -7,7 +7,12 @@ Set-up follows "shapes first, then shardings, then a jitted init": the model is 
 config's rules (`lmm_jax.sharding`), and the state is created by a jit whose out_shardings place
 every parameter and optimizer moment where it belongs (nothing is materialized unsharded). The train
 step is `jax.jit(step, in_shardings, out_shardings, donate_argnums=0)`, compiled ahead of time with
-its memory analysis printed before step 0.
+its memory analysis printed before its first step.
+
+Jit contract: one compile per batch shape. Packed timelines always have [B, seq_len]; TASK batches
+with config.bucket_lengths have [B, bucket] for each bucket length (pipeline.make_dataset), so the
+train step is compiled once per bucket (cached by the batch's shapes and dtypes) and the eval step
+(a plain jax.jit) traces once per bucket too. Nothing else varies between steps.
 
 Training state: {'step': int32, 'params': nested dict, 'opt_state': optax state, 'rng': uint32[2]}.
 Per-step randomness (dropout) is fold_in(rng, step), so a resumed run draws the same numbers.
@@ -21,7 +26,12 @@ Resume order (first that applies):
   4. scratch.
 
 Checkpoints are saved asynchronously every config.checkpoint_every_steps, at the end, and on
-SIGTERM (preemption), keeping the last config.keep_checkpoints. A preemption notice reaching any
+SIGTERM (preemption), keeping the last config.keep_checkpoints.
+
+Early stopping (config.early_stopping.patience > 0, `lmm_jax.train.early_stopping`): every
+evaluation (each eval_every_steps and the last step) saves a checkpoint carrying the evaluated
+metric, the best of them is kept beside the latest, and training stops once `patience`
+evaluations in a row have not improved it by more than min_delta; prediction restores the best. A preemption notice reaching any
 one process stops all of them after the same step, saved together (Checkpointer.reached_preemption).
 A NaN/Inf loss aborts with FloatingPointError before anything is saved, leaving the last good
 checkpoint intact.
@@ -52,6 +62,7 @@ from lmm_jax import runs
 from lmm_jax import sharding
 from lmm_jax.model import transformer
 from lmm_jax.train import checkpoint as ckpt_lib
+from lmm_jax.train import early_stopping as es_lib
 from lmm_jax.train import metrics as metrics_lib
 from lmm_jax.train import optimizer as opt_lib
 from lmm_jax.train.task import Task
@@ -156,7 +167,7 @@ class Trainer:
     # Then a jitted init that creates every array already sharded.
     self._init_jit = jax.jit(self._init_fn, out_shardings=self.state_shardings)
     self._eval_jit = jax.jit(self._eval_step)
-    self._compiled = None
+    self._compiled: dict[tuple, Any] = {}   # batch signature -> compiled train step
 
   # ----------------------------------------------------------------------------------------------
   # Pure functions (traced under jit).
@@ -232,8 +243,16 @@ class Trainer:
     return sharding.put_batch({k: np.asarray(batch[k]) for k in self.task.batch_keys},
                               self.mesh, self.rules)
 
+  @staticmethod
+  def batch_signature(batch: Mapping[str, Any]) -> tuple:
+    """What a compiled train step is specialized to: each key's shape and dtype."""
+    return tuple(sorted((k, tuple(x.shape), str(x.dtype)) for k, x in batch.items()))
+
+  def is_compiled(self, batch: Mapping[str, Any]) -> bool:
+    return self.batch_signature(batch) in self._compiled
+
   def compile(self, batch: Mapping[str, jax.Array]) -> Any:
-    """Ahead-of-time compilation of the train step; logs the memory analysis."""
+    """Ahead-of-time compilation of the train step for this batch shape; logs its memory."""
     batch_shardings = {k: sharding.batch_sharding(self.mesh, self.rules, x.ndim)
                        for k, x in batch.items()}
     abstract_batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_shardings[k])
@@ -243,19 +262,22 @@ class Trainer:
                         out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())))
     with sharding.activation_rules(self.mesh, self.rules):
       lowered = train_jit.lower(self.abstract_state, abstract_batch)
-    self._compiled = lowered.compile(compiler_options=compiler_options(self.mesh))
-    mem = self._compiled.memory_analysis()
+    compiled = lowered.compile(compiler_options=compiler_options(self.mesh))
+    self._compiled[self.batch_signature(batch)] = compiled
+    mem = compiled.memory_analysis()
     if mem is not None:
       fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                 "alias_size_in_bytes", "generated_code_size_in_bytes")
-      logging.info("train step memory per device (MiB): %s", ", ".join(
+      logging.info("train step %s memory per device (MiB): %s", batch["tokens"].shape
+                   if "tokens" in batch else "", ", ".join(
           f"{f.replace('_size_in_bytes', '')} {getattr(mem, f, 0) / 2**20:.1f}" for f in fields))
-    return self._compiled
+    return compiled
 
   def train_step(self, state: dict[str, Any], batch: Mapping[str, jax.Array]):
-    if self._compiled is None:
+    key = self.batch_signature(batch)
+    if key not in self._compiled:
       self.compile(batch)
-    return self._compiled(state, batch)
+    return self._compiled[key](state, batch)
 
   def eval_outputs(self, params: Any, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """The task's per-example eval outputs on one host batch (the compiled eval step)."""
@@ -337,18 +359,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     print(f"{task.name}: {trainer.num_params:,} parameters "
           f"({trainer.num_params / 1e6:.2f}M), mesh {dict(trainer.mesh.shape)}", flush=True)
 
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR),
-                                       max_to_keep=config.keep_checkpoints)
+  es = es_lib.EarlyStopping.from_config(config)
+  checkpointer = ckpt_lib.Checkpointer(
+      os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints,
+      best_metric=None if es is None else (es.metric, es.mode))
   writer = metrics_lib.MetricWriter(workdir)
   try:
-    return _run(config, trainer, checkpointer, writer, is_main)
+    return _run(config, trainer, checkpointer, writer, is_main, es)
   finally:
     checkpointer.close()  # waits for in-flight saves: the last checkpoint is complete
     writer.close()
 
 
 def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
-         writer: metrics_lib.MetricWriter, is_main: bool) -> dict[str, float]:
+         writer: metrics_lib.MetricWriter, is_main: bool,
+         es: es_lib.EarlyStopping | None = None) -> dict[str, float]:
   task = trainer.task
   state, data_state, source = trainer.restore_or_init(checkpointer)
   start_step = int(state["step"])
@@ -376,7 +401,22 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
       metrics_lib.console(step, num_steps, out, _CONSOLE_KEYS + ("eval_perplexity",))
     return out
 
+  if es is not None:
+    best = checkpointer.best_step()
+    es.resume(best, None if best is None else checkpointer.metrics(best),
+              es_lib.eval_steps(num_steps, config.eval_every_steps), start_step)
+
+  def early_stop_summary() -> dict[str, float]:
+    return {} if es is None else {"best_step": es.best_step, f"best_{es.metric}": es.best_value,
+                                  "stopped_early": float(es.stopped)}
+
   final: dict[str, float] = {}
+  if es is not None and es.stopped and start_step < num_steps:
+    logging.info("early stopping already reached at step %d: %s", start_step, es.summary())
+    final.update(run_eval(state["params"], start_step))
+    final.update(early_stop_summary())
+    final["step"] = start_step
+    return final
   if start_step >= num_steps:
     logging.info("already trained to step %d (num_train_steps=%d)", start_step, num_steps)
     final.update(run_eval(state["params"], start_step))
@@ -445,9 +485,10 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
     for step in range(start_step, num_steps):
       batch_np = next(data_iter)
       batch = trainer.device_batch(batch_np)
-      if trainer._compiled is None:  # pylint: disable=protected-access
+      if not trainer.is_compiled(batch):  # once per bucket shape; not counted as step time
+        t_compile = time.time()
         trainer.compile(batch)
-        window["t"] = time.time()
+        window["t"] += time.time() - t_compile
       tokens = task.tokens_in_batch(batch_np) * pcount
       state, out = trainer.train_step(state, batch)  # dispatched, not awaited
       if pending is not None:
@@ -455,17 +496,41 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
       done = step + 1
       pending = StepResult(done, out, tokens, config.batch_size)
       stop = checkpointer.reached_preemption(done)  # the same answer on every process
-      if done % config.checkpoint_every_steps == 0 or done == num_steps or stop:
+      save = done % config.checkpoint_every_steps == 0 or done == num_steps or stop
+      # With early stopping the last step's evaluation runs here, so its checkpoint is ranked.
+      evaluate = bool(config.eval_every_steps) and done % config.eval_every_steps == 0 and (
+          done != num_steps or es is not None)
+      if (save or evaluate) and pending is not None:
         finish(pending)  # a checkpoint only after its step's loss was checked
         pending = None
-        checkpointer.save(done, state,
-                          data_iter.get_state() if hasattr(data_iter, "get_state") else None)
-      if config.eval_every_steps and done % config.eval_every_steps == 0 and done != num_steps:
-        if pending is not None:
-          finish(pending)
-          pending = None
-        final.update(run_eval(state["params"], done))
+      ckpt_metrics = None
+      if evaluate:
+        out = run_eval(state["params"], done)
+        final.update(out)
         window["t"] = time.time()
+        if es is not None:
+          # Only a new best carries metrics: orbax's BestN then keeps exactly the early-stopping
+          # best (an evaluation better by less than min_delta is no new best).
+          if es.update(done, out):
+            ckpt_metrics = {es.metric: out[es.metric]}
+          writer.write(done, {"early_stopping_bad_evals": es.bad_evals})
+          save = True
+      if es is not None and not evaluate and done == num_steps:
+        # eval_every_steps does not divide num_steps: the final evaluation is ranked too.
+        out = run_eval(state["params"], done)
+        final.update(out)
+        if es.update(done, out):
+          ckpt_metrics = {es.metric: out[es.metric]}
+      if save:
+        checkpointer.save(done, state,
+                          data_iter.get_state() if hasattr(data_iter, "get_state") else None,
+                          metrics=ckpt_metrics)
+      if es is not None and es.stopped and done < num_steps:
+        msg = f"early stop at step {done}/{num_steps}: {es.summary()}"
+        logging.info(msg)
+        if progress is not None:
+          progress.write(msg)
+        break
       if stop:
         logging.warning("preempted at step %d; checkpoint saved", done)
         break
@@ -474,8 +539,9 @@ def _run(config: ml_collections.ConfigDict, trainer: Trainer, checkpointer: ckpt
   if progress is not None:
     progress.close()
   step = int(state["step"])
-  if step == num_steps:
+  if step == num_steps and es is None:
     final.update(run_eval(state["params"], step))
+  final.update(early_stop_summary())
   final.update(last_train)
   final["step"] = step
   return final
