@@ -145,3 +145,17 @@ def test_lab_values_and_medication_parents_reach_the_vocabulary(mimic_task_dir):
   with_desc = [e for e in vocab.entries if e["token"].startswith("LAB//LOINC//")
                and "//_Q_" not in e["token"] and e["description"]]
   assert with_desc
+
+
+def test_text_values_become_categories_or_numbers(mimic_task_dir):
+  report = _report(mimic_task_dir)
+  vocab = Vocabulary.load(os.path.join(mimic_task_dir, records.VOCAB_FILE))
+  text = report["text_values"]
+  assert text["rows"] == text["category"] + text["bare_code"]
+  # Blood-gas specimen types (LOINC 66746-9: arterial / venous) are categories; most text rows
+  # get one; height, weight and BMI, kept as text by the ETL, are read as numbers (value bins).
+  assert "LAB//LOINC//66746-9//_T_ART." in vocab.tokens
+  assert text["category"] > 0.5 * text["rows"] and report["codes_with_text_categories"] > 20
+  assert text["read_as_number"] > 1500
+  assert "OTHER//Height (Inches)//_Q_1" in vocab.tokens
+  assert not any(t.startswith("OTHER//Height (Inches)//_T_") for t in vocab.tokens)
