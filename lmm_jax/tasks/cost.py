@@ -26,6 +26,7 @@ import numpy as np
 
 from lmm_jax import conventions
 from lmm_jax.data import meds_tasks
+from lmm_jax.eval import meds_outputs
 from lmm_jax.eval import metrics as eval_metrics
 from lmm_jax.eval import predictions as predictions_lib
 from lmm_jax.tasks.finetune import Collect, FinetuneTask
@@ -292,6 +293,10 @@ class CostTask(FinetuneTask):
     quantiles = {q: preds["y_" + q] for q, _ in QUANTILES if "y_" + q in preds}
     meta = dict(meta, loss=self.loss_name, scale=self.scale, smearing=dict(calibration),
                 point_estimate=self.config.cost.point_estimate)
-    return predictions_lib.write_cost_predictions(
+    path = predictions_lib.write_cost_predictions(
         workdir, self.config.model_name, subject_id, outputs["y"], preds["y_pred"], meta=meta,
         y_pred_capped=preds.get("y_pred_capped"), quantiles=quantiles or None)
+    # Beside it, the MEDS label layout with each row's prediction time (meds_outputs).
+    meds_outputs.cost_to_meds(path, self.config.data_dir,
+                              meds_outputs.cost_predictions_path(workdir, self.config.model_name))
+    return path
