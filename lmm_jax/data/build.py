@@ -781,6 +781,7 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
     report["task_label_rows_without_subject"] = unmatched
     report["task_empty_histories"] = {s: per_split[s]["task_empty_histories"]
                                       for s in conventions.SPLITS}
+    report["task_label_value"] = task_labels.value_kind
     if task_labels.is_boolean:
       report["task_positives"] = {s: per_split[s]["task_positives"] for s in conventions.SPLITS}
     meds_tasks.check_task(report, cfg)

@@ -2,13 +2,13 @@
 
 A MEDS dataset is a directory with `data/**/*.parquet` (columns `subject_id` int64, `time`
 timestamp (null for static facts), `code` string, `numeric_value` float32 (nullable), optional
-`text_value` string (nullable; read when the file has it), any extra columns) and optional `metadata/` (`dataset.json`, `codes.parquet`,
-`subject_splits.parquet`). We accept any integer `subject_id`, a timestamp of any unit or time zone,
-a date, or an ISO-8601 string `time` (values that do not parse are counted, not fatal), a
-string / large string / dictionary `code`, and any numeric `numeric_value`. Anything else is
-malformed input: `MEDSFormatError` names the file and the column. A subject's rows must be
-contiguous in its file (MEDS sorts a file by subject and time), so `iter_shard` can read a file of
-any size in bounded chunks.
+`text_value` string (nullable; read when the file has it), any extra columns) and optional
+`metadata/` (`dataset.json`, `codes.parquet`, `subject_splits.parquet`). We accept any integer
+`subject_id`, a timestamp of any unit or time zone, a date, or an ISO-8601 string `time` (values
+that do not parse are counted, not fatal), a string / large string / dictionary `code`, and any
+numeric `numeric_value`. Anything else is malformed input: `MEDSFormatError` names the file and
+the column. A subject's rows must be contiguous in its file (MEDS sorts a file by subject and
+time), so `iter_shard` can read a file of any size in bounded chunks.
 """
 
 from __future__ import annotations

@@ -125,13 +125,22 @@ def cost_to_meds(predictions_file: str, data_dir: str, out_file: str) -> str:
   split = meta.get("split")
   if not split:
     raise ValueError(f"{predictions_file}: no split in its lmm_jax metadata")
-  sid = table.column("subject_id").to_numpy()
   columns = {"capped": "y_pred_capped", "p10": "y_p10", "p50": "y_p50", "p90": "y_p90"}
   extra = {name: table.column(col).to_numpy() for name, col in columns.items()
            if col in table.column_names}
-  out = cost_table(sid, prediction_times(data_dir, split, sid), table.column("y_true").to_numpy(),
-                   table.column("y_pred").to_numpy(), extra)
-  out = out.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+  return write_cost_table(out_file, data_dir, split, table.column("subject_id").to_numpy(),
+                          table.column("y_true").to_numpy(), table.column("y_pred").to_numpy(),
+                          extra, meta)
+
+
+def write_cost_table(out_file: str, data_dir: str, split: str, subject_id: np.ndarray,
+                     y_true: np.ndarray, y_pred: np.ndarray, extra: Mapping[str, np.ndarray],
+                     meta: Mapping[str, Any]) -> str:
+  """Writes cost (or float_value) predictions of the split's task records in the MEDS label
+  layout (atomically), also with several records per subject; returns out_file."""
+  out = cost_table(subject_id, prediction_times(data_dir, split, subject_id), y_true, y_pred,
+                   extra)
+  out = out.replace_schema_metadata({META_KEY: json.dumps(dict(meta), default=str).encode()})
   os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
   tmp = f"{out_file}.tmp-{os.getpid()}"
   pq.write_table(out, tmp)
