@@ -65,5 +65,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (lmm_jax.data.values); 0 turns them off.
   c.num_value_bins = 10
   c.value_sample_size = 2000       # train values kept per code (bounded) to fit the quantiles
+  # Text values of generic rows without a numeric value -> `CODE//_T_<text>` category tokens: per
+  # code its texts with >= min_code_count train rows, at most this many (the most frequent); 0
+  # turns them off.
+  c.max_text_values_per_code = 20
+  c.numeric_text_values = True     # a text_value that is a plain number, on a row without
+                                   # numeric_value, is read as its value (value bins apply)
   c.lock()
   return c

@@ -8,7 +8,8 @@ zero_shot, synthesize, all):
       --config.data_dir=/tmp/lmm/records --config.mode=all
 
 Writes W/predictions/{cost,chronic}/lmm_zero_shot.parquet (kind 'zero-shot'; they join the paper
-tables), W/zero_shot_vs_n.{csv,md,png}, W/zero_shot_summary.json and, for synthesize/all,
+tables), W/zero_shot_vs_n.{csv,md,png}, W/zero_shot_summary.json, the first futures_samples
+sampled futures of each member as MEDS data (W/futures/<split>/<k>.parquet) and, for synthesize/all,
 W/synthetic_meds/ (a MEDS dataset) with W/memorization_audit.{json,md}. The run exits with status 1
 when the audit fails (thresholds below). Presets:
   tiny   unit tests: 4 futures, 48 new tokens, a few members
@@ -55,6 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.split = "held_out"             # task records predicted zero-shot
   c.seed = 0
   c.model_name = "lmm_zero_shot"   # predictions/{cost,chronic}/<model_name>.parquet
+  c.futures_samples = 1            # zero-shot futures per member written as MEDS data
+                                   # (W/futures/<split>/<k>.parquet, with prediction_time); 0: none
   c.progress = True
 
   c.sampling = ml_collections.ConfigDict()

@@ -129,6 +129,7 @@ class _Context:
   labels_dir: str = ""       # label tasks: the MEDS label files (read once per worker)
   code_mapping: Optional[dict[str, str]] = None  # raw code -> parent code (code_metadata)
   value_bins: Optional[values_lib.ValueBins] = None  # numeric values -> bin codes
+  text_categories: Optional[values_lib.TextCategories] = None  # text values -> category codes
 
 
 _CTX: Optional[_Context] = None
@@ -227,7 +228,8 @@ def _clean_chunks(path: str) -> Iterable[events_lib.CleanRows]:
   for rows in meds_io.iter_shard(path, ctx.config["claim_id_column"],
                                  rows_per_chunk(ctx.config, ctx.num_shards)):
     yield clean_lib.clean(rows, _ANALYZER, ctx.splits, ctx.config["hash_split_fractions"],
-                          clean_lib.Limits.from_config(ctx.config))
+                          clean_lib.Limits.from_config(ctx.config),
+                          bool(ctx.config["numeric_text_values"]))
 
 
 def _claim_starts(c: events_lib.CleanRows, mask: np.ndarray) -> np.ndarray:
@@ -261,8 +263,11 @@ def _pass1(path: str) -> dict[str, Any]:
   max_day, subjects = None, []
   value_samples: dict[str, values_lib.Sample] = {}
   valued_counts: collections.Counter = collections.Counter()
+  text_counts: dict[values_lib.TextKey, int] = {}
   for c in _clean_chunks(path):
     train = c.split == train_split
+    if int(_CTX.config["max_text_values_per_code"]) > 0:
+      values_lib.count_texts(c, train, text_counts)
     if int(_CTX.config["num_value_bins"]) > 1:
       values_lib.sample_values(c, train, int(_CTX.config["value_sample_size"]), value_samples)
       valued = train & (c.role == Role.OTHER) & np.isfinite(c.value)
@@ -293,7 +298,7 @@ def _pass1(path: str) -> dict[str, Any]:
   return {"path": path, "counts": {code: n for code, n in counts.items() if n},
           "lobs": sorted(lobs), "cost": cost, "cost_key": key, "max_day": max_day,
           "subjects": np.concatenate(subjects), "value_samples": value_samples,
-          "valued_counts": dict(valued_counts)}
+          "valued_counts": dict(valued_counts), "text_counts": values_lib.top_texts(text_counts)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +315,8 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
   per_split = _split_counters()
   out = {"input_rows": 0, "dropped": collections.Counter(), "used_rows": 0,
          "per_split": per_split, "stats": stats, "hashed_subjects": 0,
-         "rows_by_system": collections.Counter(), "coverage": {}}
+         "rows_by_system": collections.Counter(), "coverage": {},
+         "text_values": dict.fromkeys(TEXT_VALUE_COUNTS, 0)}
   with contextlib.ExitStack() as stack:
     writers = {(kind, split): stack.enter_context(records.ShardWriter(os.path.join(
         ctx.output_dir, kind, records.shard_name(split, index, ctx.num_shards))))
@@ -319,6 +325,12 @@ def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
       raw_codes, pre_index = c.codes.codes, c.code_index
       mapped_codes = _with_parents(c, ctx.code_mapping)
       c = values_lib.with_value_bins(mapped_codes, ctx.value_bins, _ANALYZER)
+      c, text_rows, categorized = values_lib.with_text_categories(c, ctx.text_categories,
+                                                                  _ANALYZER)
+      out["text_values"]["read_as_number"] += c.numeric_texts
+      out["text_values"]["rows"] += text_rows
+      out["text_values"]["category"] += categorized
+      out["text_values"]["bare_code"] += text_rows - categorized
       code_ids = timeline.code_token_ids(tok, c.codes)
       for ev in c.subjects(ctx.data_end_day):
         split = conventions.SPLITS[ev.split]
@@ -354,6 +366,10 @@ def _with_parents(c: events_lib.CleanRows, mapping: Optional[dict[str, str]]
 
 
 COVERAGE = ("specific", "parent", "unk")
+# report.json's text_values: generic rows whose text was read as their numeric value; rows with a
+# text value (and no numeric one), those that got a category token and those that kept the bare
+# code (a rare or high-cardinality text).
+TEXT_VALUE_COUNTS = ("read_as_number", "rows", "category", "bare_code")
 
 
 def _count_coverage(out: dict[str, dict[str, int]], raw_codes: list[str], mapped_codes: list[str],
@@ -631,8 +647,10 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
   subjects, max_days = [], []
   value_samples: dict[str, values_lib.Sample] = {}
   valued_counts: collections.Counter = collections.Counter()
+  text_counts: collections.Counter = collections.Counter()
   for r in runner.map(_pass1, paths, "pass 1/2: counting codes"):
     counts.update(r["counts"])
+    text_counts.update(r["text_counts"])
     valued_counts.update(r["valued_counts"])
     for code, sample in r["value_samples"].items():
       values_lib.merge(value_samples, code, sample, int(cfg["value_sample_size"]))
@@ -668,12 +686,18 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
                               int(cfg["min_code_count"]))
   del value_samples
   counts.update(value_bins.bin_counts)
+  text_categories = values_lib.fit_texts(text_counts, mapping,
+                                         int(cfg["max_text_values_per_code"]),
+                                         int(cfg["min_code_count"]))
+  del text_counts
+  counts.update(text_categories.counts)
   vocab = tok_lib.build_vocabulary(tok_cfg, counts, tok_lib.cost_edges(
       cfg["cost_bin_spacing"], int(cfg["num_cost_bins"]), cost, cfg["cost_bin_low"],
       cfg["cost_bin_high"]), lobs)
   if code_meta is not None:
     code_metadata.describe(vocab, code_meta, raw_counts, mapping, int(cfg["min_code_count"]))
   values_lib.describe_bins(vocab, value_bins, tok_lib.Tokenizer(vocab))
+  values_lib.describe_texts(vocab, text_categories, tok_lib.Tokenizer(vocab))
   vocab_path = os.path.join(work_dir, records.VOCAB_FILE)
   vocab.save(vocab_path)
 
@@ -684,12 +708,13 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
   ctx2 = dataclasses.replace(ctx, splits=None, output_dir=work_dir, vocab_path=vocab_path,
                              index_day=index_day, data_end_day=open_end,
                              labels_dir=ctx.labels_dir, code_mapping=mapping,
-                             value_bins=value_bins)
+                             value_bins=value_bins, text_categories=text_categories)
   dropped: collections.Counter = collections.Counter({r: 0 for r in DROP_REASONS})
   input_rows = used_rows = hashed = 0
   per_split = _split_counters()
   rows_by_system: collections.Counter = collections.Counter()
   coverage: dict[str, dict[str, int]] = {}
+  text_values = dict.fromkeys(TEXT_VALUE_COUNTS, 0)
   stats = None
   jobs = [(i, p, ctx2) for i, p in enumerate(paths)]
   for done, r in enumerate(runner.map(_pass2, jobs, "pass 2/2: writing records"), 1):
@@ -699,6 +724,8 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
     hashed += r["hashed_subjects"]
     dropped.update(r["dropped"])
     rows_by_system.update(r["rows_by_system"])
+    for k, n in r["text_values"].items():
+      text_values[k] += n
     for family, how in r["coverage"].items():
       mine = coverage.setdefault(family, dict.fromkeys(COVERAGE, 0))
       for k, n in how.items():
@@ -725,6 +752,8 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
       "code_coverage": dict(sorted(coverage.items())),
       "codes_mapped_to_parents": len(mapping),
       "codes_with_value_bins": len(value_bins.edges),
+      "codes_with_text_categories": len(text_categories.categories),
+      "text_values": text_values,
       "splits_source": ("metadata/subject_splits.parquet" if splits is not None
                         else "hash of subject_id"),
       "subjects_hash_split": hashed,
@@ -752,6 +781,7 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
     report["task_label_rows_without_subject"] = unmatched
     report["task_empty_histories"] = {s: per_split[s]["task_empty_histories"]
                                       for s in conventions.SPLITS}
+    report["task_label_value"] = task_labels.value_kind
     if task_labels.is_boolean:
       report["task_positives"] = {s: per_split[s]["task_positives"] for s in conventions.SPLITS}
     meds_tasks.check_task(report, cfg)

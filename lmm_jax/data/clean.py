@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -60,10 +61,28 @@ class Limits:
     return cls(cap, days[0], days[1])
 
 
+# A text_value read as a number (numeric_text_values): a plain decimal, nothing else ("120/80",
+# "1,000", "<5", "inf" and "nan" are not).
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def text_numbers(texts: Sequence[str]) -> np.ndarray:
+  """float32 per text: its value when it is a plain finite decimal number, else NaN."""
+  out = np.full(len(texts), np.nan, np.float32)
+  for i, t in enumerate(texts):
+    if _NUMBER.match(t):
+      out[i] = np.float32(float(t))
+  out[~np.isfinite(out)] = np.nan   # beyond the float32 range
+  return out
+
+
 def clean(rows: meds_io.ShardRows, analyzer: tok_lib.CodeAnalyzer,
           splits: Optional[meds_io.Splits], hash_split_fractions: Sequence[float],
-          limits: Limits = Limits()) -> events.CleanRows:
+          limits: Limits = Limits(), numeric_texts: bool = True) -> events.CleanRows:
   """The used rows of `rows` (whole subjects) sorted by (subject, time, claim, role).
+
+  numeric_texts: a generic (LAB / OTHER) row with a null numeric_value and a text_value that is a
+  plain number takes that number as its value (ETLs that keep e.g. height, weight and BMI as text).
 
   Rows with absurd values (`limits`) are dropped before birth and death days are read, so one row
   dated 9999-12-31 moves neither them nor the index date.
@@ -127,6 +146,14 @@ def clean(rows: meds_io.ShardRows, analyzer: tok_lib.CodeAnalyzer,
   mark(~has_event[inverse], "subject_without_events")
 
   keep = np.flatnonzero(reason < 0)
+  value, text_index = rows.value, rows.text_index
+  from_text = np.zeros(n, bool)
+  if numeric_texts and rows.texts:
+    number_T = text_numbers(rows.texts)
+    from_text = (role == Role.OTHER) & np.isnan(value) & (text_index >= 0)
+    from_text[from_text] = np.isfinite(number_T[text_index[from_text]])
+    value = np.where(from_text, number_T[np.maximum(text_index, 0)], value).astype(np.float32)
+    text_index = np.where(from_text, -1, text_index).astype(np.int32)
   time_sort = np.where(rows.time_null, np.iinfo(np.int64).min, rows.time_us)
   # Subjects in the order of their first row (ascending ids in a MEDS file sorted by subject).
   rank = np.empty(uniq.size, np.int64)
@@ -137,5 +164,6 @@ def clean(rows: meds_io.ShardRows, analyzer: tok_lib.CodeAnalyzer,
   dropped = collections.Counter({r: int(c) for r, c in zip(DROP_REASONS, counts)})
   return events.CleanRows(
       rows.path, n, dropped, uniq, rows.subject_id[order], split[order], time_sort[order],
-      day[order], role[order], rows.code_index[order], rows.value[order], rows.claim[order],
-      events.CodeTable(rows.codes, infos), hashed)
+      day[order], role[order], rows.code_index[order], value[order], rows.claim[order],
+      events.CodeTable(rows.codes, infos), hashed, text_index[order], rows.texts,
+      int(from_text[keep].sum()))

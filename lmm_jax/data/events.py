@@ -80,6 +80,9 @@ class CleanRows:
   claim: np.ndarray
   codes: CodeTable
   hashed_subjects: int             # subjects whose split came from the hash of their id
+  text_index: Optional[np.ndarray] = None   # int32 into texts (-1: no text_value); None: none
+  texts: list[str] = dataclasses.field(default_factory=list)   # distinct text_value strings
+  numeric_texts: int = 0           # rows whose value was read from their text (clean.clean)
 
   def subjects(self, open_end: int) -> Iterator[SubjectEvents]:
     """Every subject's events, in order; open-ended coverage lasts to `open_end` (or death)."""

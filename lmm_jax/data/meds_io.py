@@ -2,13 +2,13 @@
 
 A MEDS dataset is a directory with `data/**/*.parquet` (columns `subject_id` int64, `time`
 timestamp (null for static facts), `code` string, `numeric_value` float32 (nullable), optional
-`text_value`, any extra columns) and optional `metadata/` (`dataset.json`, `codes.parquet`,
-`subject_splits.parquet`). We accept any integer `subject_id`, a timestamp of any unit or time zone,
-a date, or an ISO-8601 string `time` (values that do not parse are counted, not fatal), a
-string / large string / dictionary `code`, and any numeric `numeric_value`. Anything else is
-malformed input: `MEDSFormatError` names the file and the column. A subject's rows must be
-contiguous in its file (MEDS sorts a file by subject and time), so `iter_shard` can read a file of
-any size in bounded chunks.
+`text_value` string (nullable; read when the file has it), any extra columns) and optional
+`metadata/` (`dataset.json`, `codes.parquet`, `subject_splits.parquet`). We accept any integer
+`subject_id`, a timestamp of any unit or time zone, a date, or an ISO-8601 string `time` (values
+that do not parse are counted, not fatal), a string / large string / dictionary `code`, and any
+numeric `numeric_value`. Anything else is malformed input: `MEDSFormatError` names the file and
+the column. A subject's rows must be contiguous in its file (MEDS sorts a file by subject and
+time), so `iter_shard` can read a file of any size in bounded chunks.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from lmm_jax import conventions
 
 REQUIRED_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+TEXT_COLUMN = "text_value"   # optional MEDS column (null where a row has no text)
 # The MEDS data schema of our claims convention (writers: the synthesizer, synthetic patients):
 # the four MEDS columns plus the extra column grouping the lines of one claim.
 CLAIMS_SCHEMA = pa.schema([
@@ -189,6 +190,8 @@ class ShardRows:
   value: np.ndarray         # float32[N] numeric_value, NaN where null
   claim: np.ndarray         # int64[N] claim id index within the file, -1 where absent/null
   duplicate: np.ndarray     # bool[N] exact duplicate (all columns) of an earlier row
+  texts: list[str]          # distinct text_value strings (stripped, non-empty)
+  text_index: np.ndarray    # int32[N] into texts; -1 where null, empty or the column is absent
 
   @property
   def day(self) -> np.ndarray:
@@ -226,6 +229,11 @@ def _check_schema(path: str, schema: pa.Schema) -> None:
   if not (pa.types.is_floating(nv) or pa.types.is_integer(nv) or pa.types.is_null(nv) or
           pa.types.is_decimal(nv)):
     raise MEDSFormatError(path, f"must be a number (float32), got {nv}", "numeric_value")
+  if TEXT_COLUMN in names:
+    tv = schema.field(TEXT_COLUMN).type
+    tt = tv.value_type if pa.types.is_dictionary(tv) else tv
+    if not (pa.types.is_string(tt) or pa.types.is_large_string(tt) or pa.types.is_null(tt)):
+      raise MEDSFormatError(path, f"must be a string (nullable), got {tv}", TEXT_COLUMN)
 
 
 def _time_column(path: str, col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -366,6 +374,7 @@ def _shard_rows(path: str, pf: pq.ParquetFile, table: pa.Table, claim_id_column:
 
   claim = (claims.encode(table.column(claim_id_column)) if claims is not None
            else np.full(n, -1, np.int64))
+  texts, text_index = _text_column(table)
 
   # Duplicates are rows equal in every column, subject included: found within a chunk of whole
   # subjects as in the whole file.
@@ -382,7 +391,25 @@ def _shard_rows(path: str, pf: pq.ParquetFile, table: pa.Table, claim_id_column:
       same &= ks[1:] == ks[:-1]
     duplicate[order[1:][same]] = True
   return ShardRows(path, n, subject, time_us, time_null, time_bad, codes, code_index, value,
-                   claim, duplicate)
+                   claim, duplicate, texts, text_index)
+
+
+def _text_column(table: pa.Table) -> tuple[list[str], np.ndarray]:
+  """text_value as (distinct stripped strings, int32 index; -1 where null, blank or absent)."""
+  n = table.num_rows
+  if TEXT_COLUMN not in table.column_names:
+    return [], np.full(n, -1, np.int32)
+  col = table.column(TEXT_COLUMN)
+  if pa.types.is_dictionary(col.type):
+    col = col.cast(col.type.value_type)
+  if pa.types.is_null(col.type) or col.null_count == n:
+    return [], np.full(n, -1, np.int32)
+  stripped = pc.utf8_trim_whitespace(col.cast(pa.string()))
+  stripped = pc.if_else(pc.equal(stripped, ""), pa.scalar(None, pa.string()), stripped)
+  enc = pc.dictionary_encode(stripped.combine_chunks() if isinstance(stripped, pa.ChunkedArray)
+                             else stripped)
+  return (enc.dictionary.to_pylist(),
+          enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32))
 
 
 def _subject_ids(path: str, sid: pa.ChunkedArray) -> np.ndarray:

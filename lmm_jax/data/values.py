@@ -11,6 +11,11 @@ codes with at least `min_code_count` valued train rows and two distinct values; 
 bare code. A bin whose (estimated) train count is below min_code_count is not used: its rows keep
 the bare code, so value bins never turn a known code into [UNK]. `num_value_bins=0` turns
 this off. Rows without a value keep the bare code.
+
+Text values: a generic row with a `text_value` and no finite `numeric_value` is tokenized as
+`CODE//_T_<text>` when that text is one of the code's categories: its texts with at least
+`min_code_count` train rows (merged through the parent mapping), the `max_text_values_per_code`
+most frequent. Other texts keep the bare code (counted in report.json's `text_values`).
 """
 
 from __future__ import annotations
@@ -152,3 +157,126 @@ def describe_bins(vocab, bins: ValueBins, tok) -> None:
       lo = f"{e[k - 1]:.4g}" if k > 0 else "-inf"
       hi = f"{e[k]:.4g}" if k < e.size else "inf"
       entry["description"] = f"value bin {k + 1}/{e.size + 1} [{lo}, {hi})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Text values: low-cardinality `text_value`s as category tokens.
+
+TextKey = tuple[str, str]   # (raw code, stripped text_value)
+# Distinct texts per code a shard reports to the fit (its most frequent ones): bounds what a
+# free-text code (notes, comments) costs; a category needs min_code_count train rows anyway.
+TEXTS_KEPT_PER_CODE = 256
+
+
+def text_code(code: str, text: str) -> str:
+  """The code string of a code's text category."""
+  return f"{code}//_T_{text}"
+
+
+def _texted(c: events_lib.CleanRows) -> np.ndarray:
+  """Generic rows with a text_value and no finite numeric_value (a value makes it a bin)."""
+  if c.text_index is None:
+    return np.zeros(c.subject.size, bool)
+  return (c.role == Role.OTHER) & ~np.isfinite(c.value) & (c.text_index >= 0)
+
+
+def count_texts(c: events_lib.CleanRows, mask: np.ndarray, into: dict[TextKey, int]) -> None:
+  """Adds the train rows of `mask` with a text value to `into`, per (raw code, text)."""
+  sel = mask & _texted(c)
+  if not sel.any():
+    return
+  k = max(len(c.texts), 1)
+  pairs, n = np.unique(c.code_index[sel].astype(np.int64) * k + c.text_index[sel],
+                       return_counts=True)
+  for pair, rows in zip(pairs.tolist(), n.tolist()):
+    ci, ti = divmod(pair, k)
+    key = (c.codes.codes[ci], c.texts[ti])
+    into[key] = into.get(key, 0) + rows
+
+
+def top_texts(counts: Mapping[TextKey, int], per_code: int = TEXTS_KEPT_PER_CODE
+              ) -> dict[TextKey, int]:
+  """The `per_code` most frequent texts of each code (ties by text): a shard's bounded report."""
+  by_code: dict[str, list[tuple[int, str]]] = {}
+  for (code, text), n in counts.items():
+    by_code.setdefault(code, []).append((-n, text))
+  out = {}
+  for code, items in by_code.items():
+    for neg, text in sorted(items)[:per_code]:
+      out[code, text] = -neg
+  return out
+
+
+@dataclasses.dataclass
+class TextCategories:
+  categories: dict[str, dict[str, str]]   # (mapped) code -> text -> its category code
+  counts: dict[str, int]                  # category code -> train rows
+
+  def __bool__(self) -> bool:
+    return bool(self.categories)
+
+
+def fit_texts(counts: Mapping[TextKey, int], mapping: Mapping[str, str], max_per_code: int,
+              min_count: int) -> TextCategories:
+  """Per (mapped) code, its texts with at least min_count train rows, the max_per_code most
+  frequent (ties by text). Deterministic."""
+  if max_per_code <= 0:
+    return TextCategories({}, {})
+  merged: dict[tuple[str, str], int] = {}
+  for (code, text), n in counts.items():
+    key = (mapping.get(code, code), text)
+    merged[key] = merged.get(key, 0) + int(n)
+  by_code: dict[str, list[tuple[int, str]]] = {}
+  for (code, text), n in merged.items():
+    if n >= max(min_count, 1):
+      by_code.setdefault(code, []).append((-n, text))
+  cats, out_counts = {}, {}
+  for code in sorted(by_code):
+    kept = sorted(by_code[code])[:max_per_code]
+    cats[code] = {text: text_code(code, text) for _, text in kept}
+    out_counts.update({text_code(code, text): -neg for neg, text in kept})
+  return TextCategories(cats, out_counts)
+
+
+def with_text_categories(c: events_lib.CleanRows, cats: Optional[TextCategories], analyzer
+                         ) -> tuple[events_lib.CleanRows, int, int]:
+  """The chunk with each text row of a category replaced by its category code, the chunk's text
+  rows and how many got a category (the rest keep the code's bare token)."""
+  sel = np.flatnonzero(_texted(c))
+  if not sel.size or not cats:
+    return c, int(sel.size), 0
+  codes, infos = list(c.codes.codes), list(c.codes.infos)
+  index_of: dict[str, int] = {}
+  code_index = c.code_index.copy()
+  k = max(len(c.texts), 1)
+  pairs = code_index[sel].astype(np.int64) * k + c.text_index[sel]
+  uniq, inverse = np.unique(pairs, return_inverse=True)
+  new_U = np.full(uniq.size, -1, np.int64)
+  for u, pair in enumerate(uniq.tolist()):
+    ci, ti = divmod(pair, k)
+    name = cats.categories.get(c.codes.codes[ci], {}).get(c.texts[ti])
+    if name is None:
+      continue
+    if name not in index_of:
+      index_of[name] = len(codes)
+      codes.append(name)
+      infos.append(analyzer.analyze(name))
+    new_U[u] = index_of[name]
+  new_R = new_U[inverse.reshape(-1)]
+  hit = new_R >= 0
+  if not hit.any():
+    return c, int(sel.size), 0
+  code_index[sel[hit]] = new_R[hit]
+  c = dataclasses.replace(c, code_index=code_index, codes=events_lib.CodeTable(codes, infos))
+  return c, int(sel.size), int(hit.sum())
+
+
+def describe_texts(vocab, cats: TextCategories, tok) -> None:
+  """Gives each category token its text (`text value 'NEG'`) as its description."""
+  for code in sorted(cats.categories):
+    for text, name in cats.categories[code].items():
+      ids = tok.code_token_ids(name)
+      entry = vocab.entries[ids[-1]] if ids else None
+      if entry is None or entry["token"] != tok.analyzer.analyze(name).key:
+        continue
+      entry["description"] = f"text value {text!r}"

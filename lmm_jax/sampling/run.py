@@ -19,6 +19,7 @@ import ml_collections
 from lmm_jax import conventions as conv
 from lmm_jax import runs
 from lmm_jax import sharding
+from lmm_jax.eval import meds_outputs
 from lmm_jax.sampling import audit as audit_lib
 from lmm_jax.sampling import decode
 from lmm_jax.sampling import synthetic
@@ -69,11 +70,16 @@ def generate_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     desc = (f"zero-shot: mean of {s.num_samples} sampled 12-month futures (T={s.temperature}, "
             f"top_k={s.top_k}, top_p={s.top_p}) of the pretrained model at step "
             f"{run.step}")
+    futures = (meds_outputs.FuturesWriter(os.path.join(workdir, meds_outputs.FUTURES_DIR),
+                                          config.split, vocab, int(config.futures_samples))
+               if config.futures_samples > 0 else None)
     out["zero_shot"] = zero_shot.run(
         sampler, vocab, data_dir=config.data_dir, split=config.split, workdir=workdir,
         model_name=config.model_name, num_params=num_params, description=desc,
         curve_ns=s.curve_ns, batch_patients=s.batch_patients, seed=config.seed,
-        max_patients=s.max_patients, progress=config.progress)
+        max_patients=s.max_patients, progress=config.progress, on_futures=futures)
+    if futures is not None:
+      out["zero_shot"]["futures"] = futures.close()
     for row in out["zero_shot"]["curve"]:
       print(f"zero-shot N={row['n']:>3}: NMAE {row['nmae']:.3f}  macro AUROC "
             f"{row['macro_auroc']:.3f}  (new onset {row['macro_auroc_new_onset']:.3f})", flush=True)

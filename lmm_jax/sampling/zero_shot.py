@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import numpy as np
@@ -86,8 +86,12 @@ def aggregate(cost_PxN: np.ndarray, cond_PxNxC: np.ndarray, n: int) -> dict[str,
 
 
 def simulate(sampler: decode.Sampler, task_records: Sequence[dict[str, Any]], vocab: Any, *,
-             batch_patients: int, seed: int, progress: bool = True) -> dict[str, Any]:
-  """Samples N futures per task record; per-patient sample outcomes and sampling statistics."""
+             batch_patients: int, seed: int, progress: bool = True,
+             on_futures: Callable[..., None] | None = None) -> dict[str, Any]:
+  """Samples N futures per task record; per-patient sample outcomes and sampling statistics.
+
+  on_futures(records, futures, window_start_R), when given, sees each batch's futures (e.g.
+  `meds_outputs.FuturesWriter`)."""
   n = sampler.sc.num_samples
   num = len(task_records)
   cost_PxN = np.zeros((num, n), np.float64)
@@ -103,6 +107,8 @@ def simulate(sampler: decode.Sampler, task_records: Sequence[dict[str, Any]], vo
     pairs = [history_of(r, sampler.context_len) for r in task_records[lo:hi]]
     futures = sampler.generate([h for h, _ in pairs], patient_index=range(lo, hi), seed=seed)
     start_R = np.repeat(np.array([s for _, s in pairs], np.float32), n)
+    if on_futures is not None:
+      on_futures(task_records[lo:hi], futures, start_R)
     cost_R, cond_RxC = window_outcomes(futures, start_R, vocab.cost_value, vocab.token_conditions)
     cost_PxN[lo:hi] = cost_R.reshape(hi - lo, n)
     cond_PxNxC[lo:hi] = cond_RxC.reshape(hi - lo, n, -1)
@@ -173,7 +179,7 @@ def write_curve(rows: Sequence[dict[str, float]], workdir: str, title: str) -> d
 def run(sampler: decode.Sampler, vocab: Any, *, data_dir: str, split: str, workdir: str,
         model_name: str, num_params: int | None, description: str, curve_ns: Sequence[int],
         batch_patients: int, seed: int, max_patients: int = 0,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, on_futures: Callable[..., None] | None = None) -> dict[str, Any]:
   """Samples, writes predictions/{cost,chronic}/MODEL.parquet, the N curve and a summary."""
   recs = list(records.read_records(data_dir, records.TASK, split))
   num_in_split = len(recs)
@@ -186,7 +192,7 @@ def run(sampler: decode.Sampler, vocab: Any, *, data_dir: str, split: str, workd
   n_max = sampler.sc.num_samples
   ns = sorted({int(n) for n in curve_ns if 0 < int(n) <= n_max} | {n_max})
   sim = simulate(sampler, recs, vocab, batch_patients=batch_patients, seed=seed,
-                 progress=progress)
+                 progress=progress, on_futures=on_futures)
   ids = np.array([int(r["subject_id"]) for r in recs], np.int64)
   y_cost = np.array([float(r["cost_next"]) for r in recs], np.float64)
   y_cond = np.stack([np.asarray(r["cond_next"], np.uint8) for r in recs])

@@ -1,4 +1,6 @@
-"""Next-year cost: total allowed dollars in the 12 months after the index date.
+"""Next-year cost: total allowed dollars in the 12 months after the index date; or, on a MEDS
+label task with `float_value` labels, that value (a regression on any non-negative amount: the
+capped output is then off).
 
 Losses (config.cost.loss), all on the cost divided by the train mean (`scale`):
   tweedie      Tweedie negative log-likelihood, power p (1 < p < 2), log link: mu = exp(eta)
@@ -26,6 +28,7 @@ import numpy as np
 
 from lmm_jax import conventions
 from lmm_jax.data import meds_tasks
+from lmm_jax.eval import meds_outputs
 from lmm_jax.eval import metrics as eval_metrics
 from lmm_jax.eval import predictions as predictions_lib
 from lmm_jax.tasks.finetune import Collect, FinetuneTask
@@ -60,8 +63,17 @@ class CostTask(FinetuneTask):
   def __init__(self, config: ml_collections.ConfigDict, vocab: Any | None = None,
                stats: Mapping[str, np.ndarray] | None = None):
     super().__init__(config, vocab, stats)
-    meds_tasks.check_cost_target(config.data_dir, self.stats["cost"])
     cc = config.cost
+    # The target: the label's float_value when the build is a float label task, else the claims
+    # next-12-month cost.
+    self.float_target = meds_tasks.FLOAT in self.stats
+    if self.float_target:
+      meds_tasks.check_float_target(config.data_dir, self.stats[meds_tasks.FLOAT])
+      self.y_key = self.yc_key = meds_tasks.FLOAT
+      self.batch_keys = self.batch_keys[:-len(self.target_keys)] + (meds_tasks.FLOAT,)
+    else:
+      meds_tasks.check_cost_target(config.data_dir, self.stats["cost"])
+      self.y_key, self.yc_key = self.target_keys
     if cc.loss not in COST_LOSSES:
       raise ValueError(f"config.cost.loss={cc.loss!r}: expected one of {COST_LOSSES}")
     if cc.point_estimate not in POINT_ESTIMATES:
@@ -73,21 +85,25 @@ class CostTask(FinetuneTask):
     self.calibrate = cc.loss == "huber_log1p"
     if self.calibrate:
       self.batch_keys = self.batch_keys + (CALIB,)
-    y, yc = self.stats["cost"], self.stats["cost_capped"]
+    y, yc = ((self.stats[meds_tasks.FLOAT],) * 2 if self.float_target
+             else (self.stats["cost"], self.stats["cost_capped"]))
     self.scale = float(cc.scale) if cc.scale > 0 else max(float(y.mean()), 1.0)
     self.scale_capped = float(cc.scale) if cc.scale > 0 else max(float(yc.mean()), 1.0)
     self.z_mean = float(np.log1p(y).mean())
     self.zc_mean = float(np.log1p(yc).mean())
     self.zq = {name: float(np.quantile(np.log1p(y), tau)) for name, tau in QUANTILES}
     # Output columns.
-    names = ["mean"] + (["capped"] if cc.capped_output else []) + (
+    capped = cc.capped_output and not self.float_target
+    names = ["mean"] + (["capped"] if capped else []) + (
         ["q50", "q_low", "q_high"] if cc.quantiles else [])
     self.col = {n: i for i, n in enumerate(names)}
 
   def describe(self) -> str:
     c = self.config.cost
-    return (f"cost fine-tuning on {self.config.data_dir}: loss {c.loss}, scale ${self.scale:,.0f} "
-            f"(train mean), capped output {c.capped_output}, quantiles {c.quantiles}")
+    target = "float_value labels" if self.float_target else "next-12-month cost"
+    return (f"cost fine-tuning on {self.config.data_dir} ({target}): loss {c.loss}, scale "
+            f"{self.scale:,.4g} (train mean), capped output {'capped' in self.col}, quantiles "
+            f"{c.quantiles}")
 
   def output_bias(self) -> tuple[float, ...]:
     mean_bias = _inv_softplus(1.0) if self.loss_name == "mse" else 0.0
@@ -167,11 +183,11 @@ class CostTask(FinetuneTask):
     if self.calibrate:
       valid_B = valid_B * (batch[CALIB] == 0)  # calibration rows never enter a loss
     n = valid_B.sum()
-    y_B = batch["cost_next"].astype(jnp.float32)
+    y_B = batch[self.y_key].astype(jnp.float32)
     per_B = self._mean_loss(out_BxO[:, self.col["mean"]], y_B, self.scale, self.z_mean)
     metrics: Metrics = {"loss/mean": ((per_B * valid_B).sum(), n)}
     if "capped" in self.col:
-      yc_B = batch["cost_next_capped"].astype(jnp.float32)
+      yc_B = batch[self.yc_key].astype(jnp.float32)
       capped_B = self._mean_loss(out_BxO[:, self.col["capped"]], yc_B, self.scale_capped,
                                  self.zc_mean)
       metrics["loss/capped"] = ((capped_B * valid_B).sum(), n)
@@ -190,8 +206,8 @@ class CostTask(FinetuneTask):
                 ) -> tuple[Metrics, dict[str, jax.Array]]:
     out_BxO = self.forward(model, batch, None)
     _, metrics = self._losses(out_BxO, batch)
-    outputs = {"valid": batch["valid"], "y": batch["cost_next"],
-               "y_capped": batch["cost_next_capped"],
+    outputs = {"valid": batch["valid"], "y": batch[self.y_key],
+               "y_capped": batch[self.yc_key],
                "pred": self._mean_prediction(out_BxO[:, self.col["mean"]], self.scale,
                                              self.z_mean)}
     if "capped" in self.col:
@@ -293,7 +309,18 @@ class CostTask(FinetuneTask):
     preds = self.dollars(outputs, calibration)
     quantiles = {q: preds["y_" + q] for q, _ in QUANTILES if "y_" + q in preds}
     meta = dict(meta, loss=self.loss_name, scale=self.scale, smearing=dict(calibration),
-                point_estimate=self.config.cost.point_estimate)
-    return predictions_lib.write_cost_predictions(
+                point_estimate=self.config.cost.point_estimate, target=self.y_key)
+    meds_path = meds_outputs.cost_predictions_path(workdir, self.config.model_name)
+    if np.unique(subject_id).size < len(subject_id):
+      # Several prediction times per subject (a label task): predictions/cost/ holds one row
+      # per subject, so only the MEDS label layout (keyed by subject and prediction time).
+      extra = {k: preds[f"y_{k}"] for k in ("p10", "p50", "p90") if f"y_{k}" in preds}
+      return meds_outputs.write_cost_table(
+          meds_path, self.config.data_dir, meta["split"], subject_id, outputs["y"],
+          preds["y_pred"], extra, dict(meta, model=self.config.model_name, task="cost"))
+    path = predictions_lib.write_cost_predictions(
         workdir, self.config.model_name, subject_id, outputs["y"], preds["y_pred"], meta=meta,
         y_pred_capped=preds.get("y_pred_capped"), quantiles=quantiles or None)
+    # Beside it, the MEDS label layout with each row's prediction time (meds_outputs).
+    meds_outputs.cost_to_meds(path, self.config.data_dir, meds_path)
+    return path

@@ -40,17 +40,21 @@ Collect = Callable[[Iterable[Mapping[str, np.ndarray]]], tuple[np.ndarray, dict[
 
 
 def train_statistics(data_dir: str, max_examples: int) -> dict[str, np.ndarray]:
-  """Targets of (up to max_examples of) the train split, for output scales and initial biases."""
-  cost, cost_capped, cond = [], [], []
+  """Targets of (up to max_examples of) the train split, for output scales and initial biases
+  (with "float_value" when the records carry float_value labels)."""
+  cost, cost_capped, cond, float_value = [], [], [], []
   for i, rec in enumerate(records.read_records(data_dir, records.TASK, conventions.TRAIN)):
     if 0 < max_examples <= i:
       break
     cost.append(float(rec["cost_next"]))
     cost_capped.append(float(rec["cost_next_capped"]))
     cond.append(np.asarray(rec["cond_next"], np.uint8).reshape(-1))
+    float_value.append(float(rec.get("float_value", -np.inf)))
   if not cost:
     raise ValueError(f"no train task records in {data_dir}")
   out = {"cost": np.asarray(cost), "cost_capped": np.asarray(cost_capped), "cond": np.stack(cond)}
+  if np.isfinite(float_value).any():  # a float_value label task (lmm_jax.data.meds_tasks)
+    out["float_value"] = np.asarray(float_value)
   bad = ~np.isfinite(out["cost"]) | (out["cost"] < 0)
   if bad.any():
     raise ValueError(f"{data_dir}: {int(bad.sum())} train task record(s) have a negative or "

@@ -65,6 +65,7 @@ def make_member(rng: np.random.Generator, subject_id: int,
       "cost_prior": np.float32(expected * rng.uniform(0.5, 1.5)),
       "cond_next": cond_next, "cond_prior": cond_prior, "dx_prior": dx,
       "prediction_time": np.int64(index_day) * 86_400_000_000, "boolean_value": np.int8(-1),
+      "float_value": np.float32(-np.inf),
   }
   oracle = {"subject_id": subject_id, "index_day": index_day, "expected_cost": expected,
             "expected_cost_capped": min(expected, conventions.COST_CAP),

@@ -110,3 +110,53 @@ def test_degenerate_label_tasks_are_refused(tmp_path):
     _build(tmp_path, _labels(tmp_path, early, "early"))
   with pytest.raises(ValueError, match="needs --config.task_labels_dir"):
     _build(tmp_path, "")
+
+
+def _float_table(times, n=6, **extra):
+  sid = [s for s in range(1, n + 1) for _ in times]
+  cols = {"subject_id": pa.array(sid, pa.int64()),
+          "prediction_time": pa.array([t for _ in range(n) for t in times], pa.timestamp("us")),
+          "float_value": pa.array([10.0 * s + i for s in range(1, n + 1)
+                                   for i in range(len(times))], pa.float64())}
+  return pa.table({**cols, **extra})
+
+
+def test_float_value_labels_become_the_records_float_value(tmp_path):
+  times = [T0 + dt.timedelta(hours=1), T0 + dt.timedelta(hours=2)]
+  # The MEDS LabelSchema's other columns may be present, all null.
+  nulls = {"boolean_value": pa.nulls(12, pa.bool_()), "integer_value": pa.nulls(12, pa.int64()),
+           "categorical_value": pa.nulls(12, pa.string())}
+  report, out = _build(tmp_path, _labels(tmp_path, _float_table(times, **nulls)))
+  assert report["task_label_value"] == "float_value" and "task_positives" not in report
+  recs = list(records.read_records(out, records.TASK, "train"))
+  assert sorted((int(r["subject_id"]), float(r["float_value"])) for r in recs) == [
+      (3, 30.0), (3, 31.0), (6, 60.0), (6, 61.0)]
+  assert all(r["boolean_value"] == meds_tasks.NO_BOOLEAN for r in recs)
+  # A boolean task's records have no float_value.
+  _, out2 = _build(tmp_path / "b", _labels(tmp_path, _label_table(times, [True, False]), "bool"))
+  assert all(r["float_value"] == meds_tasks.NO_FLOAT
+             for r in records.read_records(out2, records.TASK, "train"))
+
+
+@pytest.mark.parametrize("extra,match", [
+    ({"integer_value": pa.array([1] + [None] * 5, pa.int64())},
+     r"1 label\(s\) in column 'integer_value', which no head fine-tunes; label files may carry "
+     r"boolean_value \(the binary head\) or float_value"),
+    ({"categorical_value": pa.array(["a"] * 6)}, "6 label.* 'categorical_value'"),
+    ({"boolean_value": pa.array([True] * 6)}, "both boolean_value and float_value labels"),
+])
+def test_other_label_value_types_are_refused_saying_what_is_supported(tmp_path, extra, match):
+  d = _labels(tmp_path, _float_table([T0], **extra))
+  with pytest.raises(meds_tasks.TaskDefinitionError, match=match) as e:
+    meds_tasks.read_labels(d)
+  assert "\n" not in str(e.value)
+
+
+def test_float_labels_missing_on_some_rows_are_refused(tmp_path):
+  table = _float_table([T0])
+  table = table.set_column(2, "float_value", pa.array([1.0, None, 3.0, 4.0, 5.0, 6.0]))
+  with pytest.raises(meds_tasks.TaskDefinitionError, match="1 of 6 label rows have no float"):
+    meds_tasks.read_labels(_labels(tmp_path, table))
+  table = table.set_column(2, "float_value", pa.array(["x"] * 6))
+  with pytest.raises(meds_tasks.TaskDefinitionError, match="'float_value' must be a number"):
+    meds_tasks.read_labels(_labels(tmp_path, table, "s"))

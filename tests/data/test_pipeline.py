@@ -42,7 +42,8 @@ def _write(data_dir: str) -> dict[int, dict]:
                        cond_next=(np.arange(conditions.NUM_CONDITIONS) == sid % 22).astype(
                            np.uint8),
                        cond_prior=np.zeros(conditions.NUM_CONDITIONS, np.uint8),
-                       prediction_time=30_000 * 86_400_000_000, boolean_value=-1)
+                       prediction_time=30_000 * 86_400_000_000, boolean_value=-1,
+                       float_value=float("-inf"))
             by_sid[sid] = rec
           w.write(rec)
   assert sid == NUM_RECORDS

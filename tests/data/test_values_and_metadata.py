@@ -5,11 +5,13 @@ import datetime as dt
 import os
 
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmm_jax.data import build
 from lmm_jax.data import code_metadata
+from lmm_jax.data import meds_io
 from lmm_jax.data import records
 from lmm_jax.data import tokenizer as tok_lib
 from lmm_jax.data.vocab import Vocabulary
@@ -117,3 +119,80 @@ def test_code_mapping_policies():
   # diagnoses have their own system and are never rewritten.
   assert m == {"LAB//A": "LAB//LOINC//9-9", "OTHER//C": "RXNORM//5"}
   assert np.isclose(sum(code_metadata.mapped_counts(counts, m).values()), sum(counts.values()))
+
+
+def _text_world(tmp_path, text_column=True):
+  """Urine ketones: NEG on most train rows, POS on a few, a free-text comment on each row, rows
+  where the text comes with a numeric value (the value wins), a height kept as text only (read
+  as a number) and a reading that is not a number."""
+  rows = []
+  for sid in SPLITS:
+    rows += [{"subject_id": sid, "time": None, "code": "GENDER//M"},
+             {"subject_id": sid, "time": dt.datetime(2100, 1, 1), "code": "MEDS_BIRTH"}]
+    for j in range(3):
+      t = T0 + dt.timedelta(days=j)
+      rows += [{"subject_id": sid, "time": t, "code": "LAB//KET",
+                "text_value": " NEG " if sid % 10 else "POS"},
+               {"subject_id": sid, "time": t, "code": "LAB//NOTE",
+                "text_value": f"comment {sid}-{j}"},
+               {"subject_id": sid, "time": t, "code": "LAB//HGT", "numeric_value": float(sid),
+                "text_value": str(sid)},
+               {"subject_id": sid, "time": t, "code": "LAB//BLANK", "text_value": "  "},
+               {"subject_id": sid, "time": t, "code": "LAB//HT", "text_value": f"{150 + sid}.5"},
+               {"subject_id": sid, "time": t, "code": "LAB//BP", "text_value": f"{100 + sid}/80"}]
+  extra = ("claim_id", "text_value") if text_column else ("claim_id",)
+  return mf.write_meds(str(tmp_path / "meds"), rows, splits=SPLITS, extra=extra)
+
+
+def test_low_cardinality_text_values_become_category_tokens(tmp_path):
+  report, out, vocab = _build(tmp_path, _text_world(tmp_path), min_code_count=11)
+  # 40 train subjects, 3 rows each: NEG on 36 subjects (108 rows), POS on 4 (12 rows).
+  assert "LAB//KET//_T_NEG" in vocab.tokens and "LAB//KET//_T_POS" in vocab.tokens
+  assert vocab.entries[vocab.id_of("LAB//KET//_T_NEG")]["description"] == "text value 'NEG'"
+  assert not any(t.startswith("LAB//NOTE//_T_") or "//_T_" in t and "HGT" in t
+                 for t in vocab.tokens)
+  assert report["codes_with_text_categories"] == 1
+  n = len(SPLITS)
+  # KET rows get a category, NOTE and BP rows (every text seen at most 3 times) keep the bare
+  # code; HGT has a numeric value and HT's text is a number (value bins), BLANK's text is
+  # empty: none of these is a text row.
+  assert report["text_values"] == {"read_as_number": 3 * n, "rows": 9 * n, "category": 3 * n,
+                                   "bare_code": 6 * n}
+  assert "LAB//HT//_Q_10" in vocab.tokens
+  seqs = _timeline_tokens(out, vocab, "held_out")
+  assert all(sum(t.startswith("LAB//HT//_Q_") for t in s) == 3 and "LAB//HT" not in s
+             for s in seqs)
+  assert all(s.count("LAB//NOTE") == 3 and s.count("LAB//BLANK") == 3 and s.count("LAB//BP") == 3
+             for s in seqs)
+  assert sum(s.count("LAB//KET//_T_NEG") + s.count("LAB//KET//_T_POS") for s in seqs) == \
+      3 * len(seqs)
+  # A cap of one category per code keeps the most frequent; POS rows then keep the bare code.
+  report1, _, vocab1 = _build(tmp_path / "b", _text_world(tmp_path / "b"), min_code_count=11,
+                              max_text_values_per_code=1)
+  assert "LAB//KET//_T_NEG" in vocab1.tokens and "LAB//KET//_T_POS" not in vocab1.tokens
+  assert report1["text_values"]["category"] == 3 * (n - n // 10)
+
+
+def test_text_values_can_be_off_or_absent(tmp_path):
+  report, _, vocab = _build(tmp_path, _text_world(tmp_path), min_code_count=11,
+                            max_text_values_per_code=0)
+  assert not any("//_T_" in t for t in vocab.tokens) and "LAB//KET" in vocab.tokens
+  assert report["text_values"]["category"] == 0
+  report2, _, vocab2 = _build(tmp_path / "b", _text_world(tmp_path / "b", text_column=False),
+                              min_code_count=11)
+  assert report2["text_values"] == {"read_as_number": 0, "rows": 0, "category": 0,
+                                    "bare_code": 0}
+  assert [t for t in vocab2.tokens if "LAB//HT" not in t] == [
+      t for t in vocab.tokens if "LAB//HT" not in t]
+  report3, _, vocab3 = _build(tmp_path / "c", _text_world(tmp_path / "c"), min_code_count=11,
+                              numeric_text_values=False)
+  assert report3["text_values"]["read_as_number"] == 0 and "LAB//HT" in vocab3.tokens
+  assert not any(t.startswith("LAB//HT//_Q_") for t in vocab3.tokens)
+
+
+def test_a_non_string_text_value_column_is_refused_naming_it(tmp_path):
+  rows = [{"subject_id": 1, "time": T0, "code": "LAB//KET", "text_value": 3}]
+  meds = mf.write_meds(str(tmp_path / "meds"), rows, schema=pa.schema(
+      list(mf.MEDS_SCHEMA) + [pa.field("text_value", pa.int64())]))
+  with pytest.raises(meds_io.MEDSFormatError, match=r"column 'text_value': must be a string"):
+    _build(tmp_path, meds)

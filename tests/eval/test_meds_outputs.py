@@ -49,8 +49,13 @@ def test_cost_predictions_in_the_label_layout(tiny_data_dir, tmp_path):
   np.testing.assert_allclose(t.column("float_value").to_numpy(), y)
   days = t.column("prediction_time").cast("int64").to_numpy() // meds_tasks.US_PER_DAY
   assert (days == np.asarray([int(r["index_day"]) for r in held])).all()
+  # One record per subject: another order (processes interleaving batches) is matched by id;
+  # a part of the split is not.
+  times = meds_outputs.prediction_times(tiny_data_dir, "held_out", sid)
+  np.testing.assert_array_equal(
+      meds_outputs.prediction_times(tiny_data_dir, "held_out", sid[::-1].copy()), times[::-1])
   with pytest.raises(ValueError, match="not the split's"):
-    meds_outputs.prediction_times(tiny_data_dir, "held_out", sid[::-1].copy())
+    meds_outputs.prediction_times(tiny_data_dir, "held_out", sid[1:].copy())
   assert os.path.exists(out)
 
 
@@ -78,3 +83,33 @@ def test_generated_futures_are_meds_data_with_a_prediction_time(tmp_path):
   first = s1.filter(pl.col("subject_id") == 3)
   assert (first["time"] - first["prediction_time"]).dt.total_hours().to_list() == [
       288, 288, 294, 294]
+
+
+def test_futures_writer_keeps_tokens_from_the_prediction_time_and_the_first_samples(tmp_path):
+  entries = [{"token": t, "kind": k, "system": "X", "count": 1, "value": v}
+             for t, k, v in (("[PAD]", "special", 0), ("[BOS]", "special", 0),
+                             ("[EOS]", "special", 0), ("LAB//A", "other", 0),
+                             ("COST//BIN01", "cost", 250.0))]
+  vocab = Vocabulary(entries)
+  # Two batches of one patient x 3 samples; the clock is days after the last history token.
+  tokens = np.array([[3, 4, 2], [4, 2, 0], [3, 3, 2]], np.int32)
+  clock = np.array([[1, 3, 3], [2.5, 2.5, 0], [0, 0, 0]], np.float32)
+  futures = decode.Futures(tokens, clock, np.array([3, 2, 3]), np.zeros(3, np.int8), 3)
+  writer = meds_outputs.FuturesWriter(str(tmp_path / "futures"), "held_out", vocab, 2)
+  day_us = 86_400_000_000
+  # Patient 9's prediction time is 2 days after its last history token: the LAB//A at day 1
+  # is before it and left out; patient 4's is at its last token.
+  writer([{"subject_id": 9, "prediction_time": 100 * day_us}], futures,
+         np.full(3, 2.0, np.float32))
+  writer([{"subject_id": 4, "prediction_time": 50 * day_us}], futures, np.zeros(3, np.float32))
+  out = writer.close()
+  assert [os.path.basename(p) for p in out["files"]] == ["0.parquet", "1.parquet"]
+  s0 = pl.read_parquet(out["files"][0])
+  assert set(s0.columns) == {"subject_id", "time", "code", "numeric_value", "prediction_time"}
+  assert s0["subject_id"].to_list() == [4, 4, 4, 9, 9]
+  assert s0["code"].to_list() == ["LAB//A", "COST//BIN01", "[EOS]", "COST//BIN01", "[EOS]"]
+  assert ((s0["time"] - s0["prediction_time"]).dt.total_hours().to_list()
+          == [24, 72, 72, 24, 24])
+  assert out["rows"] == [5, 4]   # sample 1: [4, 2] twice, patient 9's at +0.5 days
+  with pytest.raises(ValueError, match="futures_samples=0"):
+    meds_outputs.FuturesWriter(str(tmp_path), "held_out", vocab, 0)

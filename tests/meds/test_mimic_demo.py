@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -145,3 +146,51 @@ def test_lab_values_and_medication_parents_reach_the_vocabulary(mimic_task_dir):
   with_desc = [e for e in vocab.entries if e["token"].startswith("LAB//LOINC//")
                and "//_Q_" not in e["token"] and e["description"]]
   assert with_desc
+
+
+def test_text_values_become_categories_or_numbers(mimic_task_dir):
+  report = _report(mimic_task_dir)
+  vocab = Vocabulary.load(os.path.join(mimic_task_dir, records.VOCAB_FILE))
+  text = report["text_values"]
+  assert text["rows"] == text["category"] + text["bare_code"]
+  # Blood-gas specimen types (LOINC 66746-9: arterial / venous) are categories; most text rows
+  # get one; height, weight and BMI, kept as text by the ETL, are read as numbers (value bins).
+  assert "LAB//LOINC//66746-9//_T_ART." in vocab.tokens
+  assert text["category"] > 0.5 * text["rows"] and report["codes_with_text_categories"] > 20
+  assert text["read_as_number"] > 1500
+  assert "OTHER//Height (Inches)//_Q_1" in vocab.tokens
+  assert not any(t.startswith("OTHER//Height (Inches)//_T_") for t in vocab.tokens)
+
+
+def test_float_value_labels_fine_tune_the_cost_head(mimic_task_dir, tmp_path):
+  # The readmission task's prediction times with a float_value label (a plumbing check: the
+  # value is a function of the subject id, nothing to learn).
+  labels = pq.read_table(os.path.join(mimic_task_dir, meds_tasks.LABELS_DIR))
+  sid = labels.column("subject_id").to_numpy()
+  table = pa.table({"subject_id": labels.column("subject_id"),
+                    "prediction_time": labels.column("prediction_time"),
+                    "float_value": pa.array(1.0 + sid % 7, pa.float64())})
+  os.makedirs(tmp_path / "labels")
+  pq.write_table(table, str(tmp_path / "labels" / "0.parquet"))
+  out = str(tmp_path / "records")
+  report = build.build_dataset(MIMIC, out, _config(
+      task="labels", task_labels_dir=str(tmp_path / "labels"), split_source="hash"))
+  assert report["task_label_value"] == "float_value"
+  config = cost_config.get_config("tiny")
+  config.update_from_flattened_dict({"data_dir": out, "num_train_steps": 2,
+                                     "checkpoint_every_steps": 2, "progress": False})
+  wd = str(tmp_path / "cost")
+  final = predict.train_and_predict(config, wd)
+  assert np.isfinite(final["eval_nmae"]) and final["eval_n"] > 0
+  meds = pq.read_table(os.path.join(wd, "predictions", "meds_cost", "lmm_finetuned.parquet"))
+  held_out = list(records.read_records(out, records.TASK, "held_out"))
+  assert meds.column("float_value").to_pylist() == [float(r["float_value"]) for r in held_out]
+  assert meds.column("float_value").to_pylist() == [
+      1.0 + int(r["subject_id"]) % 7 for r in held_out]
+  assert "capped" not in "".join(meds.column_names)
+  # Integer labels are refused, saying what is supported.
+  pq.write_table(table.append_column("integer_value", pa.array(sid % 2, pa.int64())),
+                 str(tmp_path / "labels" / "0.parquet"))
+  with pytest.raises(meds_tasks.TaskDefinitionError, match="'integer_value', which no head"):
+    build.build_dataset(MIMIC, str(tmp_path / "int"), _config(
+        task="labels", task_labels_dir=str(tmp_path / "labels"), split_source="hash"))
