@@ -22,10 +22,10 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lmm_jax.data import code_systems as cs
 from lmm_jax.data import tokenizer as tokenizer_lib
+from lmm_jax.data import meds_io
 from lmm_jax.data.meds_io import MEDSFormatError
 
 CODES_FILE = os.path.join("metadata", "codes.parquet")
@@ -49,10 +49,7 @@ def read_code_metadata(meds_dir: str) -> Optional[CodeMetadata]:
   path = os.path.join(meds_dir, CODES_FILE)
   if not os.path.exists(path):
     return None
-  try:
-    table = pq.read_table(path)
-  except (OSError, pa.ArrowException) as e:
-    raise MEDSFormatError(path, f"unreadable parquet file: {e}") from e
+  table = meds_io.read_table(path)
   if "code" not in table.column_names:
     raise MEDSFormatError(path, "required column is missing", "code")
   codes = table.column("code").to_pylist()

@@ -99,10 +99,7 @@ def read_splits(meds_dir: str) -> Optional[Splits]:
   path = os.path.join(meds_dir, "metadata", "subject_splits.parquet")
   if not os.path.exists(path):
     return None
-  try:
-    table = pq.read_table(path)
-  except (OSError, pa.ArrowException) as e:
-    raise MEDSFormatError(path, f"unreadable parquet file: {e}") from e
+  table = read_table(path)
   for col in ("subject_id", "split"):
     if col not in table.column_names:
       raise MEDSFormatError(path, "required column is missing", col)
@@ -496,6 +493,11 @@ def iter_shard(path: str, claim_id_column: str = "claim_id", max_rows: Optional[
     pending_id = ids[-1]
   if pending or not yielded:
     yield chunk(pending or [schema.empty_table()])
+
+
+def read_table(path: str) -> pa.Table:
+  """A whole (metadata) parquet file; an unreadable one is a MEDSFormatError naming it."""
+  return _read(path, pq.read_table, path)
 
 
 def _read(path: str, fn, *args):
