@@ -55,3 +55,19 @@ def tiny_data_dir(tiny_meds_dir, tmp_path_factory) -> str:
   config.progress = False
   build.build_dataset(tiny_meds_dir, out, config)
   return out
+
+
+@pytest.fixture(scope="session")
+def pretrained(tiny_data_dir, tmp_path_factory) -> str:
+  """A 2-step tiny pretraining run on tiny_data_dir (read only: tests copy it before editing)."""
+  # pylint: disable=g-import-not-at-top
+  from experiments.configs import pretrain as pretrain_config
+  from lmm_jax import tasks
+  from lmm_jax.train import trainer as trainer_lib
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  config = pretrain_config.get_config("tiny")
+  config.update_from_flattened_dict({"data_dir": tiny_data_dir, "num_train_steps": 2,
+                                     "checkpoint_every_steps": 2, "eval_batches": 1,
+                                     "progress": False})
+  trainer_lib.train_and_evaluate(config, workdir, tasks.make_task(config))
+  return workdir

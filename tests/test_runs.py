@@ -26,15 +26,6 @@ def _train(config, workdir: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny_data_dir, tmp_path_factory) -> str:
-  config = pretrain_config.get_config("tiny")
-  config.update_from_flattened_dict({"data_dir": tiny_data_dir, "num_train_steps": 2,
-                                     "checkpoint_every_steps": 2, "eval_batches": 1,
-                                     "progress": False})
-  return _train(config, str(tmp_path_factory.mktemp("pretrain")))
-
-
-@pytest.fixture(scope="module")
 def finetuned(tiny_data_dir, pretrained, tmp_path_factory) -> str:
   config = cost_config.get_config("tiny")
   config.update_from_flattened_dict({"data_dir": tiny_data_dir, "init_from": pretrained,

@@ -10,24 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from experiments.configs import pretrain as pretrain_config
-from lmm_jax import tasks
 from lmm_jax.data import records
 from lmm_jax.eval import predictions
-from lmm_jax.train import trainer as trainer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def pretrained(tiny_data_dir, tmp_path_factory) -> str:
-  workdir = str(tmp_path_factory.mktemp("pretrain"))
-  config = pretrain_config.get_config("tiny")
-  config.update_from_flattened_dict({"data_dir": tiny_data_dir, "num_train_steps": 2,
-                                     "checkpoint_every_steps": 2, "eval_batches": 1,
-                                     "progress": False})
-  trainer_lib.train_and_evaluate(config, workdir, tasks.make_task(config))
-  return workdir
 
 
 def _run(*args: str) -> None:
