@@ -107,6 +107,15 @@ def fit(samples: Mapping[str, Sample], valued_counts: Mapping[str, int],
   return ValueBins(edges, counts)
 
 
+def _add_code(name: str, codes: list, infos: list, index_of: dict[str, int], analyzer) -> int:
+  """The index of code `name` in a chunk's growing code table (codes, infos), added if new."""
+  if name not in index_of:
+    index_of[name] = len(codes)
+    codes.append(name)
+    infos.append(analyzer.analyze(name))
+  return index_of[name]
+
+
 def with_value_bins(c: events_lib.CleanRows, bins: Optional[ValueBins], analyzer
                     ) -> events_lib.CleanRows:
   """The chunk with each valued generic row's code replaced by its bin code."""
@@ -131,11 +140,7 @@ def with_value_bins(c: events_lib.CleanRows, bins: Optional[ValueBins], analyzer
       if name not in bins.bin_counts:
         new_K[k] = ci
         continue
-      if name not in index_of:
-        index_of[name] = len(codes)
-        codes.append(name)
-        infos.append(analyzer.analyze(name))
-      new_K[k] = index_of[name]
+      new_K[k] = _add_code(name, codes, infos, index_of, analyzer)
     code_index[rows] = new_K[k_R]
   if not index_of:
     return c
@@ -257,11 +262,7 @@ def with_text_categories(c: events_lib.CleanRows, cats: Optional[TextCategories]
     name = cats.categories.get(c.codes.codes[ci], {}).get(c.texts[ti])
     if name is None:
       continue
-    if name not in index_of:
-      index_of[name] = len(codes)
-      codes.append(name)
-      infos.append(analyzer.analyze(name))
-    new_U[u] = index_of[name]
+    new_U[u] = _add_code(name, codes, infos, index_of, analyzer)
   new_R = new_U[inverse.reshape(-1)]
   hit = new_R >= 0
   if not hit.any():
