@@ -3,6 +3,13 @@
 `step` advances a `model.State` by one calendar month and hands every claim to a `Sink`, which
 either keeps the claims for the MEDS writer (the observed history) or only totals the allowed cost
 and the conditions coded per person (the oracle's roll-outs). Both paths run the same code.
+
+A roll-out sink with `rao_blackwell=True` also accumulates, per person and target condition, the
+probability that the year's claims meet the case rule given everything the roll-out drew except
+the coding draws (which conditions a claim's diagnosis columns carry, the rule-out picks, whether a
+claim is missing from the feed): those draws feed nothing but the claims' codes, so integrating
+them out exactly leaves an unbiased, lower-variance estimate of the label probability
+(docs/synthetic_world.md, "Oracle"). It draws no extra random numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +43,42 @@ class Calendar:
 
 
 _AR_C = np.arange(world.NUM_TARGET)
+_C = world.NUM_TARGET
+
+
+def _bit_matrix(bits: np.ndarray) -> np.ndarray:
+  """float64 [..., C]: 1 where the condition bit is set."""
+  return ((np.asarray(bits)[..., None] >> _AR_C) & 1).astype(np.float64)
+
+
+def _pool_bit_p(pools: code_lib.Pools) -> np.ndarray:
+  """float64 [pools, C]: probability that a draw of each pool (Pools.draw) counts for condition c:
+  Pools.draw picks entry i of pool k when cdf_{i-1} <= u < cdf_i, so entry i has weight
+  cdf_i - cdf_{i-1}."""
+  out = np.zeros((len(pools.offset) - 1, _C))
+  for k in range(len(out)):
+    lo, hi = pools.offset[k], pools.offset[k + 1]
+    w = np.diff(np.r_[0.0, pools.cdf[lo:hi] - k])
+    out[k] = w @ _bit_matrix(code_lib.CONDITION_BITS[pools.ids[lo:hi]])
+  return out
+
+
+ALT_BIT_P = _pool_bit_p(code_lib.ALT_POOLS)                        # [NUM_LATENT, C]
+RULE_OUT_BIT_P = code_lib.RULE_OUT_P @ _bit_matrix(code_lib.CONDITION_BITS[code_lib.RULE_OUT])
+_F32_ULP = 2.0 ** -24   # Generator.random(dtype=float32) returns k / 2^24, k uniform in [0, 2^24)
+
+
+def _p_below_f32(p: np.ndarray) -> np.ndarray:
+  """P(u < p) exactly for a float32 uniform u (p float32): ceil(p 2^24) / 2^24."""
+  return np.minimum(np.ceil(np.asarray(p, np.float64) / _F32_ULP) * _F32_ULP, 1.0)
+
+
+class SoftCodes:
+  """Coding probabilities of one claim column: rows, conditions and log P(not coded) per entry."""
+  __slots__ = ("rows", "conds", "log_not")
+
+  def __init__(self, rows: np.ndarray, conds: np.ndarray, log_not: np.ndarray):
+    self.rows, self.conds, self.log_not = rows, conds, log_not
 
 
 class Sink:
@@ -43,8 +86,15 @@ class Sink:
   meet their CCW-style case rule (`case`, lmm_jax.conditions.CaseRule) per person and year."""
 
   def __init__(self, n: int, num_years: int, first_month: int, rng: np.random.Generator,
-               emit: bool):
+               emit: bool, rao_blackwell: bool = False):
+    if rao_blackwell and (emit or num_years != 1):
+      raise ValueError("rao_blackwell is for the oracle's roll-out sinks (emit=False, one year)")
     self.n = n
+    self.rao_blackwell = rao_blackwell
+    # Rao-Blackwellized case rule: log P(no single-type claim codes c) per (person, condition) and
+    # the (key, day, log P(claim does not code c)) entries of the other claims.
+    self.log_none_single = np.zeros(n * _C) if rao_blackwell else None
+    self.soft_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     self.first_month = first_month
     self.rng = rng
     self.emit = emit
@@ -58,11 +108,16 @@ class Sink:
     self.dropped = 0
 
   def add(self, t: int, pidx: np.ndarray, day: np.ndarray, ctype: int, pos: int,
-          cost: np.ndarray, codes_MxW: np.ndarray) -> None:
-    """A batch of claims of one claim type and place of service."""
+          cost: np.ndarray, codes_MxW: np.ndarray,
+          soft: tuple[np.ndarray, list[SoftCodes]] | None = None) -> None:
+    """A batch of claims of one claim type and place of service. soft (rao_blackwell sinks):
+    the condition bits of the columns drawn without coding randomness and the coding
+    probabilities of the others (_Month.emit)."""
     m = len(pidx)
     if m == 0:
       return
+    if self.rao_blackwell:
+      self._soft_add(pidx, day, ctype, *soft)
     keep = self.rng.random(m) >= world.P_MISSING_CLAIM   # claims missing from the data feed
     self.dropped += int(m - keep.sum())
     pidx, day, cost, codes_MxW = pidx[keep], day[keep], cost[keep], codes_MxW[keep]
@@ -93,6 +148,56 @@ class Sink:
       self.stays.append((pidx.astype(np.int32), admit.astype(np.int64),
                          discharge.astype(np.int64), age.astype(np.float32),
                          principal.astype(np.int32)))
+
+  def _soft_add(self, pidx: np.ndarray, day: np.ndarray, ctype: int, hard_bits: np.ndarray,
+                soft: list[SoftCodes]) -> None:
+    """Per claim and condition, P(the claim is in the feed and codes c) = (1 - P_missing) x
+    (1 - prod over its columns of P(column does not code c)): the columns' coding draws are
+    independent given the rest of the roll-out."""
+    hr, hc = np.nonzero((hard_bits[:, None] >> _AR_C) & 1)
+    rows = np.concatenate([hr] + [x.rows for x in soft])
+    if not len(rows):
+      return
+    conds = np.concatenate([hc] + [x.conds for x in soft])
+    log_not = np.concatenate([np.full(len(hr), -np.inf)] + [x.log_not for x in soft])
+    key, inv = np.unique(rows.astype(np.int64) * _C + conds, return_inverse=True)
+    log_not_claim = np.bincount(inv.ravel(), weights=log_not, minlength=len(key))
+    q = (1.0 - world.P_MISSING_CLAIM) * -np.expm1(log_not_claim)
+    r, c = key // _C, key % _C
+    pkey = pidx[r].astype(np.int64) * _C + c
+    with np.errstate(divide="ignore"):   # q = 1: log 0 = -inf, the claim surely codes c
+      log_miss = np.log1p(-q)
+    single = ((code_lib.CASE_SINGLE_BITS[ctype] >> c) & 1).astype(bool)
+    np.add.at(self.log_none_single, pkey[single], log_miss[single])
+    other = ~single
+    self.soft_parts.append((pkey[other], day[r[other]].astype(np.int64), log_miss[other]))
+
+  def case_probability(self) -> np.ndarray:
+    """float64 [n, C]: P(the case rule is met in the year | the roll-out's non-coding draws).
+
+    No case = no single-type claim codes c (prob exp(log_none_single)) and the other claims coding
+    c fall on at most one day; with a_d = P(some claim of day d codes c), independent over days,
+    P(<= 1 day) = P0 + P1 with P0 = prod(1 - a_d), P1 = sum_d a_d prod_{d' != d}(1 - a_d'),
+    accumulated day by day."""
+    p0 = np.ones(self.n * _C)
+    p1 = np.zeros(self.n * _C)
+    if self.soft_parts:
+      key, day, log_not = (np.concatenate(x) for x in zip(*self.soft_parts))
+      gkey, inv = np.unique(key * (np.int64(1) << 24) + (day - day.min()), return_inverse=True)
+      log_day = np.bincount(inv.ravel(), weights=log_not, minlength=len(gkey))
+      a = -np.expm1(log_day)
+      gkey = gkey >> 24
+      start = np.flatnonzero(np.r_[True, gkey[1:] != gkey[:-1]])
+      rank = np.arange(len(gkey)) - np.repeat(start, np.diff(np.r_[start, len(gkey)]))
+      order = np.argsort(rank, kind="stable")
+      bounds = np.searchsorted(rank[order], np.arange(rank.max() + 2))
+      for j in range(rank.max() + 1):   # each key appears at most once per rank
+        sel = order[bounds[j]:bounds[j + 1]]
+        k, a_j = gkey[sel], a[sel]
+        p1[k] = p1[k] * (1 - a_j) + p0[k] * a_j
+        p0[k] = p0[k] * (1 - a_j)
+    p = 1.0 - np.exp(self.log_none_single) * (p0 + p1)
+    return np.clip(p, 0.0, 1.0).reshape(self.n, _C)
 
   def _cases(self, y: int, pidx: np.ndarray, day: np.ndarray, single: np.ndarray,
              claim_bits: np.ndarray) -> None:
@@ -154,6 +259,10 @@ class _Month:
     self.month_start = cal.start[t]
     self.month_len = cal.length[t]
     self.death_cap = death_cap   # last day a claim may fall on (death day, or far future)
+    # Rao-Blackwellized sinks: coding probabilities of the columns drawn this month, by id (the
+    # entry holds the column, so its id is not reused while registered).
+    self.soft: dict[int, tuple[np.ndarray, SoftCodes]] | None = (
+        {} if sink.rao_blackwell else None)
     self.code_now, self.p_alt = world.current_codes(st, t)
     infl = (1 + world.INFLATION) ** (t / 12.0)
     self.price = world.LOB_PRICE[st.lob] * infl
@@ -172,6 +281,15 @@ class _Month:
     out = np.full((m, NUM_LATENT), -1, np.int32)
     # Work on the (claim, condition) pairs that are present only: most are not.
     r, c = np.nonzero(self.st.present[pidx] & (p_code_K > 0))
+    if self.soft is not None:
+      # P(pair codes condition j) = P(coded) [(1 - P(alt)) 1{primary counts for j} + P(alt) x
+      # P(an alternative code of the pool counts for j)], with the float32 draws' exact odds.
+      who = pidx[r]
+      p_alt = _p_below_f32(self.p_alt[who, c])[:, None]
+      q = _p_below_f32(p_code_K[c])[:, None] * (
+          (1 - p_alt) * _bit_matrix(code_lib.CONDITION_BITS[self.code_now[who, c]])
+          + p_alt * ALT_BIT_P[c])
+      self._register(out, r, q)
     keep = rng.random(len(r), dtype=np.float32) < p_code_K[c]
     r, c = r[keep], c[keep]
     who = pidx[r]
@@ -180,22 +298,51 @@ class _Month:
     out[r, c] = np.where(use_alt, alt, self.code_now[who, c])
     return out
 
+  def _register(self, col: np.ndarray, rows: np.ndarray, q_RxC: np.ndarray) -> None:
+    """Records P(column codes condition c) for rows (q_RxC [len(rows), C]) of a drawn column."""
+    rr, cc = np.nonzero(q_RxC > 0)
+    with np.errstate(divide="ignore"):
+      log_not = np.log1p(-q_RxC[rr, cc])
+    self.soft[id(col)] = (col, SoftCodes(rows[rr], cc, log_not))
+
   def maybe(self, codes: np.ndarray, p, m: int) -> np.ndarray:
     """A column holding codes (scalar or per-row) with probability p, else -1."""
     codes = np.broadcast_to(np.asarray(codes, np.int32), (m,))
+    col = self._maybe(codes, p, m)
+    if self.soft is not None:
+      bits = _bit_matrix(code_lib.CONDITION_BITS[codes])
+      if bits.any():
+        self._register(col, np.arange(m), np.broadcast_to(np.asarray(p, np.float64),
+                                                          (m,))[:, None] * bits)
+    return col
+
+  def _maybe(self, codes: np.ndarray, p, m: int) -> np.ndarray:
     return np.where(self.rng.random(m) < p, codes, -1).reshape(m, 1).astype(np.int32)
 
   def rule_out(self, m: int, p: float) -> np.ndarray:
     pick = code_lib.RULE_OUT[self.rng.choice(len(code_lib.RULE_OUT), size=m, p=code_lib.RULE_OUT_P)]
-    return self.maybe(pick, p, m)
+    col = self._maybe(pick, p, m)
+    if self.soft is not None:   # the pick is a coding draw too: its distribution is RULE_OUT_P
+      self._register(col, np.arange(m), np.broadcast_to(p * RULE_OUT_BIT_P, (m, _C)))
+    return col
 
   def emit(self, pidx, ctype: str, pos: str, cols: list[np.ndarray], cost: np.ndarray,
            day: np.ndarray | None = None) -> np.ndarray:
     if len(pidx) == 0:
       return np.zeros(0, np.int64)
     day = self.days(pidx) if day is None else day
+    soft = None
+    if self.soft is not None:
+      hard, soft_cols = np.zeros(len(pidx), np.int32), []
+      for col in cols:
+        entry = self.soft.pop(id(col), None)
+        if entry is not None and entry[0] is col:
+          soft_cols.append(entry[1])
+        else:   # drawn without coding randomness given the roll-out (or carrying no condition)
+          hard |= np.bitwise_or.reduce(code_lib.CONDITION_BITS[col], axis=1)
+      soft = (hard, soft_cols)
     self.sink.add(self.t, pidx, day, code_lib.CLAIM_TYPE[ctype], code_lib.POS[pos], cost,
-                  np.concatenate(cols, axis=1))
+                  np.concatenate(cols, axis=1), soft)
     return day
 
 

@@ -129,10 +129,14 @@ def _rows_table(subject_id: np.ndarray, st: world.State, sink: sim.Sink,
 
 
 def _rollouts(base: world.State, t0: int, cal: sim.Calendar, rollouts: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-  """Total cost float64 [R, n] and case bits int32 [R, n] of `rollouts` simulated target years."""
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """`rollouts` simulated target years: total cost float64 [R, n], case bits int32 [R, n] (the
+  plain 0/1 outcome), and the sum and sum of squares over roll-outs of the Rao-Blackwellized case
+  probabilities (sim.Sink.case_probability), float64 [n, C] each."""
   n = len(base.female)
   costs, cases = [], []
+  p_sum = np.zeros((n, cond_lib.NUM_CONDITIONS))
+  p_sq = np.zeros((n, cond_lib.NUM_CONDITIONS))
   # Replicas in batches keep memory bounded (about 50k person-rows per batch).
   batch = max(1, min(rollouts, 50_000 // max(n, 1)))
   done = 0
@@ -140,13 +144,16 @@ def _rollouts(base: world.State, t0: int, cal: sim.Calendar, rollouts: int,
     b = min(batch, rollouts - done)
     st = base.take(np.tile(np.arange(n), b))
     st.enrolled[:] = True
-    sink = sim.Sink(n * b, 1, t0, rng, emit=False)
+    sink = sim.Sink(n * b, 1, t0, rng, emit=False, rao_blackwell=True)
     for t in range(t0, t0 + 12):
       sim.step(st, t, cal, rng, sink, None)
     costs.append(sink.cost[0].reshape(b, n))
     cases.append(sink.case[0].reshape(b, n))
+    prob = sink.case_probability().reshape(b, n, -1)
+    p_sum += prob.sum(0)
+    p_sq += np.square(prob).sum(0)
     done += b
-  return np.concatenate(costs), np.concatenate(cases)
+  return np.concatenate(costs), np.concatenate(cases), p_sum, p_sq
 
 
 def _median_and_se(cost_RxN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,26 +170,29 @@ def _median_and_se(cost_RxN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _oracle(snap: world.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0: int,
             cal: sim.Calendar, rollouts: np.ndarray, rng: np.random.Generator,
-            enrolled: np.ndarray) -> pa.Table:
+            enrolled: np.ndarray) -> tuple[pa.Table, np.ndarray]:
   """Next-year cost (mean, median) and condition-label probabilities by rolling the world forward
-  from the true latent state; rollouts: int [len(alive_idx)], the roll-outs of each row."""
+  from the true latent state; rollouts: int [len(alive_idx)], the roll-outs of each row. Returns
+  the oracle rows and the plain (count) estimate of the probabilities [n, C], for the summary."""
   n = len(alive_idx)
   base = snap.take(alive_idx)
   num_c = cond_lib.NUM_CONDITIONS
   out = {k: np.zeros(n) for k in ("cost", "cost_se", "capped", "capped_se", "median",
                                    "median_se")}
   p, p_se = np.zeros((n, num_c)), np.zeros((n, num_c))
+  p_count = np.zeros((n, num_c))   # the plain estimate (share of roll-outs with a case), for the summary
   for r in np.unique(rollouts):
     rows = np.flatnonzero(rollouts == r)
-    cost, case = _rollouts(base.take(rows), t0, cal, int(r), rng)
+    cost, case, p_sum, p_sq = _rollouts(base.take(rows), t0, cal, int(r), rng)
     capped = np.minimum(cost, conv.COST_CAP)
     sd = lambda x: x.std(0, ddof=1) / np.sqrt(r) if r > 1 else np.full(x.shape[1], np.nan)  # noqa: E731
     out["cost"][rows], out["cost_se"][rows] = cost.mean(0), sd(cost)
     out["capped"][rows], out["capped_se"][rows] = capped.mean(0), sd(capped)
     out["median"][rows], out["median_se"][rows] = _median_and_se(cost)
-    hits = ((case[:, :, None] >> np.arange(num_c)) & 1).mean(0)
-    p[rows] = hits
-    p_se[rows] = np.sqrt(hits * (1 - hits) / r)
+    p_count[rows] = ((case[:, :, None] >> np.arange(num_c)) & 1).mean(0)
+    p[rows] = p_sum / r
+    var = np.maximum(p_sq - r * np.square(p[rows]), 0) / (r - 1) if r > 1 else np.nan
+    p_se[rows] = np.sqrt(var / r)
   index_day = int(cal.start[t0])
   cols: dict[str, Any] = {
       "subject_id": pa.array(subject_id[alive_idx], pa.int64()),
@@ -204,7 +214,7 @@ def _oracle(snap: world.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0
   for i, c in enumerate(cond_lib.CONDITION_NAMES):
     cols[f"p_{c}_se"] = pa.array(p_se[:, i].astype(np.float32))
   cols["oracle_rollouts"] = pa.array(rollouts.astype(np.int32))
-  return pa.table(cols, schema=ORACLE_SCHEMA)
+  return pa.table(cols, schema=ORACLE_SCHEMA), p_count
 
 
 def _calibration_stats(st_age_at: np.ndarray, sink: sim.Sink, covered_months: np.ndarray,
@@ -282,7 +292,7 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
   # The held-out members, whom the tables evaluate, get the precise oracle.
   rollouts = np.where(split[alive_idx] == conv.SPLITS.index(conv.HELD_OUT), task["rollouts"],
                       task["rollouts_other"])
-  oracle = _oracle(snap, alive_idx, subject_id, t0, cal, rollouts,
+  oracle, p_count = _oracle(snap, alive_idx, subject_id, t0, cal, rollouts,
                    np.random.default_rng(ss_oracle), enrolled_at_index)
   used_codes = set(pc.unique(table.filter(pa.array(row_split >= 0)).column("code")).to_pylist())
   calib_year = num_years - 2 if num_years >= 2 else num_years - 1
@@ -293,7 +303,7 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
   full_last = covered_months[num_years - 1] == 12
   last_cost = sink.cost[num_years - 1]
   return {
-      "chunk": k, "oracle": oracle, "subject_id": subject_id[ever],
+      "chunk": k, "oracle": oracle, "oracle_p_count": p_count, "subject_id": subject_id[ever],
       "split": split[ever].astype(np.int8), "rows": int(sum(rows_written.values())), "rows_by_split": rows_written, "used_codes": used_codes,
       "calib": calib, "dropped_claims": sink.dropped, "num_patients": n,
       "last_year_cost": last_cost[alive_idx], "last_year_full": full_last[alive_idx],
@@ -398,6 +408,32 @@ def _summary_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
         "train_mean": _regression_figures(y[held], np.full(held.sum(), y[train].mean())),
         "prior_year_cost": _regression_figures(y[held], prior[held]),
     }
+  out["held_out_condition_probabilities"] = _probability_figures(orc, split, np.concatenate(
+      [r["oracle_p_count"] for r in results]))
+  return out
+
+
+def _probability_figures(orc: pa.Table, split: np.ndarray, p_count: np.ndarray) -> dict[str, Any]:
+  """Held-out oracle rows: the Rao-Blackwellized probabilities against the plain count of
+  roll-outs with a case (the estimator before): zero share and mean standard error, over all
+  member-condition pairs and over those whose condition is not present at the index date."""
+  held = split == conv.SPLITS.index(conv.HELD_OUT)
+  names = cond_lib.CONDITION_NAMES
+  p = np.stack([orc.column(f"p_{c}").to_numpy() for c in names], 1)[held]
+  se = np.stack([orc.column(f"p_{c}_se").to_numpy() for c in names], 1)[held]
+  present = np.stack([orc.column(f"true_{c}").to_numpy(zero_copy_only=False) for c in names],
+                     1)[held]
+  r = orc.column("oracle_rollouts").to_numpy()[held][:, None]
+  pc_ = p_count[held]
+  se_count = np.sqrt(pc_ * (1 - pc_) / r)
+  out: dict[str, Any] = {"members": int(held.sum())}
+  for name, mask in (("all_pairs", np.ones_like(present)), ("not_present_pairs", ~present)):
+    if mask.any():
+      out[name] = {"pairs": int(mask.sum()),
+                   "zero_share_count": float(np.mean(pc_[mask] == 0)),
+                   "zero_share_rao_blackwell": float(np.mean(p[mask] == 0)),
+                   "mean_se_count": float(se_count[mask].mean()),
+                   "mean_se_rao_blackwell": float(se[mask].mean())}
   return out
 
 

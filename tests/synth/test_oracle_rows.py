@@ -18,7 +18,7 @@ def test_oracle_rows_carry_median_and_standard_errors(tiny_data_dir, tmp_path):
   assert len(o.rows) > 0
   for arr in (o.median_cost, o.expected_cost_se, o.median_cost_se):
     assert arr is not None and arr.shape == o.expected_cost.shape and np.all(arr >= 0)
-  assert o.p_se_MxC.shape == o.p_MxC.shape and np.all(o.p_se_MxC <= 0.5 / np.sqrt(256) + 1e-6)
+  assert o.p_se_MxC.shape == o.p_MxC.shape and np.all(o.p_se_MxC <= 0.5 / np.sqrt(255) + 1e-6)
   # Costs are right-skewed: the conditional median lies below the mean for most members.
   assert np.mean(o.median_cost < o.expected_cost) > 0.7
   meta = {"kind": "oracle", "data_dir": tiny_data_dir, "split": conventions.HELD_OUT,
