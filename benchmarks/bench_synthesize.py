@@ -2,11 +2,13 @@ r"""Throughput and memory of the synthetic claims world, and its calibration fig
 
   python benchmarks/bench_synthesize.py --sizes=10000,100000 --num_workers=2 --seed=0
 
-Prints, per size: wall seconds, patients/s, MEDS rows/s, peak RSS of the parent and of the largest
+Prints, per size: wall seconds, CPU seconds (this process and its workers), patients/s, MEDS rows/s, peak RSS of the parent and of the largest
 worker process, and the calibration figures that synthesize() computed from the generated data
 beside their published references (lmm_jax.synth.calibration.REFERENCES): top-decile persistence,
 30-day readmissions, end-of-life spending share, winter/summer admissions, cost concentration,
-CCW-rule prevalence among members 65-74, distinct codes, and the oracle versus simple predictors.
+CCW-rule prevalence among members 65-74, distinct codes, the oracle versus simple predictors and
+the oracle's condition probabilities (zero share and mean SE, Rao-Blackwellized against the plain
+count of roll-outs). --split_fractions=0.5,0.1,0.4 is the demo main job's world.
 """
 
 import json
@@ -27,6 +29,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _ROLLOUTS = flags.DEFINE_integer("oracle_rollouts", 256, "Oracle roll-outs per held-out member.")
 _ROLLOUTS_OTHER = flags.DEFINE_integer("oracle_rollouts_other", 16,
                                        "Oracle roll-outs per train/tuning member.")
+_SPLIT = flags.DEFINE_list("split_fractions", ["0.8", "0.1", "0.1"],
+                           "Train, tuning and held-out shares of the people.")
 _KEEP = flags.DEFINE_string("keep_dir", None, "Write here (kept) instead of a temporary folder.")
 
 
@@ -34,18 +38,26 @@ def _peak_mib(who: int) -> float:
   return resource.getrusage(who).ru_maxrss / 1024.0   # Linux reports KiB
 
 
+def _cpu_seconds() -> float:
+  return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def main(argv):
   del argv
   for size in (int(s) for s in _SIZES.value):
     out = _KEEP.value or tempfile.mkdtemp(prefix="bench_synth_")
-    start = time.time()
+    start, cpu_start = time.time(), _cpu_seconds()
     summary = synthesize(out, size, _SEED.value, num_workers=_NUM_WORKERS.value,
                          oracle_rollouts=_ROLLOUTS.value,
-                         oracle_rollouts_other=_ROLLOUTS_OTHER.value, progress=False)
+                         oracle_rollouts_other=_ROLLOUTS_OTHER.value,
+                         split_fractions=tuple(float(f) for f in _SPLIT.value), progress=False)
     seconds = time.time() - start
+    cpu_seconds = _cpu_seconds() - cpu_start
     prev = summary["coded_prevalence_by_age"].get("65-74", {})
     report = {
         "patients": size, "workers": _NUM_WORKERS.value, "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1), "split_fractions": _SPLIT.value,
         "patients_per_s": round(size / seconds, 1), "rows": summary["rows"],
         "rows_per_s": round(summary["rows"] / seconds),
         "peak_rss_parent_mib": round(_peak_mib(resource.RUSAGE_SELF)),
@@ -60,6 +72,7 @@ def main(argv):
                 "source": ref[1]} for k, ref in calibration.REFERENCES.items()},
         "dynamics": summary.get("dynamics"),
         "held_out_cost_prediction": summary.get("held_out_cost_prediction"),
+        "held_out_condition_probabilities": summary.get("held_out_condition_probabilities"),
     }
     print(json.dumps(report, indent=2), flush=True)
     if not _KEEP.value:

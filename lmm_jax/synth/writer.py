@@ -567,17 +567,20 @@ dataset builder's default index date) who appears in the data, whether or not en
 | index_date | the index date (timestamp[us]) |
 | expected_cost | E[total COST//ALLOWED over the 12 months from the index date], given the true latent state, estimated by rolling the simulator forward `oracle_rollouts` times (coverage held fixed, deaths simulated) |
 | expected_cost_capped | E[min(that cost, 250000)] |
-| p_<condition> | probability that the condition's CCW-style case rule (lmm_jax.conditions.CaseRule: one inpatient, or by condition SNF / home-health, claim or two other claims on different days) is met by the claims of those 12 months: the dataset builder's `cond_next` label |
+| p_<condition> | probability that the condition's CCW-style case rule (lmm_jax.conditions.CaseRule: one inpatient, or by condition SNF / home-health, claim or two other claims on different days) is met by the claims of those 12 months: the dataset builder's `cond_next` label. Rao-Blackwellized: the mean over roll-outs of the exact probability of a case given each roll-out's draws other than the coding ones (which codes a claim carries, rule-outs, missing claims); unbiased (docs/synthetic_world.md, "The oracle") |
 | true_<condition> | the latent condition is present at the index date (coded or not) |
 | age | age in years at the index date |
 | enrolled_at_index | covered in the index month |
 | expected_cost_se, expected_cost_capped_se | Monte-Carlo standard error of the two means (sd / sqrt(roll-outs)) |
 | median_cost | the conditional median of that cost (the best predictor for absolute error, NMAE) |
 | median_cost_se | its standard error, from the distribution-free 95% interval of the median / 3.92 |
-| p_<condition>_se | Monte-Carlo standard error of p_<condition>, sqrt(p (1 - p) / roll-outs) |
+| p_<condition>_se | Monte-Carlo standard error of p_<condition>: the roll-outs' standard deviation of that probability / sqrt(roll-outs) |
 | oracle_rollouts | roll-outs of the row: `oracle_rollouts` (default 256) for held-out members, `oracle_rollouts_other` (default 16) for train and tuning members |
 
 `summary.json`: the run's figures: size, cost concentration and coded prevalence by age band
 (members covered all of the calibration year), and the held-out comparison of the oracle with
-simple predictors (training mean, prior-year cost) on members covered all of the target year.
+simple predictors (training mean, prior-year cost) on members covered all of the target year, and
+`held_out_condition_probabilities`: over the held-out rows, the share of member-condition pairs with
+p = 0 and the mean standard error, Rao-Blackwellized against the plain count of roll-outs with a
+case (the estimator before), over all pairs and over pairs whose condition is not present.
 """
