@@ -2,9 +2,9 @@ r"""Throughput and memory of the synthetic claims world, and its calibration fig
 
   python benchmarks/bench_synthesize.py --sizes=10000,100000 --num_workers=2 --seed=0
 
-Prints, per size: wall seconds, CPU seconds (this process and its workers), patients/s, MEDS rows/s, peak RSS of the parent and of the largest
-worker process, and the calibration figures that synthesize() computed from the generated data
-beside their published references (lmm_jax.synth.calibration.REFERENCES): top-decile persistence,
+Prints, per size: wall seconds, CPU seconds (this process and its workers), patients/s, MEDS
+rows/s, peak RSS of the parent and of the largest worker process, and the calibration figures
+that synthesize() computed from the generated data beside their published references (lmm_jax.synth.calibration.REFERENCES): top-decile persistence,
 30-day readmissions, end-of-life spending share, winter/summer admissions, cost concentration,
 CCW-rule prevalence among members 65-74, distinct codes, the oracle versus simple predictors and
 the oracle's condition probabilities (zero share and mean SE, Rao-Blackwellized against the plain

@@ -180,7 +180,7 @@ def _oracle(snap: world.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0
   out = {k: np.zeros(n) for k in ("cost", "cost_se", "capped", "capped_se", "median",
                                    "median_se")}
   p, p_se = np.zeros((n, num_c)), np.zeros((n, num_c))
-  p_count = np.zeros((n, num_c))   # the plain estimate (share of roll-outs with a case), for the summary
+  p_count = np.zeros((n, num_c))   # the plain share of roll-outs with a case, for the summary
   for r in np.unique(rollouts):
     rows = np.flatnonzero(rollouts == r)
     cost, case, p_sum, p_sq = _rollouts(base.take(rows), t0, cal, int(r), rng)
