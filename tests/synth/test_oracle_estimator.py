@@ -73,7 +73,7 @@ def test_rao_blackwellized_probability_is_unbiased_for_the_case_outcome(rollouts
 def test_rao_blackwellized_probability_has_a_smaller_standard_error(rollouts):
   ind, prob = rollouts
   var_ind, var_rb = ind.var(0), prob.var(0)                      # per member and condition
-  # Rao-Blackwell: never larger in expectation. Summed over pairs about half (measured 0.55); per
+  # Rao-Blackwell: never larger in expectation. Summed over pairs about half (measured 0.54); per
   # pair with a case, median 0.77: the onsets and visits that stay sampled carry the rest.
   assert var_rb.sum() < 0.7 * var_ind.sum(), (var_rb.sum(), var_ind.sum())
   some = var_ind > 0
