@@ -157,7 +157,7 @@ def test_unedited_history_has_zero_model_effect(pretrained, tiny_data_dir, recs,
                            context_len=64)
   base = recs[:3]
   same = [iv.render(iv.parse(r, book), book, r) for r in base]
-  c0, k0, _ = iv._sample(sampler, base, book.vocab, [0, 1, 2], sizes, 4)  # pylint: disable=protected-access
-  c1, k1, _ = iv._sample(sampler, same[::-1], book.vocab, [2, 1, 0], sizes, 4)  # pylint: disable=protected-access
+  c0, k0, _ = iv.sample_outcomes(sampler, base, book.vocab, [0, 1, 2], sizes, 4)
+  c1, k1, _ = iv.sample_outcomes(sampler, same[::-1], book.vocab, [2, 1, 0], sizes, 4)
   np.testing.assert_array_equal(c0, c1[::-1])   # common random numbers: the same futures
   np.testing.assert_array_equal(k0, k1[::-1])

@@ -14,7 +14,8 @@ parsed history:
                     cadence (one fill per FILL_DAYS days) and its base monthly price.
   adherence         a member with a maintenance drug whose proportion of days covered (PDC) over
                     the year before the index is below TARGET_PDC gets copies of their own latest
-                    fill of that drug at the start of each uncovered stretch until PDC >= TARGET_PDC.
+                    fill of that drug at the start of each uncovered stretch until PDC reaches
+                    TARGET_PDC.
   remove_admission  the most recent inpatient stay of the year before the index is deleted: its
                     CLAIM//INPATIENT claim and the same-day inpatient professional claims (POS 21).
 
@@ -34,6 +35,7 @@ model.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -43,11 +45,19 @@ import numpy as np
 
 from lmm_jax import conditions
 from lmm_jax import conventions as conv
+from lmm_jax import runs
 from lmm_jax.conventions import TokenKind
+from lmm_jax.data import records
 from lmm_jax.data import tokenizer as tok_lib
+from lmm_jax.report import plots
+from lmm_jax.report import privacy
+from lmm_jax.sampling import audit as audit_lib
+from lmm_jax.sampling import decode
+from lmm_jax.sampling import zero_shot
 from lmm_jax.synth import codes as code_lib
-from lmm_jax.synth import model as world
+from lmm_jax.synth import intervene
 from lmm_jax.synth import sim
+from lmm_jax.tasks.pretrain import PretrainTask
 
 DAYS_PER_YEAR = 365.25
 FILL_DAYS = 30          # the world fills maintenance drugs monthly (lmm_jax.synth.sim._fills)
@@ -167,7 +177,9 @@ def render(h: History, book: Codebook, rec: Mapping[str, Any] | None = None) -> 
         age_int = math.floor(u.age)
         toks.append(tok.age_token(age_int)); days.append(u.day); ages.append(u.age)
       prev = u.day
-    toks.extend(u.tokens); days.extend([u.day] * len(u.tokens)); ages.extend([u.age] * len(u.tokens))
+    toks.extend(u.tokens)
+    days.extend([u.day] * len(u.tokens))
+    ages.extend([u.age] * len(u.tokens))
   # The anchor, as timeline.history_at writes it.
   last_day, last_age = days[-1], ages[-1]
   age_idx = last_age + (h.index_day - last_day) / DAYS_PER_YEAR if last_age >= 0 else -1.0
@@ -426,9 +438,11 @@ class Arm:
   naive_smaller_group: int = 0     # members in the smaller of the treated / untreated groups
 
 
-def _sample(sampler: Any, recs: Sequence[Mapping[str, Any]], vocab: Any, index: Sequence[int],
-            sizes: Sizes, batch_patients: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-  from lmm_jax.sampling import zero_shot   # pylint: disable=g-import-not-at-top
+def sample_outcomes(sampler: Any, recs: Sequence[Mapping[str, Any]], vocab: Any,
+                    index: Sequence[int], sizes: Sizes, batch_patients: int
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+  """(cost [P, N], condition flags [P, N, C], sampling stats) of N futures per record, record p
+  keyed by index[p] (equal indices: the same random keys)."""
   out = zero_shot.simulate(sampler, recs, vocab, batch_patients=batch_patients, seed=sizes.seed,
                            progress=False, patient_index=index)
   return out["cost"], out["cond"].astype(np.float64), out["stats"]
@@ -443,7 +457,6 @@ def measure(sampler: Any, vocab: Any, held_out: Sequence[Mapping[str, Any]],
   chunk: its replay gives their true latent state); train: the naive contrast's records.
   meds_dir: the synthetic world's MEDS directory (None: no truth).
   """
-  from lmm_jax.synth import intervene   # pylint: disable=g-import-not-at-top
   book = Codebook(vocab)
   rng = np.random.default_rng(sizes.seed)
   hist = [parse(r, book) for r in held_out]
@@ -462,19 +475,23 @@ def measure(sampler: Any, vocab: Any, held_out: Sequence[Mapping[str, Any]],
   pos = {i: p for p, i in enumerate(members)}
   seconds = {}
   cpu0, t0 = _clock()
-  base_cost, base_cond, stats = _sample(sampler, [held_out[i] for i in members], vocab,
-                                        list(range(len(members))), sizes, batch_patients)
-  gen_tokens = stats["generated_tokens"]
+  base_cost, base_cond, stats = sample_outcomes(
+      sampler, [held_out[i] for i in members], vocab, list(range(len(members))), sizes,
+      batch_patients)
+  # All edited histories in one pass (full batches), each keyed by its member's position.
+  order = [(name, i, e) for name, chosen in picked.items() for i, e in chosen]
+  cost_all, cond_all, st = sample_outcomes(
+      sampler, [render(e.history, book, held_out[i]) for _, i, e in order], vocab,
+      [pos[i] for _, i, _ in order], sizes, batch_patients)
+  gen_tokens = stats["generated_tokens"] + st["generated_tokens"]
   arms = []
   truth_rep: dict[int, Any] = {}
   for name, chosen in picked.items():
     if not chosen:
       continue
+    rows = [j for j, (n, _, _) in enumerate(order) if n == name]
     idx = [i for i, _ in chosen]
-    recs = [render(e.history, book, held_out[i]) for i, e in chosen]
-    cost_e, cond_e, st = _sample(sampler, recs, vocab, [pos[i] for i in idx], sizes,
-                                 batch_patients)
-    gen_tokens += st["generated_tokens"]
+    cost_e, cond_e = cost_all[rows], cond_all[rows]
     cost_b = base_cost[[pos[i] for i in idx]]
     cond_b = base_cond[[pos[i] for i in idx]]
     prior = np.stack([np.asarray(held_out[i]["cond_prior"], bool) for i in idx])
@@ -586,7 +603,6 @@ def _ci(t: Sequence[float]) -> str:
 def _distribution_plot(arms: Sequence[Arm], path: str) -> str | None:
   """Quantiles (5%..95%) of the pooled next-year cost: model futures and simulator roll-outs,
   without and with each intervention (interventions of fewer than 11 members left out)."""
-  from lmm_jax.report import plots, privacy   # pylint: disable=g-import-not-at-top
   shown = [a for a in arms if not privacy.suppress_mask(len(a.cost_model_M))]
   if not shown:
     return None
@@ -608,7 +624,6 @@ def _distribution_plot(arms: Sequence[Arm], path: str) -> str | None:
 
 
 def _bias_plot(rows: Sequence[Mapping[str, Any]], path: str) -> str | None:
-  from lmm_jax.report import plots, privacy   # pylint: disable=g-import-not-at-top
   rows = [r for r in rows if not privacy.suppress_mask(r["members"])]
   if not rows:
     return None
@@ -628,7 +643,6 @@ def _bias_plot(rows: Sequence[Mapping[str, Any]], path: str) -> str | None:
 
 
 def _onset_rows(arm: Arm, top: int = 5) -> list[list[Any]]:
-  from lmm_jax.report import privacy   # pylint: disable=g-import-not-at-top
   names = conditions.CONDITION_NAMES
   n_C = np.isfinite(arm.onset_model_MxC).sum(0)
   true_C = np.nanmean(np.where(np.isfinite(arm.onset_true_MxC), arm.onset_true_MxC, np.nan), 0) \
@@ -653,7 +667,6 @@ def section(sampler: Any, vocab: Any, held_out: Sequence[Mapping[str, Any]],
             sizes: Sizes, *, model_desc: str, batch_patients: int = 16
             ) -> tuple[list[str], dict[str, Any]]:
   """The report's "Intervention effects" section (markdown lines) and its summary."""
-  from lmm_jax.report import privacy   # pylint: disable=g-import-not-at-top
   res = measure(sampler, vocab, held_out, train, meds_dir, sizes, batch_patients=batch_patients)
   rows = bias_table(res["arms"], sizes)
   lines = ["## Intervention effects", "",
@@ -690,6 +703,7 @@ def section(sampler: Any, vocab: Any, held_out: Sequence[Mapping[str, Any]],
                 "n/a" if not (naive_ok and np.isfinite(r["bias_reduction"]))
                 else f"{r['bias_reduction']:.0%}"]
     table.append(cells)
+  # The report imports this module: its table helper is imported here, not at the top.
   from lmm_jax.insights import report as report_lib   # pylint: disable=g-import-not-at-top
   lines += [report_lib._md_table(  # pylint: disable=protected-access
       ["intervention", "members", "model effect ($)", "true effect ($)", "model bias ($)",
@@ -722,17 +736,22 @@ def section(sampler: Any, vocab: Any, held_out: Sequence[Mapping[str, Any]],
   return lines, summary
 
 
+def meds_dir_of(data_dir: str) -> str:
+  """The MEDS directory the records were built from (their build report's meds_dir)."""
+  path = os.path.join(data_dir, records.REPORT_FILE)
+  with open(path, encoding="utf-8") as f:
+    report = json.load(f)
+  if "meds_dir" not in report:
+    raise ValueError(f"{path}: no 'meds_dir' (the records' MEDS source)")
+  return report["meds_dir"]
+
+
 def run_section(pretrain_workdir: str, data_dir: str, workdir: str, sizes: Sizes, *,
                 meds_dir: str | None, max_new_tokens: int = 512, batch_patients: int = 16,
                 split: str = "held_out", chunk: int = 0) -> tuple[list[str], dict[str, Any]]:
   """Loads the pretrained model and the records, then `section`. On the synthetic world
   (meds_dir given) the members are drawn from one chunk of the world (its replay is the truth's
   cost: a whole chunk is re-simulated whoever is drawn from it)."""
-  from lmm_jax import runs   # pylint: disable=g-import-not-at-top
-  from lmm_jax.data import records   # pylint: disable=g-import-not-at-top
-  from lmm_jax.sampling import audit as audit_lib   # pylint: disable=g-import-not-at-top
-  from lmm_jax.sampling import decode   # pylint: disable=g-import-not-at-top
-  from lmm_jax.tasks.pretrain import PretrainTask   # pylint: disable=g-import-not-at-top
   run = runs.load_run(pretrain_workdir, data_dir=data_dir,
                       hint=f"interventions: pretraining run {pretrain_workdir}")
   if not isinstance(run.task, PretrainTask):
@@ -747,7 +766,6 @@ def run_section(pretrain_workdir: str, data_dir: str, workdir: str, sizes: Sizes
                                vocab, audit_lib.min_code_count_of(vocab)))
   held = list(records.read_records(data_dir, records.TASK, split))
   if meds_dir is not None:
-    from lmm_jax.synth import intervene   # pylint: disable=g-import-not-at-top
     ids = np.array([int(r["subject_id"]) for r in held], np.int64)
     held = [r for r, k in zip(held, intervene.chunk_of(meds_dir, ids)[0]) if k == chunk]
   train = list(records.read_records(data_dir, records.TASK, conv.TRAIN))
