@@ -631,8 +631,12 @@ def _bias_plot(rows: Sequence[Mapping[str, Any]], path: str) -> str | None:
   x = np.arange(len(rows))
   for off, key, label, color in ((-0.18, "model_bias", "model - truth", "C0"),
                                  (0.18, "naive_bias", "naive contrast - truth", "C1")):
-    m = np.array([r[key][0] for r in rows])
-    err = np.array([[r[key][0] - r[key][1], r[key][2] - r[key][0]] for r in rows]).T
+    # The naive contrast is left out where one of its groups is a small cell (as in the table).
+    ok = np.array([key == "model_bias" or not privacy.suppress_mask(r["naive_smaller_group"])
+                   for r in rows])
+    m = np.where(ok, [r[key][0] for r in rows], np.nan)
+    err = np.where(ok, np.array([[r[key][0] - r[key][1], r[key][2] - r[key][0]] for r in rows]).T,
+                   np.nan)
     ax.bar(x + off, m, 0.36, yerr=np.nan_to_num(err), color=color, label=label, capsize=3)
   ax.axhline(0, color="k", lw=0.8)
   ax.set_xticks(x, [_LABEL[r["intervention"]] for r in rows], fontsize=7)
@@ -659,6 +663,14 @@ def _onset_rows(arm: Arm, top: int = 5) -> list[list[Any]]:
     out.append([_LABEL[arm.name], names[c], privacy.count_cell(int(n_C[c])),
                 f"{m[0]:+.3f} [{m[1]:+.3f}, {m[2]:+.3f}]",
                 f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]" if np.isfinite(t[0]) else "n/a"])
+  return out
+
+
+def _summary_row(r: Mapping[str, Any]) -> dict[str, Any]:
+  """A table row for the JSON summary, the naive figures blanked where the table suppresses them."""
+  out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()}
+  if privacy.suppress_mask(r["naive_smaller_group"]):
+    out["naive"] = out["naive_bias"] = out["bias_reduction"] = None
   return out
 
 
@@ -731,8 +743,7 @@ def section(sampler: Any, vocab: Any, held_out: Sequence[Mapping[str, Any]],
   summary = {"sizes": dataclasses.asdict(sizes), "counts": c, "seconds": res["seconds"],
              "generated_tokens": res["generated_tokens"], "verified_rows": res["verified_rows"],
              "chunks_replayed": res["chunks_replayed"],
-             "table": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()}
-                       for r in rows if not privacy.suppress_mask(r["members"])]}
+             "table": [_summary_row(r) for r in rows if not privacy.suppress_mask(r["members"])]}
   return lines, summary
 
 

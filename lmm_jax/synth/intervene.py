@@ -5,9 +5,10 @@ written world's members can be replayed to the index date to recover their laten
 `verify_history` checks that the replay reproduces the written rows before the index exactly.
 From that state the target year is rolled out `rollouts` times (the oracle's machinery,
 `writer.simulate_target_year`) without and with an intervention applied to the state at the index,
-each arm with the same seeded stream (common random numbers: a null intervention gives exactly
-zero effect; after the first draw an intervention changes, e.g. a fill that now happens, the arms'
-streams diverge, so the paired difference is unbiased but not noise-free).
+one member at a time from a stream of its own (seed, chunk, member) that both arms share (common
+random numbers: a null intervention gives exactly zero effect; after the first draw an
+intervention changes, e.g. a fill that now happens, the arms' streams diverge, so the paired
+difference is unbiased but not noise-free).
 
 The interventions (`INTERVENTIONS`) are the simulator's counterparts of the history edits of
 `lmm_jax.insights.interventions`:
