@@ -7,12 +7,16 @@ r"""Writes the insights report of a fine-tuned model: WORKDIR/insights.md with P
 explained member by member. The relationship section needs a chronic run: --init_from itself when
 it is one, else --chronic_dir. Members appear only as anonymous ranks; all output stays under
 --workdir.
+
+--pretrain_dir (a pretraining workdir) adds the intervention effects: sampled futures of edited
+histories, on the synthetic world against the simulator's true effects (--intervention_* sizes).
 """
 
 from absl import app
 from absl import flags
 
 from experiments import cli
+from lmm_jax.insights import interventions
 from lmm_jax.insights import report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the report.", required=True)
@@ -28,6 +32,21 @@ _IG_STEPS = flags.DEFINE_integer("ig_steps", 32, "Integrated-gradients steps.")
 _MAP = flags.DEFINE_enum("embedding_method", "pca", ["pca", "tsne"], "2-D map projection.")
 _THRESHOLD = flags.DEFINE_float("lift_threshold", 1.2, "Lift counted as a recovered link.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+# Intervention effects (lmm_jax.insights.interventions): only with --pretrain_dir.
+_PRETRAIN_DIR = flags.DEFINE_string(
+    "pretrain_dir", None, "Pretraining workdir: adds the intervention-effects section.")
+_IV_MEMBERS = flags.DEFINE_integer("intervention_members", interventions.Sizes.members,
+                                   "Members per intervention (seeded sample of the eligible).")
+_IV_FUTURES = flags.DEFINE_integer("intervention_futures", interventions.Sizes.futures,
+                                   "Sampled futures per member and arm.")
+_IV_ROLLOUTS = flags.DEFINE_integer("intervention_rollouts", interventions.Sizes.rollouts,
+                                    "Simulator roll-outs per member and arm (the true effect).")
+_IV_NAIVE = flags.DEFINE_integer("intervention_naive_members", interventions.Sizes.naive_members,
+                                 "Train members of the naive observational contrast.")
+_IV_TOKENS = flags.DEFINE_integer("intervention_max_new_tokens", 512,
+                                  "Token budget of a sampled 12-month future.")
+_IV_SEED = flags.DEFINE_integer("intervention_seed", interventions.Sizes.seed,
+                                "Seed of the member sample, the futures and the roll-outs.")
 
 
 def main(argv):
@@ -37,7 +56,11 @@ def main(argv):
       _WORKDIR.value, _INIT_FROM.value, _DATA_DIR.value, chronic_workdir=_CHRONIC_DIR.value,
       split=_SPLIT.value, num_members=_NUM_MEMBERS.value, max_members=_MAX_MEMBERS.value,
       ig_steps=_IG_STEPS.value, embedding_method=_MAP.value, lift_threshold=_THRESHOLD.value,
-      progress=_PROGRESS.value)
+      progress=_PROGRESS.value, pretrain_workdir=_PRETRAIN_DIR.value,
+      intervention_sizes=interventions.Sizes(
+          members=_IV_MEMBERS.value, futures=_IV_FUTURES.value, rollouts=_IV_ROLLOUTS.value,
+          naive_members=_IV_NAIVE.value, seed=_IV_SEED.value),
+      intervention_max_new_tokens=_IV_TOKENS.value)
   print("insights report:", path)
 
 

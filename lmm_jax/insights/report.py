@@ -27,6 +27,7 @@ from lmm_jax import conditions
 from lmm_jax.data import records
 from lmm_jax.insights import attribution
 from lmm_jax.insights import embeddings as emb_lib
+from lmm_jax.insights import interventions
 from lmm_jax.insights import loading
 from lmm_jax.insights import relationships as rel
 from lmm_jax.report import plots
@@ -312,7 +313,9 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
                           chronic_workdir: str | None = None, split: str = "held_out",
                           num_members: int = 5, max_members: int = 256, ig_steps: int = 32,
                           embedding_method: str = "pca", lift_threshold: float = 1.2,
-                          progress: bool = True) -> str:
+                          progress: bool = True, pretrain_workdir: str | None = None,
+                          intervention_sizes: interventions.Sizes | None = None,
+                          intervention_max_new_tokens: int = 512) -> str:
   """Writes WORKDIR/insights.md (and its PNGs); returns its path.
 
   Args:
@@ -328,6 +331,10 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
     embedding_method: 'pca' or 'tsne' for the 2-D map.
     lift_threshold: lift at or above which a pair counts as a recovered link.
     progress: tqdm bars.
+    pretrain_workdir: a pretraining run: adds the intervention-effects section (sampled futures
+      of edited histories; on the synthetic world against the simulator's true effects).
+    intervention_sizes, intervention_max_new_tokens: that section's sample sizes and the token
+      budget of a future.
   """
   prog = _Progress(progress)
   workdir = os.path.abspath(workdir)
@@ -364,6 +371,15 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
                                        synthetic=synthetic, threshold=lift_threshold)
   lines += rel_lines
   summary["recovery"] = s
+  # --- Intervention effects (lmm_jax.insights.interventions) ----------------------------------
+  if pretrain_workdir:
+    iv_lines, s = interventions.run_section(
+        pretrain_workdir, data_dir, workdir, intervention_sizes or interventions.Sizes(),
+        meds_dir=interventions.meds_dir_of(data_dir) if synthetic else None,
+        max_new_tokens=intervention_max_new_tokens, split=split)
+    lines += iv_lines
+    summary["interventions"] = s
+  # --------------------------------------------------------------------------------------------
   path = os.path.join(workdir, REPORT_NAME)
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")

@@ -87,11 +87,13 @@ def aggregate(cost_PxN: np.ndarray, cond_PxNxC: np.ndarray, n: int) -> dict[str,
 
 def simulate(sampler: decode.Sampler, task_records: Sequence[dict[str, Any]], vocab: Any, *,
              batch_patients: int, seed: int, progress: bool = True,
-             on_futures: Callable[..., None] | None = None) -> dict[str, Any]:
+             on_futures: Callable[..., None] | None = None,
+             patient_index: Sequence[int] | None = None) -> dict[str, Any]:
   """Samples N futures per task record; per-patient sample outcomes and sampling statistics.
 
   on_futures(records, futures, window_start_R), when given, sees each batch's futures (e.g.
-  `meds_outputs.FuturesWriter`)."""
+  `meds_outputs.FuturesWriter`). patient_index (default 0, 1, ...) seeds each record's futures:
+  records given the same index get the same random keys (common random numbers)."""
   n = sampler.sc.num_samples
   num = len(task_records)
   cost_PxN = np.zeros((num, n), np.float64)
@@ -101,11 +103,15 @@ def simulate(sampler: decode.Sampler, task_records: Sequence[dict[str, Any]], vo
   bar = None
   if progress:
     bar = tqdm.tqdm(total=num, desc="zero-shot futures", unit="patient")
+  index = np.arange(num) if patient_index is None else np.asarray(patient_index, np.int64)
+  if len(index) != num:
+    raise ValueError(f"patient_index has {len(index)} entries for {num} task records")
   t0 = time.time()
   for lo in range(0, num, batch_patients):
     hi = min(lo + batch_patients, num)
     pairs = [history_of(r, sampler.context_len) for r in task_records[lo:hi]]
-    futures = sampler.generate([h for h, _ in pairs], patient_index=range(lo, hi), seed=seed)
+    futures = sampler.generate([h for h, _ in pairs], patient_index=index[lo:hi].tolist(),
+                               seed=seed)
     start_R = np.repeat(np.array([s for _, s in pairs], np.float32), n)
     if on_futures is not None:
       on_futures(task_records[lo:hi], futures, start_R)

@@ -885,13 +885,13 @@ def _outpatient_procedures(mo: _Month, covered, advanced, active_cancer) -> None
                                      _col(code_lib.ESRD_MONTHLY, m)], cost)
 
 
-_RX = {  # drug class: (base monthly price)
+RX_MONTHLY_PRICE = {  # drug class: (base monthly price)
     "oral_antidiabetic": 240.0, "insulin": 480.0, "antiarrhythmic": 130.0, "loop_diuretic": 12.0,
     "phosphate_binder": 300.0, "immunosuppressant": 60.0,
 }
 
 
-_GAP_CLASSES = {  # the maintenance drug classes of each condition of world.GAP_CONDITIONS
+GAP_CLASSES = {  # the maintenance drug classes of each condition of world.GAP_CONDITIONS
     "diabetes_t2": ("oral_antidiabetic", "insulin"), "heart_failure": ("loop_diuretic",),
     "atrial_fibrillation": ("antiarrhythmic",), "rheumatoid_arthritis": ("immunosuppressant",),
 }
@@ -917,7 +917,7 @@ def _fills(st: world.State, rng: np.random.Generator) -> dict[str, np.ndarray]:
   adh = np.minimum(st.adherence * (0.85 + 0.3 * rng.random(n, dtype=np.float32)), 0.98)
   fills = {k: st.alive & (rng.random(n) < v * adh) for k, v in full.items()}
   on = st.alive[:, None] & has[:, [LATENT_INDEX[c] for c in world.GAP_CONDITIONS]]
-  got = np.stack([np.logical_or.reduce([fills[k] for k in _GAP_CLASSES[c]])
+  got = np.stack([np.logical_or.reduce([fills[k] for k in GAP_CLASSES[c]])
                   for c in world.GAP_CONDITIONS], 1)
   st.rx_gap = (world.GAP_DECAY * st.rx_gap + (on & ~got)).astype(np.float32)
   return fills
@@ -933,7 +933,7 @@ def _pharmacy(mo: _Month, covered) -> None:
       continue
     u = st.drug_u[pidx, j]
     ndc = code_lib.ndc_of(j, u)
-    price = _RX[klass] * np.exp(1.6 * (u - 0.5))   # a product's price level is stable
+    price = RX_MONTHLY_PRICE[klass] * np.exp(1.6 * (u - 0.5))   # a product's price level is stable
     if klass == "immunosuppressant":   # self-injected biologics for the more severe
       sev = st.severity_u[pidx, ra]
       price = np.where((sev > 0.45) & (sev <= 0.75), 5200.0, price)

@@ -7,6 +7,7 @@ for a seed does not depend on the number of worker processes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -128,8 +129,9 @@ def _rows_table(subject_id: np.ndarray, st: world.State, sink: sim.Sink,
       pa.array(r_claim, pa.int64(), mask=r_claim < 0)], schema=DATA_SCHEMA)
 
 
-def _rollouts(base: world.State, t0: int, cal: sim.Calendar, rollouts: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def simulate_target_year(base: world.State, t0: int, cal: sim.Calendar, rollouts: int,
+                         rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """`rollouts` simulated target years: total cost float64 [R, n], case bits int32 [R, n] (the
   plain 0/1 outcome), and the sum and sum of squares over roll-outs of the Rao-Blackwellized case
   probabilities (sim.Sink.case_probability), float64 [n, C] each."""
@@ -183,7 +185,7 @@ def _oracle(snap: world.State, alive_idx: np.ndarray, subject_id: np.ndarray, t0
   p_count = np.zeros((n, num_c))   # the plain share of roll-outs with a case, for the summary
   for r in np.unique(rollouts):
     rows = np.flatnonzero(rollouts == r)
-    cost, case, p_sum, p_sq = _rollouts(base.take(rows), t0, cal, int(r), rng)
+    cost, case, p_sum, p_sq = simulate_target_year(base.take(rows), t0, cal, int(r), rng)
     capped = np.minimum(cost, conv.COST_CAP)
     sd = lambda x: x.std(0, ddof=1) / np.sqrt(r) if r > 1 else np.full(x.shape[1], np.nan)  # noqa: E731
     out["cost"][rows], out["cost_se"][rows] = cost.mean(0), sd(cost)
@@ -240,7 +242,29 @@ def simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
     return _simulate_chunk(task)
 
 
-def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
+@dataclasses.dataclass
+class ChunkRun:
+  """A chunk's simulation as the writer ran it: the state, its claims and the index snapshot."""
+  st: world.State
+  sink: sim.Sink
+  members: sim.MemberEvents
+  subject_id: np.ndarray        # int64 [n]
+  ever: np.ndarray              # bool [n]: covered at some time (written to the data)
+  snap: world.State | None      # the state at the start of the index month t0
+  enrolled_at_index: np.ndarray | None
+  covered_months: np.ndarray    # int8 [years, n]
+  cal: sim.Calendar
+  t0: int
+  ss_oracle: np.random.SeedSequence
+  ss_split: np.random.SeedSequence
+
+
+def run_chunk(task: dict[str, Any], through_month: int | None = None) -> ChunkRun:
+  """Simulates a chunk's people month by month (deterministic in the task's seed and chunk).
+
+  through_month: stop before that month (default: the whole window); the index month t0 is the
+  first month of the last year, so through_month=t0 gives the histories and the index snapshot.
+  """
   k, n, seed = task["chunk"], task["num_patients"], task["seed"]
   first_year, last_year = task["first_year"], task["last_year"]
   ss = np.random.SeedSequence(seed, spawn_key=(k,))
@@ -256,7 +280,7 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
   covered_months = np.zeros((num_years, n), np.int8)
   snap = None
   enrolled_at_index = None
-  for t in range(num_months):
+  for t in range(num_months if through_month is None else through_month):
     if t == t0:
       snap = _copy_state(st)
     was_enrolled = st.enrolled.copy()
@@ -267,12 +291,31 @@ def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
     covered_months[t // 12] += covered
     if t == t0:
       enrolled_at_index = covered
+  if snap is None and through_month == t0:
+    snap = _copy_state(st)
   subject_id = (k * task["patients_per_shard"] + np.arange(n) + 1).astype(np.int64)
   # People never covered in the window (late joiners who died first) leave no trace in claims
   # data: they are not written, and have no split and no oracle row.
   ever = np.zeros(n, bool)
   for p_idx, codes in zip(members.pidx, members.code):
     ever[p_idx[np.isin(codes, code_lib.ENROLL_START)]] = True
+  return ChunkRun(st, sink, members, subject_id, ever, snap, enrolled_at_index, covered_months,
+                  cal, t0, ss_oracle, ss_split)
+
+
+def rows_table(run: ChunkRun) -> pa.Table:
+  """The chunk's MEDS rows (all its people, whatever their split), as the writer writes them."""
+  return _rows_table(run.subject_id, run.st, run.sink, run.members)
+
+
+def _simulate_chunk(task: dict[str, Any]) -> dict[str, Any]:
+  run = run_chunk(task)
+  k, n = task["chunk"], task["num_patients"]
+  num_years = task["last_year"] - task["first_year"] + 1
+  st, sink, members, subject_id, ever = run.st, run.sink, run.members, run.subject_id, run.ever
+  snap, enrolled_at_index, covered_months, cal, t0 = (run.snap, run.enrolled_at_index,
+                                                      run.covered_months, run.cal, run.t0)
+  ss_oracle, ss_split = run.ss_oracle, run.ss_split
   table = _rows_table(subject_id, st, sink, members)
   u = np.random.default_rng(ss_split).random(n)
   train_f, tuning_f, _ = task["split_fractions"]
@@ -537,6 +580,7 @@ def synthesize(output_dir: str, num_patients: int, seed: int, *, first_year: int
                "raw_source_id_columns": ["claim_id"]}, f, indent=2)
   summary = {
       "patients": num_patients, "subjects_written": int(len(ids)), "shards": num_chunks,
+      "patients_per_shard": patients_per_shard,
       "rows": totals["rows"],
       "rows_by_split": totals["rows_by_split"],
       "subjects_by_split": {s: int(np.sum(names == s)) for s in conv.SPLITS},
