@@ -16,7 +16,10 @@ KV cache, `num_return_sequences=N`) against `lmm_jax.sampling.decode.Sampler` (o
 prefill, N rows); no stop token in either, so both produce N x T tokens.
 
 The two run interleaved (one lmm_jax step, one PyTorch step, ...) so load from other jobs on a
-shared machine hits both alike; the table shows medians, and the load average is printed with it.
+shared machine hits both alike; the table shows medians of wall and of process CPU seconds per
+step (per generate call for sampling) with both ratios, and the load average. Threads: PyTorch
+gets as many intra-op threads as XLA:CPU's pool has (counted and printed); set OMP_WAIT_POLICY
+before the run to change how PyTorch's OpenMP threads wait (printed too).
 PyTorch and transformers are a benchmark extra only: lmm_jax and its tests never import them.
 """
 
@@ -223,22 +226,44 @@ def _interleaved(a: Callable[[], object], b: Callable[[], object], steps: int, w
   return ta, tb, ra, rb, ca, cb
 
 
+def xla_intra_op_threads() -> int:
+  """Threads of XLA:CPU's intra-op pool in this process (named tf_XLAEigen; 0 if unreadable).
+
+  XLA sizes the pool itself (the schedulable cores) and jax has no setting for it, so PyTorch is
+  given the same count (`torch.set_num_threads`) rather than the other way round.
+  """
+  jax.block_until_ready(jax.jit(lambda x: x + 1)(np.ones(2, np.float32)))  # the client is up
+  try:
+    tasks = os.listdir("/proc/self/task")
+    names = []
+    for t in tasks:
+      with open(f"/proc/self/task/{t}/comm", encoding="utf-8") as f:
+        names.append(f.read())
+  except OSError:
+    return 0
+  return sum("XLAEigen" in n for n in names)
+
+
 def run_row(row: Row, steps: int, warmup: int) -> dict[str, float]:
+  """Medians: wall and process CPU seconds per step (sampling: per generate call) of each side."""
   if row.sampling:
     (ja, _), (pt, _) = _jax_sample(row), _torch_sample(row)
     ja()  # compile
     tj, tt, nj, nt, cj, ct = _interleaved(ja, pt, steps, warmup)
-    jax_tps, torch_tps = nj / statistics.median(tj), nt / statistics.median(tt)
-    return {"jax": jax_tps, "torch": torch_tps, "ratio": jax_tps / torch_tps,
-            "spread_jax": (min(tj), max(tj)), "spread_torch": (min(tt), max(tt)),
-            "cpu_ratio": statistics.median(ct) / statistics.median(cj)}
-  (ja, ji), (pt, pi) = _jax_train(row), _torch_train(row)
-  tj, tt, _, _, cj, ct = _interleaved(ja, pt, steps, warmup)
-  mj, mt = statistics.median(tj), statistics.median(tt)
-  return {"jax": mj, "torch": mt, "ratio": mt / mj, "spread_jax": (min(tj), max(tj)),
-          "spread_torch": (min(tt), max(tt)), "params_jax": ji["matmul_params_M"],
-          "params_torch": pi["matmul_params_M"],
-          "cpu_ratio": statistics.median(ct) / statistics.median(cj)}
+    out = {"jax": nj / statistics.median(tj), "torch": nt / statistics.median(tt),
+           "tokens_jax": nj, "tokens_torch": nt}
+    out["ratio"] = out["jax"] / out["torch"]
+  else:
+    (ja, ji), (pt, pi) = _jax_train(row), _torch_train(row)
+    tj, tt, _, _, cj, ct = _interleaved(ja, pt, steps, warmup)
+    out = {"jax": statistics.median(tj), "torch": statistics.median(tt),
+           "params_jax": ji["matmul_params_M"], "params_torch": pi["matmul_params_M"]}
+    out["ratio"] = out["torch"] / out["jax"]
+  out.update(wall_jax=statistics.median(tj), wall_torch=statistics.median(tt),
+             cpu_jax=statistics.median(cj), cpu_torch=statistics.median(ct),
+             spread_jax=(min(tj), max(tj)), spread_torch=(min(tt), max(tt)))
+  out["cpu_ratio"] = out["cpu_torch"] / out["cpu_jax"]
+  return out
 
 
 def main(argv):
@@ -246,32 +271,39 @@ def main(argv):
   unknown = [r for r in _ROWS.value if r not in ROWS]
   if unknown:
     raise app.UsageError(f"--rows: unknown {unknown}; expected some of {list(ROWS)}")
-  torch.set_num_threads(os.cpu_count() or 1)
+  xla_threads = xla_intra_op_threads()
+  torch.set_num_threads(xla_threads or os.cpu_count() or 1)
   dev = jax.devices()[0]
   print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; host "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax "
-        f"{jax.__version__} on {jax.device_count()} x {dev.device_kind}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}; float32; "
-        f"median of {_STEPS.value} interleaved steps; load average at start "
-        f"{os.getloadavg()[0]:.1f}", flush=True)
+        f"{jax.__version__} on {jax.device_count()} x {dev.device_kind} (XLA intra-op threads "
+        f"{xla_threads or 'unknown'}); torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}), "
+        f"transformers {transformers.__version__}; float32; median of {_STEPS.value} "
+        f"interleaved steps; load average at start {os.getloadavg()[0]:.1f}", flush=True)
   results = {}
   for name in _ROWS.value:
     results[name] = r = run_row(ROWS[name], _STEPS.value, _WARMUP.value)
     unit = "tok/s" if ROWS[name].sampling else "s"
     extra = ("" if ROWS[name].sampling else
              f"; matmul params lmm_jax {r['params_jax']:.2f}M, GPT-2 {r['params_torch']:.2f}M")
-    print(f"{name}: lmm_jax {r['jax']:.4g} {unit} ({r['spread_jax'][0]:.3g}-"
-          f"{r['spread_jax'][1]:.3g} s), PyTorch {r['torch']:.4g} {unit} "
-          f"({r['spread_torch'][0]:.3g}-{r['spread_torch'][1]:.3g} s), lmm_jax/peer speed "
-          f"{r['ratio']:.2f}x (by CPU seconds {r['cpu_ratio']:.2f}x){extra}; load "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
-  print("\n| what | peer (HF GPT-2, PyTorch) | lmm_jax | speed ratio (wall) | ratio by CPU "
-        "seconds |\n|---|---|---|---|---|")
+    print(f"{name}: lmm_jax {r['jax']:.4g} {unit} (wall {r['spread_jax'][0]:.3g}-"
+          f"{r['spread_jax'][1]:.3g} s, CPU {r['cpu_jax']:.3g} s), PyTorch {r['torch']:.4g} "
+          f"{unit} (wall {r['spread_torch'][0]:.3g}-{r['spread_torch'][1]:.3g} s, CPU "
+          f"{r['cpu_torch']:.3g} s), lmm_jax/peer speed {r['ratio']:.2f}x by wall, "
+          f"{r['cpu_ratio']:.2f}x by CPU seconds{extra}; load {os.getloadavg()[0]:.1f}",
+          flush=True)
+  print("\n| what | peer (HF GPT-2, PyTorch): wall, CPU s | lmm_jax: wall, CPU s | speed ratio "
+        "(wall) | ratio by CPU seconds |\n|---|---|---|---|---|")
   for name, r in results.items():
     row = ROWS[name]
-    fmt = (lambda v: f"{v:,.0f} tokens/s") if row.sampling else (lambda v: f"{v:.3f} s")
-    print(f"| {row.label} | {fmt(r['torch'])} | {fmt(r['jax'])} | {r['ratio']:.2f}x | "
-          f"{r['cpu_ratio']:.2f}x |")
+    if row.sampling:
+      peer = f"{r['torch']:,.0f} tokens/s, {r['cpu_torch']:.2f} CPU s"
+      ours = f"{r['jax']:,.0f} tokens/s, {r['cpu_jax']:.2f} CPU s"
+    else:
+      peer = f"{r['torch']:.3f} s, {r['cpu_torch']:.3f} CPU s"
+      ours = f"{r['jax']:.3f} s, {r['cpu_jax']:.3f} CPU s"
+    print(f"| {row.label} | {peer} | {ours} | {r['ratio']:.2f}x | {r['cpu_ratio']:.2f}x |")
   print(f"\nload average at end {os.getloadavg()[0]:.1f} (a shared machine: other jobs ran too)")
 
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmm_jax import xla_options
 from lmm_jax.conventions import TokenKind
 
 Batch = Mapping[str, Any]
@@ -72,7 +73,7 @@ def history_mask(length_B: np.ndarray, prefix_len_B: np.ndarray, seq_len: int) -
   return (pos_1L >= np.asarray(prefix_len_B)[:, None]) & (pos_1L < np.asarray(length_B)[:, None])
 
 
-@functools.partial(jax.jit, static_argnames=("score_fn", "steps", "chunk"))
+@functools.partial(xla_options.jit, static_argnames=("score_fn", "steps", "chunk"))
 def _ig_core(params: Any, x_BxLxD: jax.Array, base_BxLxD: jax.Array, batch: Batch,
              weights: jax.Array | None, *, score_fn: Callable[..., jax.Array], steps: int,
              chunk: int) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmm_jax import runs
+from lmm_jax import xla_options
 from lmm_jax.data import pipeline
 from lmm_jax.data import records
 from lmm_jax.data.fields import FieldKind
@@ -91,7 +92,7 @@ class Predictor:
   def _outputs_jit(self):
     def run(params, batch):
       return self.outputs_fn(params, self.embed_fn(params, batch), batch)
-    return jax.jit(run)
+    return xla_options.jit(run)
 
   def outputs(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = self._outputs_jit(self.params, self.device_batch(batch))

@@ -43,6 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from lmm_jax import sharding
+from lmm_jax import xla_options
 from lmm_jax.conventions import TokenKind
 from lmm_jax.model.backbone import Backbone
 from lmm_jax.model.transformer import Cache, init_cache  # re-exported (lmm_jax.sampling)
@@ -346,7 +347,8 @@ class Sampler:
     self.graphdef, self.params = nnx.split(model)
     self.batch_shards = 1 if mesh is None else sharding.axis_size(mesh, "batch", self.rules)
     self._fn = generate_cached if use_cache else generate_uncached
-    self._jit = jax.jit(self._run, static_argnames=("sc",))
+    self._jit = xla_options.jit(self._run, platform=xla_options.mesh_platform(mesh),
+                                static_argnames=("sc",))
 
   def _run(self, params, batch, gap_days, seed, sc, logit_bias=None):
     model = nnx.merge(self.graphdef, params)

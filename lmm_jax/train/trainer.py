@@ -6,7 +6,8 @@ Set-up follows "shapes first, then shardings, then a jitted init": the model is 
 `jax.eval_shape`, the logical axis names on its parameters become NamedShardings through the
 config's rules (`lmm_jax.sharding`), and the state is created by a jit whose out_shardings place
 every parameter and optimizer moment where it belongs (nothing is materialized unsharded). The train
-step is `jax.jit(step, in_shardings, out_shardings, donate_argnums=0)`, compiled ahead of time with
+step is `xla_options.jit(step, in_shardings, out_shardings, donate_argnums=0)` (jax.jit with the
+backend's compiler options), compiled ahead of time with
 its memory analysis printed before its first step.
 
 Jit contract: one compile per batch shape. Packed timelines always have [B, seq_len]; TASK batches
@@ -60,23 +61,13 @@ import tqdm
 
 from lmm_jax import runs
 from lmm_jax import sharding
+from lmm_jax import xla_options
 from lmm_jax.model import transformer
 from lmm_jax.train import checkpoint as ckpt_lib
 from lmm_jax.train import early_stopping as es_lib
 from lmm_jax.train import metrics as metrics_lib
 from lmm_jax.train import optimizer as opt_lib
 from lmm_jax.train.task import Task
-
-# XLA:CPU hands dots, elementwise and reduce fusions to YNNPACK by default; profiled on the
-# 2-core CPU (docs/training.md, "Speed"), XLA's own loop emitters run the elementwise and reduce
-# work (softmax and its backward, norms, the loss) faster, so YNNPACK keeps the dots only.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-
-
-def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str] | None:
-  """Backend options for compiling on this mesh's devices (CPU_COMPILER_OPTIONS on CPU)."""
-  return dict(CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else None
-
 
 _CONSOLE_KEYS = ("train_loss", "grad_norm", "lr", "tokens_per_s", "eval_loss", "eval_acc1")
 
@@ -165,8 +156,10 @@ class Trainer:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         self.abstract_state, self.state_shardings)
     # Then a jitted init that creates every array already sharded.
-    self._init_jit = jax.jit(self._init_fn, out_shardings=self.state_shardings)
-    self._eval_jit = jax.jit(self._eval_step)
+    platform = xla_options.mesh_platform(self.mesh)
+    self._init_jit = xla_options.jit(self._init_fn, platform=platform,
+                                     out_shardings=self.state_shardings)
+    self._eval_jit = xla_options.jit(self._eval_step, platform=platform)
     self._compiled: dict[tuple, Any] = {}   # batch signature -> compiled train step
 
   # ----------------------------------------------------------------------------------------------
@@ -257,12 +250,13 @@ class Trainer:
                        for k, x in batch.items()}
     abstract_batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_shardings[k])
                       for k, x in batch.items()}
-    train_jit = jax.jit(self._train_step, donate_argnums=0,
-                        in_shardings=(self.state_shardings, batch_shardings),
-                        out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())))
+    train_jit = xla_options.jit(self._train_step, platform=xla_options.mesh_platform(self.mesh),
+                                donate_argnums=0,
+                                in_shardings=(self.state_shardings, batch_shardings),
+                                out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())))
     with sharding.activation_rules(self.mesh, self.rules):
       lowered = train_jit.lower(self.abstract_state, abstract_batch)
-    compiled = lowered.compile(compiler_options=compiler_options(self.mesh))
+    compiled = lowered.compile()
     self._compiled[self.batch_signature(batch)] = compiled
     mem = compiled.memory_analysis()
     if mem is not None:
