@@ -13,6 +13,11 @@ Per shard, the work is: read the file in chunks of whole subjects (`meds_io.iter
 events (`timeline.tokenize`) and compute its task record's labels (`labels.py`). Peak memory is
 one chunk per worker plus the vocabulary, whatever the size of a file. See docs/data.md.
 
+The per-shard work (`shard_counts`, `shard_records`), the merges of its results (`merge_pass1`,
+`merge_pass2`: order-free), the vocabulary fit and the report are shared by two drivers, the
+`Engine`s: `local_engine` (this machine's worker processes) and `build_beam.beam_engine` (Apache
+Beam pipelines, `--engine=beam`).
+
 The output appears whole or not at all: the build holds an exclusive lock (`lock_path`) for its
 whole run, writes into a temporary directory beside the output (`.NAME.building-*`, the same file
 system), writes `manifest.json` last (`records.write_manifest`) and only then renames the directory
