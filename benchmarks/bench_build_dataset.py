@@ -1,7 +1,7 @@
 """Throughput and peak memory of the MEDS -> records builder, by dataset size and file layout.
 
   python benchmarks/bench_build_dataset.py [--sizes=1000,20000] [--layouts=many,one]
-      [--num_workers=2] [--memory_budget_mb=512]
+      [--num_workers=2] [--memory_budget_mb=512] [--engine=local,beam]
 
 Each size is synthesized with `lmm_jax.synth.synthesize` (into --workdir, reused when present) in
 the synthesizer's layout, `--patients_per_shard` patients per file ('many'), and rewritten as one
@@ -10,8 +10,11 @@ the figures printed are the builder process's and its largest worker's `ru_maxrs
 (resource.getrusage, self and children). Peak memory should stay flat as the dataset and its files
 grow (a worker holds one chunk of memory_budget_mb / workers), while rows/s measures the
 end-to-end build (both passes, writing records). The last column says whether the build equals
-the first layout's of the same size: accounting (report.json) and records' token counts; the
-vocabulary too unless the cost sample is capped (see docs/data.md).
+the first build of the same size: accounting (report.json) and records' token counts; the
+vocabulary too unless the cost sample is capped (see docs/data.md). --engine=beam builds with
+`lmm_jax.data.build_beam` on Beam's DirectRunner, --num_workers worker processes
+(multi_processing); its worker column is the largest Beam worker's. CPU seconds are the child's
+own and its workers' (user + system), beside wall seconds (inflated on a loaded machine).
 """
 
 from __future__ import annotations
@@ -46,24 +49,34 @@ _BUDGET = flags.DEFINE_float("memory_budget_mb", build_config.get_config().memor
                              "the builder's memory_budget_mb")
 _PER_SHARD = flags.DEFINE_integer("patients_per_shard", 1000, "synthesizer patients per shard")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where datasets go (default: a temp dir)")
+_ENGINES = flags.DEFINE_list("engine", ["local"], "builders to measure: local, beam")
 _CHILD = flags.DEFINE_list("child", None, "internal: meds_dir,output_dir to build and measure")
 
 # Report entries that depend on the layout, not on the data.
 _LAYOUT_KEYS = ("meds_dir", "output_dir", "num_input_shards", "elapsed_s", "config")
 
 
-def _child(meds_dir: str, output_dir: str) -> None:
+def _child(meds_dir: str, output_dir: str, engine: str) -> None:
   config = build_config.get_config()
   config.num_workers = _WORKERS.value
   config.memory_budget_mb = _BUDGET.value
   config.progress = False
   t0 = time.time()
-  report = build.build_dataset(meds_dir, output_dir, config)
+  if engine == "beam":
+    from lmm_jax.data import build_beam  # pylint: disable=g-import-not-at-top (optional)
+    report = build_beam.build_dataset(meds_dir, output_dir, config, [
+        "--runner=DirectRunner", f"--direct_num_workers={_WORKERS.value}",
+        "--direct_running_mode=multi_processing"])
+  elif engine == "local":
+    report = build.build_dataset(meds_dir, output_dir, config)
+  else:
+    raise ValueError(f"engine {engine!r}: expected 'local' or 'beam'")
   seconds = time.time() - t0
-  self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-  print(json.dumps({"rows": report["input_rows"], "seconds": seconds, "self_mb": self_kb / 1024,
-                    "worker_mb": child_kb / 1024, "shards": report["num_input_shards"],
+  me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  print(json.dumps({"rows": report["input_rows"], "seconds": seconds,
+                    "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+                    "self_mb": me.ru_maxrss / 1024, "worker_mb": kids.ru_maxrss / 1024,
+                    "shards": report["num_input_shards"],
                     "tokens": sum(report["tokens"].values())}))
 
 
@@ -109,8 +122,9 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="bench_build_")
   print(f"builder benchmark: {_WORKERS.value} workers, memory_budget_mb={_BUDGET.value:g}, "
         f"datasets under {workdir}")
-  print(f"{'patients':>9} {'layout':>6} {'files':>5} {'rows':>11} {'tokens':>11} {'seconds':>8}"
-        f" {'rows/s':>9} {'peak RSS MB (builder / worker)':>31}  same as first layout")
+  print(f"{'patients':>9} {'layout':>6} {'engine':>6} {'files':>5} {'rows':>11} {'tokens':>11}"
+        f" {'seconds':>8} {'CPU s':>7} {'rows/s':>9} {'peak RSS MB (builder / worker)':>31}"
+        "  same as first build")
   for size in (int(s) for s in _SIZES.value):
     meds_dir = os.path.join(workdir, f"meds_{size}")
     _make(meds_dir, size)
@@ -122,22 +136,27 @@ def main(argv: list[str]) -> None:
         _one_file(meds_dir, src)
       elif layout != "many":
         raise ValueError(f"layout {layout!r}: expected 'many' or 'one'")
-      out_dir = os.path.join(workdir, f"out_{size}_{layout}")
-      out = subprocess.run([sys.executable, os.path.abspath(__file__),
-                            f"--child={src},{out_dir}", f"--num_workers={_WORKERS.value}",
-                            f"--memory_budget_mb={_BUDGET.value}"], capture_output=True,
-                           text=True, check=True)
-      r = json.loads(out.stdout.strip().splitlines()[-1])
-      summary = _summary(out_dir)
-      if first is None:
-        first, same = summary, "-"
-      else:
-        same = (f"accounting {'yes' if _accounting(summary) == _accounting(first) else 'NO'}, "
-                f"vocabulary {'yes' if summary['vocab'] == first['vocab'] else 'no'}")
-      worker = f"{r['worker_mb']:,.0f}" if r["worker_mb"] else "-"   # 1 worker: in-process
-      print(f"{size:>9,} {layout:>6} {r['shards']:>5} {r['rows']:>11,} {r['tokens']:>11,}"
-            f" {r['seconds']:>8.1f} {r['rows'] / r['seconds']:>9,.0f}"
-            f" {r['self_mb']:>15,.0f} / {worker}  {same}")
+      for engine in _ENGINES.value:
+        out_dir = os.path.join(workdir, f"out_{size}_{layout}_{engine}")
+        out = subprocess.run([sys.executable, os.path.abspath(__file__),
+                              f"--child={src},{out_dir},{engine}",
+                              f"--num_workers={_WORKERS.value}",
+                              f"--memory_budget_mb={_BUDGET.value}"], capture_output=True,
+                             text=True, check=False)
+        if out.returncode:
+          raise RuntimeError(f"the {engine} build of {src} failed:\n{out.stderr[-3000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        summary = _summary(out_dir)
+        if first is None:
+          first, same = summary, "-"
+        else:
+          same = (f"accounting {'yes' if _accounting(summary) == _accounting(first) else 'NO'}, "
+                  f"vocabulary {'yes' if summary['vocab'] == first['vocab'] else 'no'}")
+        worker = f"{r['worker_mb']:,.0f}" if r["worker_mb"] else "-"   # 1 worker: in-process
+        print(f"{size:>9,} {layout:>6} {engine:>6} {r['shards']:>5} {r['rows']:>11,}"
+              f" {r['tokens']:>11,} {r['seconds']:>8.1f} {r['cpu_s']:>7.1f}"
+              f" {r['rows'] / r['seconds']:>9,.0f} {r['self_mb']:>15,.0f} / {worker}  {same}",
+              flush=True)
 
 
 if __name__ == "__main__":

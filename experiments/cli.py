@@ -41,9 +41,9 @@ def _flag_error(e: flags.Error) -> str:
   return f"{head} {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', last)}"
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(argv, known_only=known_only)
   except flags.Error as e:  # unknown flag, bad value, a config file or preset that fails to load
     fail(f"{_flag_error(e)} (--help for usage)")
   except OSError as e:  # an override (--config.x=1) of a config file that failed to load
@@ -70,5 +70,8 @@ def one_line_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], A
   return wrapped
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
-  app.run(one_line_errors(main), flags_parser=_parse_flags)
+def run(main: Callable[[list[str]], Any], pass_unknown_flags: bool = False) -> None:
+  """pass_unknown_flags: flags absl does not know stay in main's argv (e.g. Beam's pipeline
+  options) instead of failing the parse."""
+  app.run(one_line_errors(main),
+          flags_parser=functools.partial(_parse_flags, known_only=pass_unknown_flags))

@@ -42,6 +42,11 @@ def test_pretrain_binary_errors_are_one_line(tmp_path, args, expected):
 def test_data_prep_binary_usage_error_is_one_line():
   rc, lines = _binary("data_prep.build_dataset", "--meds_dir=/tmp")
   assert rc == 2 and lines == ["error: --meds_dir and --output_dir are required (--help for usage)"]
+  # Flags absl does not know are Beam's pipeline options, refused without --engine=beam.
+  rc, lines = _binary("data_prep.build_dataset", "--meds_dir=/tmp", "--output_dir=/tmp/x",
+                      "--min_cod_count=3")
+  assert rc == 2 and lines == ["error: unexpected arguments: ['--min_cod_count=3'] (Beam pipeline "
+                               "options need --engine=beam) (--help for usage)"], lines
 
 
 def test_wrapper_passes_results_and_keeps_bugs_loud():

@@ -13,6 +13,11 @@ Per shard, the work is: read the file in chunks of whole subjects (`meds_io.iter
 events (`timeline.tokenize`) and compute its task record's labels (`labels.py`). Peak memory is
 one chunk per worker plus the vocabulary, whatever the size of a file. See docs/data.md.
 
+The per-shard work (`shard_counts`, `shard_records`), the merges of its results (`merge_pass1`,
+`merge_pass2`: order-free), the vocabulary fit and the report are shared by two drivers, the
+`Engine`s: `local_engine` (this machine's worker processes) and `build_beam.beam_engine` (Apache
+Beam pipelines, `--engine=beam`).
+
 The output appears whole or not at all: the build holds an exclusive lock (`lock_path`) for its
 whole run, writes into a temporary directory beside the output (`.NAME.building-*`, the same file
 system), writes `manifest.json` last (`records.write_manifest`) and only then renames the directory
@@ -35,7 +40,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Optional
 
 import ml_collections
 import numpy as np
@@ -158,6 +163,14 @@ def _init_worker(ctx: _Context, in_worker: bool = False) -> None:
   _TOKENIZER = None
 
 
+def worker_setup(ctx: _Context, pass2: bool = False) -> None:
+  """Sets this process's worker context for `shard_counts` (pass 1) or, with pass2, for
+  `shard_records` (ctx with its splits: another driver's workers get no pool initializer)."""
+  _init_worker(ctx)
+  if pass2:
+    _set_pass2(ctx)
+
+
 def _set_pass2(ctx: _Context) -> None:
   """Pass-2 fields of the context (the tokenizer, a label task's labels), loaded once per worker
   process."""
@@ -254,6 +267,11 @@ def _bottom_k(cost: np.ndarray, key: np.ndarray, k: int) -> tuple[np.ndarray, np
 # Pass 1: train counts and cost sample.
 
 
+def shard_counts(path: str) -> dict[str, Any]:
+  """Pass 1 of one input shard (`pass1_total` makes it a total): the other drivers' entry."""
+  return _pass1(path)
+
+
 def _pass1(path: str) -> dict[str, Any]:
   k = int(_CTX.config["cost_sample_size"])
   train_split = conventions.SPLITS.index(conventions.TRAIN)
@@ -306,53 +324,95 @@ def _pass1(path: str) -> dict[str, Any]:
 
 
 def _pass2(job: tuple[int, str, _Context]) -> dict[str, Any]:
+  """The local driver's pass 2 of one shard: its records into one ShardWriter per kind and
+  split; returns the shard's counts (`merge_pass2` adds them up)."""
   global _RECORDS_WRITTEN
   index, path, ctx = job
   _set_pass2(ctx)
-  tok, ctx = _TOKENIZER, _CTX
-  window = labels.Window(ctx.index_day)
-  stats = timeline.Stats.zeros(tok)
-  per_split = _split_counters()
-  out = {"input_rows": 0, "dropped": collections.Counter(), "used_rows": 0,
-         "per_split": per_split, "stats": stats, "hashed_subjects": 0,
-         "rows_by_system": collections.Counter(), "coverage": {},
-         "text_values": dict.fromkeys(TEXT_VALUE_COUNTS, 0)}
+  out = new_pass2_counts()
   with contextlib.ExitStack() as stack:
     writers = {(kind, split): stack.enter_context(records.ShardWriter(os.path.join(
-        ctx.output_dir, kind, records.shard_name(split, index, ctx.num_shards))))
+        _CTX.output_dir, kind, records.shard_name(split, index, _CTX.num_shards))))
                for kind in (records.TIMELINE, records.TASK) for split in conventions.SPLITS}
-    for c in _clean_chunks(path):
-      raw_codes, pre_index = c.codes.codes, c.code_index
-      mapped_codes = _with_parents(c, ctx.code_mapping)
-      c = values_lib.with_value_bins(mapped_codes, ctx.value_bins, _ANALYZER)
-      c, text_rows, categorized = values_lib.with_text_categories(c, ctx.text_categories,
-                                                                  _ANALYZER)
-      out["text_values"]["read_as_number"] += c.numeric_texts
-      out["text_values"]["rows"] += text_rows
-      out["text_values"]["category"] += categorized
-      out["text_values"]["bare_code"] += text_rows - categorized
-      code_ids = timeline.code_token_ids(tok, c.codes)
-      for ev in c.subjects(ctx.data_end_day):
-        split = conventions.SPLITS[ev.split]
-        fields = timeline.tokenize(ev, tok, code_ids,
-                                   stats if split == conventions.TRAIN else None)
-        writers[records.TIMELINE, split].write(records.make_record(
-            records.TIMELINE, {"subject_id": ev.subject_id, **fields}))
+    for kind, split, record in shard_records(path, out):
+      writers[kind, split].write(record)
+      if kind == records.TIMELINE:
         _RECORDS_WRITTEN += 1
         _test_hook("records", _RECORDS_WRITTEN)
-        st = per_split[split]
-        st["patients"] += 1
-        st["tokens"] += int(fields["tokens"].size)
-        task_writer = _TASK_WRITERS[ctx.config["task"]]
-        task_writer(ev, fields, code_ids, window, writers[records.TASK, split].write, st)
-      out["input_rows"] += c.input_rows
-      out["dropped"].update(c.dropped)
-      out["used_rows"] += int(c.subject.size)
-      out["hashed_subjects"] += c.hashed_subjects
-      out["rows_by_system"].update(_rows_by_system(c))
-      _count_coverage(out["coverage"], raw_codes, mapped_codes.codes.codes, pre_index, c.codes,
-                      c.code_index, tok)
   return out
+
+
+def new_pass2_counts() -> dict[str, Any]:
+  """Zero pass-2 counts of one shard (needs the pass-2 worker context: `_set_pass2`)."""
+  return {"input_rows": 0, "dropped": collections.Counter(), "used_rows": 0,
+          "per_split": _split_counters(), "stats": timeline.Stats.zeros(_TOKENIZER),
+          "hashed_subjects": 0, "rows_by_system": collections.Counter(), "coverage": {},
+          "text_values": dict.fromkeys(TEXT_VALUE_COUNTS, 0)}
+
+
+def shard_records(path: str, out: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+  """Pass 2 of one input shard, the per-subject work both drivers share (the local builder and
+  `build_beam`): cleans it chunk by chunk, tokenizes each subject and computes its task records;
+  yields (kind, split, record) and adds the shard's counts to `out` (`new_pass2_counts`).
+  Needs the worker context (`_init_worker`, `_set_pass2`)."""
+  tok, ctx = _TOKENIZER, _CTX
+  window = labels.Window(ctx.index_day)
+  stats, per_split = out["stats"], out["per_split"]
+  task_writer = _TASK_WRITERS[ctx.config["task"]]
+  for c in _clean_chunks(path):
+    raw_codes, pre_index = c.codes.codes, c.code_index
+    mapped_codes = _with_parents(c, ctx.code_mapping)
+    c = values_lib.with_value_bins(mapped_codes, ctx.value_bins, _ANALYZER)
+    c, text_rows, categorized = values_lib.with_text_categories(c, ctx.text_categories,
+                                                                _ANALYZER)
+    out["text_values"]["read_as_number"] += c.numeric_texts
+    out["text_values"]["rows"] += text_rows
+    out["text_values"]["category"] += categorized
+    out["text_values"]["bare_code"] += text_rows - categorized
+    code_ids = timeline.code_token_ids(tok, c.codes)
+    for ev in c.subjects(ctx.data_end_day):
+      split = conventions.SPLITS[ev.split]
+      fields = timeline.tokenize(ev, tok, code_ids,
+                                 stats if split == conventions.TRAIN else None)
+      yield records.TIMELINE, split, records.make_record(
+          records.TIMELINE, {"subject_id": ev.subject_id, **fields})
+      st = per_split[split]
+      st["patients"] += 1
+      st["tokens"] += int(fields["tokens"].size)
+      tasks: list[dict[str, Any]] = []
+      task_writer(ev, fields, code_ids, window, tasks.append, st)
+      for record in tasks:
+        yield records.TASK, split, record
+    out["input_rows"] += c.input_rows
+    out["dropped"].update(c.dropped)
+    out["used_rows"] += int(c.subject.size)
+    out["hashed_subjects"] += c.hashed_subjects
+    out["rows_by_system"].update(_rows_by_system(c))
+    _count_coverage(out["coverage"], raw_codes, mapped_codes.codes.codes, pre_index, c.codes,
+                    c.code_index, tok)
+
+
+def merge_pass2(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+  """Adds shard (or partial-total) counts b into a; returns a. Order-free, so it is also the
+  Beam combine's merge."""
+  for k in ("input_rows", "used_rows", "hashed_subjects"):
+    a[k] += b[k]
+  a["dropped"].update(b["dropped"])
+  a["rows_by_system"].update(b["rows_by_system"])
+  for k, n in b["text_values"].items():
+    a["text_values"][k] += n
+  for family, how in b["coverage"].items():
+    mine = a["coverage"].setdefault(family, dict.fromkeys(COVERAGE, 0))
+    for k, n in how.items():
+      mine[k] += n
+  for s, st in b["per_split"].items():
+    for k in ("patients", "tokens", "task_examples", "task_with_target_data", "task_positives",
+              "task_empty_histories"):
+      a["per_split"][s][k] += st[k]
+    for k, n in st["task_excluded"].items():
+      a["per_split"][s]["task_excluded"][k] += n
+  a["stats"] = a["stats"] + b["stats"]
+  return a
 
 
 def _with_parents(c: events_lib.CleanRows, mapping: Optional[dict[str, str]]
@@ -557,14 +617,23 @@ def config_digest(cfg: dict[str, Any]) -> str:
   return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
 
 
-def build_dataset(meds_dir: str, output_dir: str,
-                  config: ml_collections.ConfigDict) -> dict[str, Any]:
+# How the two passes run: engine(ctx, paths) is a context manager giving (pass1, pass2);
+# pass1() -> the merged pass-1 results (`_merge_pass1`), pass2(ctx2) -> the merged pass-2 counts
+# (`merge_pass2`), records written under ctx2.output_dir. `local_engine` (worker processes) or
+# `build_beam.beam_engine` (an Apache Beam pipeline).
+Engine = Callable[[_Context, list[str]], ContextManager[tuple[Callable[[], dict[str, Any]],
+                                                             Callable[[_Context], dict[str, Any]]]]]
+
+
+def build_dataset(meds_dir: str, output_dir: str, config: ml_collections.ConfigDict,
+                  engine: Optional[Engine] = None) -> dict[str, Any]:
   """Builds vocab.json, report.json, the timeline/ and task/ shards and, last, manifest.json;
   returns the report.
 
   The build runs under an exclusive lock on output_dir (a second build fails at once with
   BuildLockedError), in a temporary directory renamed into place when complete (see the module
   docstring). config: data_prep/configs/build_dataset.py (documented in docs/data.md).
+  engine: how the passes run (default `local_engine`; `build_beam.beam_engine` for Beam).
   """
   t0 = time.time()
   cfg = _plain(config)
@@ -588,14 +657,9 @@ def build_dataset(meds_dir: str, output_dir: str,
                                                  os.path.join(work_dir, meds_tasks.LABELS_DIR))
       elif cfg["task"] == meds_tasks.LABELS:
         ctx.labels_dir = os.path.abspath(cfg["task_labels_dir"])
-      if min(int(cfg["num_workers"]), len(paths)) > 1:
-        _warm_terminology()
-      runner = _Runner(ctx, len(paths))
-      try:
-        report = _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, runner,
-                        t0)
-      finally:
-        runner.close()
+      with (engine or local_engine)(ctx, paths) as passes:
+        report = _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx,
+                        passes, t0)
       records.write_manifest(work_dir, vocab_size=report["vocab_size"], builder={
           "version": BUILDER_VERSION, "config_digest": config_digest(cfg)})
       os.chmod(work_dir, 0o755 & ~_umask())  # mkdtemp makes it 0700; a build is readable by all
@@ -633,35 +697,85 @@ def _warm_terminology() -> None:
   terminology.icd9_to_icd10cm("250.00")
 
 
-def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, runner, t0
+@contextlib.contextmanager
+def local_engine(ctx: _Context, paths: list[str]) -> Iterator[tuple[Any, Any]]:
+  """The passes in this machine's worker processes (`_Runner`), one input shard per job."""
+  if min(int(ctx.config["num_workers"]), len(paths)) > 1:
+    _warm_terminology()
+  runner = _Runner(ctx, len(paths))
+
+  def pass1() -> dict[str, Any]:
+    # Merged as results arrive so the parent holds one bounded cost sample, not one per shard.
+    total = new_pass1_total()
+    for r in runner.map(_pass1, paths, "pass 1/2: counting codes"):
+      merge_pass1(total, pass1_total(r), ctx.config)
+    return total
+
+  def pass2(ctx2: _Context) -> dict[str, Any]:
+    total = None
+    jobs = [(i, p, ctx2) for i, p in enumerate(paths)]
+    for done, r in enumerate(runner.map(_pass2, jobs, "pass 2/2: writing records"), 1):
+      _test_hook("shards", done)
+      total = r if total is None else merge_pass2(total, r)
+    return total
+
+  try:
+    yield pass1, pass2
+  finally:
+    runner.close()
+
+
+def new_pass1_total() -> dict[str, Any]:
+  return {"counts": collections.Counter(), "lobs": set(), "cost": np.zeros(0),
+          "cost_key": np.zeros(0, np.uint64), "subjects": [], "max_days": [],
+          "value_samples": {}, "valued_counts": collections.Counter(),
+          "text_counts": collections.Counter()}
+
+
+def pass1_total(r: dict[str, Any]) -> dict[str, Any]:
+  """One shard's pass-1 result (`_pass1`) as a total that `merge_pass1` adds up."""
+  total = new_pass1_total()
+  total.update(counts=collections.Counter(r["counts"]), lobs=set(r["lobs"]), cost=r["cost"],
+               cost_key=r["cost_key"], subjects=[{"path": r["path"], "subjects": r["subjects"]}],
+               max_days=[] if r["max_day"] is None else [r["max_day"]],
+               value_samples=dict(r["value_samples"]),
+               valued_counts=collections.Counter(r["valued_counts"]),
+               text_counts=collections.Counter(r["text_counts"]))
+  return total
+
+
+def merge_pass1(a: dict[str, Any], b: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+  """Adds pass-1 total b into a; returns a. Every part is order-free (counts, sets, bottom-k
+  samples of a data-derived key), so it is also the Beam combine's merge."""
+  a["counts"].update(b["counts"])
+  a["text_counts"].update(b["text_counts"])
+  a["valued_counts"].update(b["valued_counts"])
+  for code, sample in b["value_samples"].items():
+    values_lib.merge(a["value_samples"], code, sample, int(cfg["value_sample_size"]))
+  a["lobs"].update(b["lobs"])
+  a["cost"], a["cost_key"] = _bottom_k(np.concatenate([a["cost"], b["cost"]]),
+                                       np.concatenate([a["cost_key"], b["cost_key"]]),
+                                       int(cfg["cost_sample_size"]))
+  a["subjects"].extend(b["subjects"])
+  a["max_days"].extend(b["max_days"])
+  return a
+
+
+def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, passes, t0
            ) -> dict[str, Any]:
   """The two passes, writing into work_dir; the report names output_dir, where it will be."""
   rows_per_chunk(cfg, len(paths))  # a bad memory_budget_mb fails before any work
   clean_lib.Limits.from_config(cfg)  # and bad value limits
+  run_pass1, run_pass2 = passes
   # Pass 1.
-  # Merged as results arrive so the parent holds one bounded cost sample, not one per shard.
-  counts: collections.Counter = collections.Counter()
-  lobs: set[str] = set()
-  k = int(cfg["cost_sample_size"])
-  cost, key = np.zeros(0), np.zeros(0, np.uint64)
-  subjects, max_days = [], []
-  value_samples: dict[str, values_lib.Sample] = {}
-  valued_counts: collections.Counter = collections.Counter()
-  text_counts: collections.Counter = collections.Counter()
-  for r in runner.map(_pass1, paths, "pass 1/2: counting codes"):
-    counts.update(r["counts"])
-    text_counts.update(r["text_counts"])
-    valued_counts.update(r["valued_counts"])
-    for code, sample in r["value_samples"].items():
-      values_lib.merge(value_samples, code, sample, int(cfg["value_sample_size"]))
-    lobs.update(r["lobs"])
-    cost, key = np.concatenate([cost, r["cost"]]), np.concatenate([key, r["cost_key"]])
-    if key.size > k:
-      sel = np.argpartition(key, k)[:k]
-      cost, key = cost[sel], key[sel]
-    subjects.append({"path": r["path"], "subjects": r["subjects"]})
-    if r["max_day"] is not None:
-      max_days.append(r["max_day"])
+  p1 = run_pass1()
+  counts, lobs, cost = p1["counts"], p1["lobs"], p1["cost"]
+  order = {p: i for i, p in enumerate(paths)}  # the local order, whatever order Beam merged in
+  subjects = sorted(p1["subjects"], key=lambda r: order[r["path"]])
+  max_days = p1["max_days"]
+  value_samples, valued_counts = p1["value_samples"], p1["valued_counts"]
+  text_counts = p1["text_counts"]
+  del p1
   _check_subjects_in_one_file(subjects)
   label_task = bool(ctx.labels_dir)
   task_labels = meds_tasks.read_labels(ctx.labels_dir) if label_task else None
@@ -709,34 +823,12 @@ def _build(meds_dir, output_dir, work_dir, cfg, tok_cfg, paths, splits, ctx, run
                              index_day=index_day, data_end_day=open_end,
                              labels_dir=ctx.labels_dir, code_mapping=mapping,
                              value_bins=value_bins, text_categories=text_categories)
+  p2 = run_pass2(ctx2)
   dropped: collections.Counter = collections.Counter({r: 0 for r in DROP_REASONS})
-  input_rows = used_rows = hashed = 0
-  per_split = _split_counters()
-  rows_by_system: collections.Counter = collections.Counter()
-  coverage: dict[str, dict[str, int]] = {}
-  text_values = dict.fromkeys(TEXT_VALUE_COUNTS, 0)
-  stats = None
-  jobs = [(i, p, ctx2) for i, p in enumerate(paths)]
-  for done, r in enumerate(runner.map(_pass2, jobs, "pass 2/2: writing records"), 1):
-    _test_hook("shards", done)
-    input_rows += r["input_rows"]
-    used_rows += r["used_rows"]
-    hashed += r["hashed_subjects"]
-    dropped.update(r["dropped"])
-    rows_by_system.update(r["rows_by_system"])
-    for k, n in r["text_values"].items():
-      text_values[k] += n
-    for family, how in r["coverage"].items():
-      mine = coverage.setdefault(family, dict.fromkeys(COVERAGE, 0))
-      for k, n in how.items():
-        mine[k] += n
-    for s, st in r["per_split"].items():
-      for k in ("patients", "tokens", "task_examples", "task_with_target_data", "task_positives",
-                "task_empty_histories"):
-        per_split[s][k] += st[k]
-      for k, n in st["task_excluded"].items():
-        per_split[s]["task_excluded"][k] += n
-    stats = r["stats"] if stats is None else stats + r["stats"]
+  dropped.update(p2["dropped"])
+  input_rows, used_rows, hashed = p2["input_rows"], p2["used_rows"], p2["hashed_subjects"]
+  per_split, rows_by_system, coverage = p2["per_split"], p2["rows_by_system"], p2["coverage"]
+  text_values, stats = p2["text_values"], p2["stats"]
   vocab = tok_lib.finalize(vocab, stats.token_counts, stats.cost_sums, stats.cost_counts,
                            stats.gap_sums, stats.gap_counts, counts)
   vocab.save(vocab_path)

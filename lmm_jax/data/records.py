@@ -118,8 +118,13 @@ def decode(data: bytes) -> dict[str, Any]:
   return msgpack.unpackb(data, object_hook=_unpack, raw=False)
 
 
+SHARD_SUFFIX = ".array_record"
+
+
 def shard_name(split: str, index: int, num_shards: int) -> str:
-  return f"{split}-{index:05d}-of-{num_shards:05d}.array_record"
+  """SPLIT-IIIII-of-NNNNN.array_record (Beam's default shard names, so its sink's shards read
+  the same); readers take the split from the part before the first '-'."""
+  return f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +166,7 @@ def vocab_digest(data_dir: str) -> Optional[str]:
 
 def _shards_on_disk(data_dir: str, kind: str) -> list[str]:
   return sorted(os.path.basename(p) for p in glob.glob(os.path.join(data_dir, kind,
-                                                                    "*.array_record")))
+                                                                    "*" + SHARD_SUFFIX)))
 
 
 def _split_of(name: str) -> str:

@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.configs import build_dataset as build_dataset_config
+from lmm_jax import conventions
 from lmm_jax.data import build
+from lmm_jax.data import records
 
 MEDS_SCHEMA = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")),
                          ("code", pa.string()), ("numeric_value", pa.float32())])
@@ -130,3 +132,23 @@ def build_config(**overrides):
   for k, v in overrides.items():
     setattr(c, k, v)
   return c
+
+
+# Report entries that depend on how the input is laid out in files, not on the data.
+LAYOUT_KEYS = ("meds_dir", "output_dir", "num_input_shards", "elapsed_s", "config")
+
+
+def built_dataset(out: str):
+  """Everything a build writes, independent of the number and names of the shards: the records
+  by (kind, subject id) as (split, encoded record), vocab.json's text, report.json but
+  LAYOUT_KEYS."""
+  recs = {}
+  for kind in (records.TIMELINE, records.TASK):
+    for split in conventions.SPLITS:
+      for rec in records.read_records(out, kind, split):
+        recs[kind, int(rec["subject_id"])] = (split, records.encode(rec))
+  with open(os.path.join(out, records.VOCAB_FILE)) as f:
+    vocab = f.read()
+  with open(os.path.join(out, records.REPORT_FILE)) as f:
+    report = {k: v for k, v in json.load(f).items() if k not in LAYOUT_KEYS}
+  return recs, vocab, report

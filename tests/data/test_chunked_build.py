@@ -1,35 +1,14 @@
 """Bounded builder memory: data files read in chunks of whole subjects give the same dataset."""
 
-import json
-import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmm_jax import conventions
 from lmm_jax.data import build
 from lmm_jax.data import meds_io
-from lmm_jax.data import records
 from tests.data import meds_factory as mf
-
-_LAYOUT_KEYS = ("meds_dir", "output_dir", "num_input_shards", "elapsed_s", "config")
-
-
-def _dataset(out):
-  """Everything a build writes, independent of the number and names of the shards."""
-  recs = {}
-  for kind in (records.TIMELINE, records.TASK):
-    for split in conventions.SPLITS:
-      for rec in records.read_records(out, kind, split):
-        recs[kind, int(rec["subject_id"])] = (split, records.encode(rec))
-  with open(os.path.join(out, records.VOCAB_FILE)) as f:
-    vocab = f.read()
-  with open(os.path.join(out, records.REPORT_FILE)) as f:
-    report = {k: v for k, v in json.load(f).items() if k not in _LAYOUT_KEYS}
-  return recs, vocab, report
-
 
 def test_one_big_file_and_many_small_files_build_the_same_dataset(tmp_path):
   # Fewer train claims than cost_sample_size: above it the cost sample depends on the files'
@@ -44,7 +23,7 @@ def test_one_big_file_and_many_small_files_build_the_same_dataset(tmp_path):
                              ("many", many, 512.0), ("many_chunked", many, 0.004)):
     out = str(tmp_path / f"out_{name}")
     build.build_dataset(meds, out, mf.build_config(min_code_count=2, memory_budget_mb=budget))
-    builds[name] = _dataset(out)
+    builds[name] = mf.built_dataset(out)
   assert build.rows_per_chunk(mf.build_config(memory_budget_mb=0.01), 1) < len(rows) / 10
   ref = builds["one"]
   assert len(ref[0]) > 40 and ref[2]["input_rows"] == len(rows)
