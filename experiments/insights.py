@@ -30,11 +30,15 @@ _THRESHOLD = flags.DEFINE_float("lift_threshold", 1.2, "Lift counted as a recove
 _BOOTSTRAP = flags.DEFINE_integer("num_bootstrap", 200, "Member resamples of every interval.")
 _EDIT = flags.DEFINE_enum("edit", "case", ["case", "claim"],
                           "How the counterfactual edit codes a condition (docs/insights.md).")
+_REFERENCE = flags.DEFINE_enum("lift_reference", "placebo", ["placebo", "none"],
+                               "Denominator of the model lift (docs/insights.md).")
 _RISK_MEMBERS = flags.DEFINE_integer("risk_members", 128,
                                      "Members the risk factors are measured on.")
 _RISK_PER_KIND = flags.DEFINE_integer("risk_tokens_per_kind", 6,
                                       "Candidate risk-factor tokens of each kind.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resamples.")
+_COMPARE = flags.DEFINE_string("compare_to", None, "Another insights workdir (another training "
+                               "seed) to compare the risk factors and lifts with.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 
@@ -45,8 +49,10 @@ def main(argv):
       _WORKDIR.value, _INIT_FROM.value, _DATA_DIR.value, chronic_workdir=_CHRONIC_DIR.value,
       split=_SPLIT.value, num_members=_NUM_MEMBERS.value, max_members=_MAX_MEMBERS.value,
       ig_steps=_IG_STEPS.value, embedding_method=_MAP.value, lift_threshold=_THRESHOLD.value,
-      num_bootstrap=_BOOTSTRAP.value, edit=_EDIT.value, risk_members=_RISK_MEMBERS.value,
-      risk_tokens_per_kind=_RISK_PER_KIND.value, seed=_SEED.value, progress=_PROGRESS.value)
+      num_bootstrap=_BOOTSTRAP.value, edit=_EDIT.value, lift_reference=_REFERENCE.value,
+      risk_members=_RISK_MEMBERS.value,
+      risk_tokens_per_kind=_RISK_PER_KIND.value, seed=_SEED.value, compare_to=_COMPARE.value,
+      progress=_PROGRESS.value)
   print("insights report:", path)
 
 

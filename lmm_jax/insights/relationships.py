@@ -104,21 +104,42 @@ def condition_tokens(vocab, condition: int, edit: str = "case") -> list[int]:
   # Prefer full codes (with a dot) over categories; among them the most frequent.
   full = [i for i in dx if "." in vocab.tokens[i]]
   pool = np.asarray(full if full else dx)
-  best = int(pool[np.argmax(vocab.counts[pool])])
+  return diagnosis_event(vocab, int(pool[np.argmax(vocab.counts[pool])]), edit)
+
+
+def diagnosis_event(vocab, dx: int, edit: str = "case") -> list[int]:
+  """The appended event coding diagnosis token `dx`: [CLAIM//PROFESSIONAL], [its 3-character
+  category token, when the tokenizer writes them], dx; for edit='case' twice, separated by the
+  shortest time-gap token."""
   out = []
   claim = vocab.get("CLAIM//PROFESSIONAL")
   if claim is not None:
     out.append(int(claim))
-  code = vocab.tokens[best].partition("//")[2]
+  code = vocab.tokens[dx].partition("//")[2]
   category = vocab.get(f"ICD10CM//{code.replace('.', '')[:3]}")
   tok_cfg = vocab.meta.get("tokenizer", {})
-  if category is not None and category != best and tok_cfg.get("icd10_category_tokens", True):
+  if category is not None and category != dx and tok_cfg.get("icd10_category_tokens", True):
     out.append(int(category))
-  out.append(best)
+  out.append(dx)
   if edit == "case":
     gap = shortest_gap_token(vocab)
     out = out + ([gap] if gap is not None else []) + out
   return out
+
+
+def placebo_tokens(vocab, edit: str = "case") -> list[int]:
+  """The edit of `condition_tokens` with a diagnosis of no target condition (a negative control):
+  the most frequent full ICD-10-CM code (train counts) outside every condition's code set,
+  preferring chapter Z (encounter reasons such as a general examination, not a disease or a
+  symptom that prompts a work-up). Empty if the vocabulary has none."""
+  in_none = (vocab.token_conditions.sum(1) == 0) & (vocab.kinds == TokenKind.DIAGNOSIS)
+  pool = [i for i in np.flatnonzero(in_none) if "." in vocab.tokens[i] and vocab.counts[i] > 0
+          and vocab.tokens[i].startswith("ICD10CM//")]
+  if not pool:
+    return []
+  z = [i for i in pool if vocab.tokens[i].startswith("ICD10CM//Z")]
+  pool = z or pool
+  return diagnosis_event(vocab, int(max(pool, key=lambda i: (vocab.counts[i], -i))), edit)
 
 
 def shortest_gap_token(vocab) -> int | None:
@@ -177,7 +198,8 @@ class ModelLift:
 
 
 def counterfactual_lift(prob_fn: Callable[[Sequence[Row]], np.ndarray], rows: Sequence[Row],
-                        insert: Mapping[int, Sequence[int]], *, progress: bool = False
+                        insert: Mapping[int, Sequence[int]], *,
+                        reference: Sequence[int] | None = None, progress: bool = False
                         ) -> ModelLift:
   """The model's lift of B from adding A to histories lacking A (see the module docstring).
 
@@ -186,11 +208,16 @@ def counterfactual_lift(prob_fn: Callable[[Sequence[Row]], np.ndarray], rows: Se
     rows: members (with cond_prior) to edit.
     insert: condition A -> the token ids that code it (`condition_tokens`); A without tokens
       stays NaN.
+    reference: the denominator's edit (`placebo_tokens`): the lift divides P(B | history + A) by
+      P(B | history + reference) instead of P(B | history), so what any appended claim does (more
+      utilization, a newer last event) cancels and the lift is what coding *A* adds. None: the
+      unedited histories.
     progress: a tqdm bar over conditions.
   """
   c = conditions.NUM_CONDITIONS
   prior_NxC = np.stack([np.asarray(r["cond_prior"], bool) for r in rows])
-  p0_NxC = np.asarray(prob_fn(rows), np.float64)
+  p0_NxC = np.asarray(prob_fn(rows if reference is None else
+                              [append_tokens(r, reference) for r in rows]), np.float64)
   lift = np.full((c, c), np.nan)
   delta = np.full((c, c), np.nan)
   count = np.zeros((c, c), np.int64)

@@ -223,7 +223,7 @@ def _embedding_section(predictor, vocab, workdir, *, method: str, k: int = 8) ->
 
 def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, progress, *,
                           synthetic: bool, threshold: float, num_bootstrap: int, edit: str,
-                          seed: int) -> tuple[list[str], dict[str, Any]]:
+                          reference: str, seed: int) -> tuple[list[str], dict[str, Any]]:
   names = conditions.CONDITION_NAMES
   train_prior, train_next = [], []
   for rec in records.read_records(data_dir, records.TASK, "train"):
@@ -240,12 +240,19 @@ def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, pro
   edit_text = {"case": "two professional claims coding A on different days (a case under the "
                        "world's CCW rule: a single claim is a rule-out diagnosis)",
                "claim": "one same-day professional claim coding A"}[edit]
+  placebo = rel.placebo_tokens(vocab, edit) if reference == "placebo" else []
+  if reference == "placebo" and not placebo:
+    raise ValueError("lift reference 'placebo' needs a full ICD-10-CM code outside every "
+                     "condition in the vocabulary; pass reference='none'")
+  ref_text = (f"the mean after the same edit coding {vocab.describe(placebo[-1])[:60]!r} "
+              "instead (a negative control: what any such claim does cancels)" if placebo else
+              "the unedited mean")
   lines = ["## 3. Relationships between conditions", "",
            "For an ordered pair (A, B) and members at risk of a new B (B not coded before the "
            "index date): the **empirical lift** is P(B next year | A prevalent) / P(B next year | "
            f"A not prevalent) over {len(train_prior)} train members; the **model lift** appends "
            f"{edit_text} to the histories of {len(rows)} held-out members without A and divides "
-           "the chronic model's mean P(B) by the unedited mean. Intervals: 95% percentile "
+           f"the chronic model's mean P(B) by {ref_text}. Intervals: 95% percentile "
            f"bootstrap over members ({num_bootstrap} resamples; paired: the same resampled members "
            "for the edited and unedited histories; one training seed). Pairs are ranked by the "
            "interval's **lower bound**; p-values of 'lift <= 1' (normal on the log scale with the "
@@ -253,7 +260,8 @@ def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, pro
            "of false links in the top k (at most m x the largest p-value among them, m tested "
            "pairs). That null is the estimate's own lift = 1: it counts links due to the member "
            "sample, not links the model learned from confounded data.", ""]
-  summary: dict[str, Any] = {"num_bootstrap": num_bootstrap, "edit": edit}
+  summary: dict[str, Any] = {"num_bootstrap": num_bootstrap, "edit": edit,
+                             "reference": reference}
   if chronic_predictor is None:
     lines += ["The model lift needs a chronic-condition fine-tuning run (pass "
               "`chronic_workdir`); only the empirical lifts are shown.", ""]
@@ -264,7 +272,8 @@ def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, pro
     def prob_fn(rs):
       return _predict(chronic_predictor, rs, "chronic_prob", _Progress(False), "")
 
-    ml = rel.counterfactual_lift(prob_fn, rows, insert, progress=progress.enabled)
+    ml = rel.counterfactual_lift(prob_fn, rows, insert, reference=placebo or None,
+                                 progress=progress.enabled)
     model_iv = unc.ratio_interval(ml.lift_CxC, rel.model_lift_replicates(
         ml, unc.bootstrap_weights(len(rows), num_bootstrap, seed)))
     np.savez(os.path.join(workdir, "insights_lifts.npz"), model_lift=ml.lift_CxC,
@@ -495,6 +504,11 @@ def _risk_factor_section(heads, vocab, rows, workdir, progress, *, per_kind: int
             f"{res.ratio.lower[k, o]:.3g}-{res.ratio.upper[k, o]:.3g}",
             float(res.delta_KxO[k, o]), privacy.count_cell(int(res.members_with_K[k]))])
     summary[name] = kept
+    np.savez(os.path.join(workdir, f"insights_risk_factors_{name}.npz"),
+             estimate=res.ratio.estimate, lower=res.ratio.lower, upper=res.ratio.upper,
+             p_value=res.ratio.p_value, members_with=res.members_with_K,
+             members_counted=res.members_counted_O, labels=np.array(head.labels),
+             events=np.array([f"{c.kind}: {c.description}" for c in cands]))
     header = ((["output"] if len(head.labels) > 1 else []) +
               ["kind", "event", "ratio", "95% interval", "mean change", "members with it"])
     lines += [_md_table(header, table) if table else "(no output counted on enough members)", ""]
@@ -534,6 +548,32 @@ def _risk_plot(res: rf_lib.RiskFactors, cands, head: _Head, path: str, *, top: i
   return plots.save_png(fig, path)
 
 
+def _seed_stability_section(workdir: str, other: str, names: Sequence[str]
+                            ) -> tuple[list[str], dict[str, Any]]:
+  """Section 6: the risk factors (and lifts) of this report against another report's (the same
+  data, another training seed): rank agreement and replication of the intervals above 1."""
+  lines = ["## 6. Stability across training seeds", "",
+           f"Against the report in `{os.path.abspath(other)}` (another training seed; same data "
+           "and member sample): Spearman correlation of the log ratios over the cells both "
+           "show, and of the cells whose interval lies above 1 here, the share whose interval "
+           "lies above 1 there too.", ""]
+  rows, summary = [], {}
+  files = [(n, f"insights_risk_factors_{n}.npz") for n in names] + [("lifts", "insights_lifts.npz")]
+  for name, fname in files:
+    a_path, b_path = os.path.join(workdir, fname), os.path.join(other, fname)
+    if not (os.path.exists(a_path) and os.path.exists(b_path)):
+      continue
+    a, b = np.load(a_path), np.load(b_path)
+    est, lo = ("model_lift", "model_lower") if name == "lifts" else ("estimate", "lower")
+    r = rf_lib.agreement(a[est], a[lo], b[est], b[lo])
+    summary[name] = r
+    rows.append([name, r["spearman"], r["cells"], r["above_1_here"], r["replicated_share"]])
+  lines += ([_md_table(("figures", "Spearman (log ratio)", "cells", "interval > 1 here",
+                        "replicated there"), rows), ""] if rows else
+            ["(the other report has none of these figures)", ""])
+  return lines, summary
+
+
 # ------------------------------------------------------------------------------------------------
 # Entry point.
 
@@ -542,9 +582,10 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
                           chronic_workdir: str | None = None, split: str = "held_out",
                           num_members: int = 5, max_members: int = 256, ig_steps: int = 32,
                           embedding_method: str = "pca", lift_threshold: float = 1.2,
-                          num_bootstrap: int = 200, edit: str = "case", risk_members: int = 128,
+                          num_bootstrap: int = 200, edit: str = "case",
+                          lift_reference: str = "placebo", risk_members: int = 128,
                           risk_tokens_per_kind: int = 6, seed: int = 0,
-                          progress: bool = True) -> str:
+                          compare_to: str | None = None, progress: bool = True) -> str:
   """Writes WORKDIR/insights.md (and its PNGs); returns its path.
 
   Args:
@@ -562,10 +603,14 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
     num_bootstrap: member resamples of every bootstrap interval.
     edit: how the counterfactual edit codes condition A ('case' or 'claim';
       `relationships.condition_tokens`).
+    lift_reference: the model lift's denominator: 'placebo' (the same edit with a diagnosis of
+      no condition, `relationships.placebo_tokens`) or 'none' (the unedited history).
     risk_members: the first members of those read on which risk factors are measured (each costs
       one model call per candidate event and head).
     risk_tokens_per_kind: candidate tokens of each kind for the risk factors.
     seed: of the bootstrap resamples.
+    compare_to: another insights report's workdir (same data, another training seed): adds the
+      seed-stability section.
     progress: tqdm bars.
   """
   prog = _Progress(progress)
@@ -604,7 +649,8 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
   lines += _embedding_section(predictor, task.vocab, workdir, method=embedding_method)
   rel_lines, s = _relationship_section(chronic_pred, task.vocab, rows, data_dir, workdir, prog,
                                        synthetic=synthetic, threshold=lift_threshold,
-                                       num_bootstrap=num_bootstrap, edit=edit, seed=seed)
+                                       num_bootstrap=num_bootstrap, edit=edit,
+                                       reference=lift_reference, seed=seed)
   lines += rel_lines
   summary["recovery"] = s
   heads = [(config.task, predictor, RISK_HEADS[config.task])]
@@ -615,6 +661,10 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
                                        num_bootstrap=num_bootstrap, seed=seed)
   lines += risk_lines
   summary["risk_factors"] = s
+  if compare_to:
+    stab_lines, s = _seed_stability_section(workdir, compare_to, [h[0] for h in heads])
+    lines += stab_lines
+    summary["seed_stability"] = s
   path = os.path.join(workdir, REPORT_NAME)
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")

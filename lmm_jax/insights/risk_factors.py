@@ -20,6 +20,7 @@ import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 import tqdm
 
 from lmm_jax.conventions import TokenKind
@@ -133,3 +134,17 @@ def top_factors(rf: RiskFactors, output: int, *, top: int = 10) -> list[int]:
   """Candidate indices for one output, best (highest interval lower bound) first."""
   order = uncertainty.rank_by_lower_bound(rf.ratio.lower[:, output])
   return [int(i) for i in order[:top]]
+
+
+def agreement(est_a: np.ndarray, lower_a: np.ndarray, est_b: np.ndarray, lower_b: np.ndarray
+              ) -> dict[str, float]:
+  """Two runs' ratios over the same cells: Spearman of the log ratios (cells finite in both) and
+  the share of the cells with lower bound > 1 in run a that have it in run b."""
+  ok = (np.isfinite(est_a) & np.isfinite(est_b) & (est_a > 0) & (est_b > 0) &
+        np.isfinite(lower_a) & np.isfinite(lower_b))
+  n = int(ok.sum())
+  rho = float(stats.spearmanr(np.log(est_a[ok]), np.log(est_b[ok])).statistic) if n >= 3 \
+      else float("nan")
+  up = ok & (lower_a > 1)
+  return {"spearman": rho, "cells": n, "above_1_here": int(up.sum()),
+          "replicated_share": float((lower_b[up] > 1).mean()) if up.any() else float("nan")}
