@@ -101,7 +101,11 @@ def condition_tokens(vocab, condition: int, edit: str = "case") -> list[int]:
                       (vocab.kinds == TokenKind.DIAGNOSIS))
   if not len(dx):
     return []
-  # Prefer full codes (with a dot) over categories; among them the most frequent.
+  # Prefer codes of A alone (hypertensive CKD, I12, codes both hypertension and CKD: an edit
+  # with it would add two conditions), then full codes (with a dot) over categories; among them
+  # the most frequent.
+  only_a = [i for i in dx if vocab.token_conditions[i].sum() == vocab.token_conditions[i, condition]]
+  dx = np.asarray(only_a) if only_a else dx
   full = [i for i in dx if "." in vocab.tokens[i]]
   pool = np.asarray(full if full else dx)
   return diagnosis_event(vocab, int(pool[np.argmax(vocab.counts[pool])]), edit)
@@ -130,15 +134,19 @@ def diagnosis_event(vocab, dx: int, edit: str = "case") -> list[int]:
 def placebo_tokens(vocab, edit: str = "case") -> list[int]:
   """The edit of `condition_tokens` with a diagnosis of no target condition (a negative control):
   the most frequent full ICD-10-CM code (train counts) outside every condition's code set,
-  preferring chapter Z (encounter reasons such as a general examination, not a disease or a
-  symptom that prompts a work-up). Empty if the vocabulary has none."""
+  preferring a general examination (Z00: coded for anyone, of either sex), then chapter Z
+  (encounter reasons, not a disease or a symptom that prompts a work-up). Empty if the
+  vocabulary has none."""
   in_none = (vocab.token_conditions.sum(1) == 0) & (vocab.kinds == TokenKind.DIAGNOSIS)
   pool = [i for i in np.flatnonzero(in_none) if "." in vocab.tokens[i] and vocab.counts[i] > 0
           and vocab.tokens[i].startswith("ICD10CM//")]
   if not pool:
     return []
-  z = [i for i in pool if vocab.tokens[i].startswith("ICD10CM//Z")]
-  pool = z or pool
+  for prefix in ("ICD10CM//Z00", "ICD10CM//Z"):
+    preferred = [i for i in pool if vocab.tokens[i].startswith(prefix)]
+    if preferred:
+      pool = preferred
+      break
   return diagnosis_event(vocab, int(max(pool, key=lambda i: (vocab.counts[i], -i))), edit)
 
 
