@@ -1,8 +1,12 @@
 """Lift, counterfactual lift, ranking and link recovery on hand-built cases."""
 
+import os
+
 import numpy as np
 
 from lmm_jax import conditions
+from lmm_jax.conventions import TokenKind
+from lmm_jax.data.vocab import Vocabulary
 from lmm_jax.insights import relationships as rel
 
 C = conditions.NUM_CONDITIONS
@@ -166,3 +170,22 @@ def test_effect_size_correlation_with_true_hazard_ratios():
   np.testing.assert_allclose(r["spearman"], 1.0)
   assert r["n"] == np.isfinite(hr).sum()
   assert np.isnan(rel.effect_size_correlation(np.full((C, C), np.nan), hr)["spearman"])
+
+
+def test_case_edit_codes_condition_a_alone_on_two_days(tiny_data_dir):
+  vocab = Vocabulary.load(os.path.join(tiny_data_dir, "vocab.json"))
+  for c in range(C):
+    claim = rel.condition_tokens(vocab, c, "claim")
+    if not claim:
+      continue
+    dx = claim[-1]
+    assert vocab.token_conditions[dx, c] > 0
+    assert vocab.token_conditions[dx].sum() == vocab.token_conditions[dx, c] or not any(
+        vocab.token_conditions[i].sum() == vocab.token_conditions[i, c]
+        for i in np.flatnonzero(vocab.token_conditions[:, c] > 0))
+    case = rel.condition_tokens(vocab, c, "case")
+    gap = len(claim)
+    assert case[:gap] == claim and case[gap + 1:] == claim
+    assert vocab.kinds[case[gap]] == TokenKind.TIME and vocab.tokens[case[gap]] == "TIME//1-7d"
+  placebo = rel.placebo_tokens(vocab, "claim")
+  assert placebo and vocab.token_conditions[placebo[-1]].sum() == 0
