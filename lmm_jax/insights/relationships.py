@@ -6,9 +6,10 @@ coded before the index date):
 - Empirical lift, from task records: P(B in the next 12 months | A prevalent) divided by
   P(B in the next 12 months | A not prevalent), the first rate shrunk towards the second by a few
   pseudo-members (small groups give lifts near 1, not ratios of tiny counts).
-- Model (counterfactual) lift: take held-out members without A, append a same-day claim coding A
-  to their history, and divide the mean predicted P(B) of the chronic head by the mean on the
-  unedited histories. Everything else about the member stays fixed, so this is the model's own
+- Model (counterfactual) lift: take held-out members without A, append an edit coding A to their
+  history (`condition_tokens`: by default a case, two claims on different days), and divide the
+  mean predicted P(B) of the chronic head by the mean under a reference edit (`placebo_tokens`,
+  the same claims coding a diagnosis of no condition) or on the unedited histories. Everything else about the member stays fixed, so this is the model's own
   answer to "what does A change about B", free of the age and sex confounding of the data's lift.
 
 On the synthetic world the true directed links (`lmm_jax.synth.model.TRUE_COMORBIDITY_LINKS`,

@@ -4,8 +4,10 @@
 
 Sections: per-member explanations of the fine-tuned model's predictions (integrated gradients on
 the input embeddings, checked against occlusion), code-embedding neighbours and a 2-D map,
-condition relationships (the chronic model's counterfactual lift against the empirical lift), and
-on the synthetic world the recovery of its true comorbidity links. Members appear only as
+condition relationships (the chronic model's counterfactual lift against the empirical lift, with
+bootstrap intervals, ranked by their lower bound, with the expected false count), on the synthetic
+world the recovery of its true comorbidity links, the risk factors of every head
+(`risk_factors`), and with `compare_to` their stability across training seeds. Members appear only as
 anonymous ranks ("member #1") with banded figures (dollars, age, days before the index date;
 `lmm_jax.report.privacy`); any cell built from fewer than 11 members (a co-occurrence count, a
 lift over a small group) is suppressed, in the tables and the plots. The report and everything
