@@ -3,7 +3,7 @@ r"""Writes the insights report of a fine-tuned model: WORKDIR/insights.md with P
   python -m experiments.insights --workdir=/tmp/lmm/insights --init_from=/tmp/lmm/chronic \
       [--data_dir=/tmp/lmm/records] [--chronic_dir=/tmp/lmm/chronic] [--num_members=5]
 
---init_from is a fine-tuning workdir (experiments.finetune, cost or chronic): its predictions are
+--init_from is a fine-tuning workdir (experiments.finetune: cost, chronic or binary): its predictions are
 explained member by member. The relationship section needs a chronic run: --init_from itself when
 it is one, else --chronic_dir. Members appear only as anonymous ranks; all output stays under
 --workdir.
@@ -31,6 +31,18 @@ _MAX_MEMBERS = flags.DEFINE_integer("max_members", 256, "Members read from the s
 _IG_STEPS = flags.DEFINE_integer("ig_steps", 32, "Integrated-gradients steps.")
 _MAP = flags.DEFINE_enum("embedding_method", "pca", ["pca", "tsne"], "2-D map projection.")
 _THRESHOLD = flags.DEFINE_float("lift_threshold", 1.2, "Lift counted as a recovered link.")
+_BOOTSTRAP = flags.DEFINE_integer("num_bootstrap", 200, "Member resamples of every interval.")
+_EDIT = flags.DEFINE_enum("edit", "case", ["case", "claim"],
+                          "How the counterfactual edit codes a condition (docs/insights.md).")
+_REFERENCE = flags.DEFINE_enum("lift_reference", "placebo", ["placebo", "none"],
+                               "Denominator of the model lift (docs/insights.md).")
+_RISK_MEMBERS = flags.DEFINE_integer("risk_members", 128,
+                                     "Members the risk factors are measured on.")
+_RISK_PER_KIND = flags.DEFINE_integer("risk_tokens_per_kind", 6,
+                                      "Candidate risk-factor tokens of each kind.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resamples.")
+_COMPARE = flags.DEFINE_string("compare_to", None, "Another insights workdir (another training "
+                               "seed) to compare the risk factors and lifts with.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 # Intervention effects (lmm_jax.insights.interventions): only with --pretrain_dir.
 _PRETRAIN_DIR = flags.DEFINE_string(
@@ -56,6 +68,9 @@ def main(argv):
       _WORKDIR.value, _INIT_FROM.value, _DATA_DIR.value, chronic_workdir=_CHRONIC_DIR.value,
       split=_SPLIT.value, num_members=_NUM_MEMBERS.value, max_members=_MAX_MEMBERS.value,
       ig_steps=_IG_STEPS.value, embedding_method=_MAP.value, lift_threshold=_THRESHOLD.value,
+      num_bootstrap=_BOOTSTRAP.value, edit=_EDIT.value, lift_reference=_REFERENCE.value,
+      risk_members=_RISK_MEMBERS.value,
+      risk_tokens_per_kind=_RISK_PER_KIND.value, seed=_SEED.value, compare_to=_COMPARE.value,
       progress=_PROGRESS.value, pretrain_workdir=_PRETRAIN_DIR.value,
       intervention_sizes=interventions.Sizes(
           members=_IV_MEMBERS.value, futures=_IV_FUTURES.value, rollouts=_IV_ROLLOUTS.value,

@@ -59,7 +59,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "scratch_chronic": ("build_dataset",),
     "baselines": ("build_dataset",),
     "generate": ("pretrain",),
-    "insights": ("finetune_cost", "finetune_chronic"),
+    "insights": ("pretrain", "finetune_cost", "finetune_chronic"),
     "paper_tables": PREDICTION_STAGES,
 }
 # What a rerun of a stage deletes first, relative to WORKDIR.
@@ -69,6 +69,13 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 # Config fields that do not change a stage's results (left out of its digest).
 _NOT_INPUTS = ("progress",)
+
+
+# The insights stage's member samples: every counterfactual costs one model call per member and
+# edit (relationships: 24 edits of max_members; risk factors: 24 events x 2 heads of
+# risk_members), sized so the stage stays near its former ~5,600 calls (256 members x 22 edits)
+# and ~3 minutes of the idle 2-core CPU at the demo size (docs/insights.md, "Cost").
+INSIGHTS_SIZES = {"max_members": 160, "risk_members": 48, "num_bootstrap": 200}
 
 
 def stage_configs(job: ml_collections.ConfigDict, workdir: str
@@ -112,7 +119,8 @@ def stage_inputs(job: ml_collections.ConfigDict, workdir: str,
   build = build_config.get_config().to_dict()
   inputs = {"synthesize": {"num_patients": job.num_patients, "seed": job.seed,
                            "split_fractions": list(job.split_fractions)},
-            "build_dataset": build, "baselines": {"seed": job.seed}, "insights": {},
+            "build_dataset": build, "baselines": {"seed": job.seed},
+            "insights": dict(INSIGHTS_SIZES),
             "paper_tables": {"seed": job.seed}}
   inputs.update({s: c.to_dict() for s, c in configs.items()})
   return {s: _relative(_jsonable(_drop(v, _NOT_INPUTS)), workdir) for s, v in inputs.items()}
@@ -263,7 +271,8 @@ def run(workdir: str, *, size: str = "demo", seed: int = 0, num_patients: int | 
   def insights() -> dict[str, Any]:
     path = insights_report.write_insights_report(
         os.path.join(workdir, "insights"), os.path.join(workdir, "finetune_cost"), data_dir,
-        chronic_workdir=os.path.join(workdir, "finetune_chronic"), progress=progress)
+        chronic_workdir=os.path.join(workdir, "finetune_chronic"), progress=progress,
+        pretrain_workdir=os.path.join(workdir, "pretrain"), **INSIGHTS_SIZES)
     return {"report": path}
 
   def paper_tables() -> dict[str, Any]:

@@ -6,9 +6,10 @@ coded before the index date):
 - Empirical lift, from task records: P(B in the next 12 months | A prevalent) divided by
   P(B in the next 12 months | A not prevalent), the first rate shrunk towards the second by a few
   pseudo-members (small groups give lifts near 1, not ratios of tiny counts).
-- Model (counterfactual) lift: take held-out members without A, append a same-day claim coding A
-  to their history, and divide the mean predicted P(B) of the chronic head by the mean on the
-  unedited histories. Everything else about the member stays fixed, so this is the model's own
+- Model (counterfactual) lift: take held-out members without A, append an edit coding A to their
+  history (`condition_tokens`: by default a case, two claims on different days), and divide the
+  mean predicted P(B) of the chronic head by the mean under a reference edit (`placebo_tokens`,
+  the same claims coding a diagnosis of no condition) or on the unedited histories. Everything else about the member stays fixed, so this is the model's own
   answer to "what does A change about B", free of the age and sex confounding of the data's lift.
 
 On the synthetic world the true directed links (`lmm_jax.synth.model.TRUE_COMORBIDITY_LINKS`,
@@ -23,11 +24,14 @@ import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 from sklearn import metrics
 import tqdm
 
 from lmm_jax import conditions
 from lmm_jax.conventions import TokenKind
+from lmm_jax.data import tokenizer
+from lmm_jax.insights import uncertainty
 from lmm_jax.synth import model as synth_model
 
 Row = Mapping[str, np.ndarray]
@@ -75,32 +79,84 @@ def empirical_lift(cond_prior_NxC: np.ndarray, cond_next_NxC: np.ndarray, *,
 # Counterfactual edits.
 
 
-def condition_tokens(vocab, condition: int) -> list[int]:
-  """Token ids of a same-day claim coding `condition`: [claim type], [category], diagnosis.
+# How a counterfactual edit codes condition A (see `condition_tokens`).
+EDITS = ("case", "claim")
 
-  The diagnosis is the condition's most frequent (on train) full ICD-10-CM token; its 3-character
-  category token is added when the vocabulary has one (the tokenizer writes both). Empty if the
-  vocabulary has no diagnosis token of the condition.
+
+def condition_tokens(vocab, condition: int, edit: str = "case") -> list[int]:
+  """Token ids that code `condition` in an appended history edit.
+
+  edit='claim': one same-day professional claim: [CLAIM//PROFESSIONAL], [category], diagnosis.
+  edit='case' (default): that claim twice, separated by the shortest time-gap token. The world
+  (and the CCW rule of `lmm_jax.conditions`) makes a case of one facility claim or two other
+  claims on different days, so a single professional claim is a rule-out diagnosis, not a case,
+  and a model that learned the rule rightly gives it little weight. Two professional claims make
+  a case without adding an admission (an inpatient claim would also add its own utilization
+  effect). The diagnosis is the condition's most frequent (on train) full ICD-10-CM token; its
+  3-character category token is added when the tokenizer writes them. Empty if the vocabulary
+  has no diagnosis token of the condition.
   """
+  if edit not in EDITS:
+    raise ValueError(f"edit={edit!r}: expected one of {EDITS}")
   dx = np.flatnonzero((vocab.token_conditions[:, condition] > 0) &
                       (vocab.kinds == TokenKind.DIAGNOSIS))
   if not len(dx):
     return []
-  # Prefer full codes (with a dot) over categories; among them the most frequent.
+  # Prefer codes of A alone (hypertensive CKD, I12, codes both hypertension and CKD: an edit
+  # with it would add two conditions), then full codes (with a dot) over categories; among them
+  # the most frequent.
+  only_a = [i for i in dx if vocab.token_conditions[i].sum() == vocab.token_conditions[i, condition]]
+  dx = np.asarray(only_a) if only_a else dx
   full = [i for i in dx if "." in vocab.tokens[i]]
   pool = np.asarray(full if full else dx)
-  best = int(pool[np.argmax(vocab.counts[pool])])
+  return diagnosis_event(vocab, int(pool[np.argmax(vocab.counts[pool])]), edit)
+
+
+def diagnosis_event(vocab, dx: int, edit: str = "case") -> list[int]:
+  """The appended event coding diagnosis token `dx`: [CLAIM//PROFESSIONAL], [its 3-character
+  category token, when the tokenizer writes them], dx; for edit='case' twice, separated by the
+  shortest time-gap token."""
   out = []
   claim = vocab.get("CLAIM//PROFESSIONAL")
   if claim is not None:
     out.append(int(claim))
-  code = vocab.tokens[best].partition("//")[2]
+  code = vocab.tokens[dx].partition("//")[2]
   category = vocab.get(f"ICD10CM//{code.replace('.', '')[:3]}")
   tok_cfg = vocab.meta.get("tokenizer", {})
-  if category is not None and category != best and tok_cfg.get("icd10_category_tokens", True):
+  if category is not None and category != dx and tok_cfg.get("icd10_category_tokens", True):
     out.append(int(category))
-  out.append(best)
+  out.append(dx)
+  if edit == "case":
+    gap = shortest_gap_token(vocab)
+    out = out + ([gap] if gap is not None else []) + out
   return out
+
+
+def placebo_tokens(vocab, edit: str = "case") -> list[int]:
+  """The edit of `condition_tokens` with a diagnosis of no target condition (a negative control):
+  the most frequent full ICD-10-CM code (train counts) outside every condition's code set,
+  preferring a general examination (Z00: coded for anyone, of either sex), then chapter Z
+  (encounter reasons, not a disease or a symptom that prompts a work-up). Empty if the
+  vocabulary has none."""
+  in_none = (vocab.token_conditions.sum(1) == 0) & (vocab.kinds == TokenKind.DIAGNOSIS)
+  pool = [i for i in np.flatnonzero(in_none) if "." in vocab.tokens[i] and vocab.counts[i] > 0
+          and vocab.tokens[i].startswith("ICD10CM//")]
+  if not pool:
+    return []
+  for prefix in ("ICD10CM//Z00", "ICD10CM//Z"):
+    preferred = [i for i in pool if vocab.tokens[i].startswith(prefix)]
+    if preferred:
+      pool = preferred
+      break
+  return diagnosis_event(vocab, int(max(pool, key=lambda i: (vocab.counts[i], -i))), edit)
+
+
+def shortest_gap_token(vocab) -> int | None:
+  """The id of the vocabulary's shortest time-gap token (TIME//...), None without one."""
+  edges = vocab.meta.get("tokenizer", {}).get("time_gap_edges_days")
+  if not edges:
+    return None
+  return vocab.get(f"TIME//{tokenizer.time_gap_labels(edges)[0]}")
 
 
 def append_tokens(row: Row, token_ids: Sequence[int]) -> dict[str, np.ndarray]:
@@ -143,10 +199,16 @@ class ModelLift:
   lift_CxC: np.ndarray        # mean P(B | history + A) / mean P(B | history); NaN where unmeasured
   delta_CxC: np.ndarray       # mean P(B | history + A) - mean P(B | history)
   n_CxC: np.ndarray           # members the pair was measured on (without A, at risk of B)
+  # Per-member predictions, for the paired bootstrap (`model_lift_bootstrap`):
+  p0_NxC: np.ndarray | None = None          # unedited histories
+  edited: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+  at_risk_NxC: np.ndarray | None = None     # B not coded before the index date
+  # edited[a] = (member indices I without A, P(. | history + A) float[I, C])
 
 
 def counterfactual_lift(prob_fn: Callable[[Sequence[Row]], np.ndarray], rows: Sequence[Row],
-                        insert: Mapping[int, Sequence[int]], *, progress: bool = False
+                        insert: Mapping[int, Sequence[int]], *,
+                        reference: Sequence[int] | None = None, progress: bool = False
                         ) -> ModelLift:
   """The model's lift of B from adding A to histories lacking A (see the module docstring).
 
@@ -155,15 +217,21 @@ def counterfactual_lift(prob_fn: Callable[[Sequence[Row]], np.ndarray], rows: Se
     rows: members (with cond_prior) to edit.
     insert: condition A -> the token ids that code it (`condition_tokens`); A without tokens
       stays NaN.
+    reference: the denominator's edit (`placebo_tokens`): the lift divides P(B | history + A) by
+      P(B | history + reference) instead of P(B | history), so what any appended claim does (more
+      utilization, a newer last event) cancels and the lift is what coding *A* adds. None: the
+      unedited histories.
     progress: a tqdm bar over conditions.
   """
   c = conditions.NUM_CONDITIONS
   prior_NxC = np.stack([np.asarray(r["cond_prior"], bool) for r in rows])
-  p0_NxC = np.asarray(prob_fn(rows), np.float64)
+  p0_NxC = np.asarray(prob_fn(rows if reference is None else
+                              [append_tokens(r, reference) for r in rows]), np.float64)
   lift = np.full((c, c), np.nan)
   delta = np.full((c, c), np.nan)
   count = np.zeros((c, c), np.int64)
   items = [(a, t) for a, t in sorted(insert.items()) if len(t)]
+  edited = {}
   if progress:
     items = tqdm.tqdm(items, desc="counterfactual lift", unit="condition")
   for a, tokens in items:
@@ -171,6 +239,7 @@ def counterfactual_lift(prob_fn: Callable[[Sequence[Row]], np.ndarray], rows: Se
     if not len(idx):
       continue
     p1 = np.asarray(prob_fn([append_tokens(rows[i], tokens) for i in idx]), np.float64)
+    edited[a] = (idx, p1)
     at_risk_IxC = ~prior_NxC[idx]
     n_C = at_risk_IxC.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -182,7 +251,42 @@ def counterfactual_lift(prob_fn: Callable[[Sequence[Row]], np.ndarray], rows: Se
   np.fill_diagonal(lift, np.nan)
   np.fill_diagonal(delta, np.nan)
   np.fill_diagonal(count, 0)
-  return ModelLift(lift, delta, count)
+  return ModelLift(lift, delta, count, p0_NxC, edited, ~prior_NxC)
+
+
+def model_lift_replicates(ml: ModelLift, weights_BxN: np.ndarray) -> np.ndarray:
+  """float[B, C, C] the model lift under each member resample: the same resampled members for
+  the edited and the unedited histories (paired), members without A and at risk of B only."""
+  c = conditions.NUM_CONDITIONS
+  w = np.asarray(weights_BxN, np.float64)
+  out = np.full((w.shape[0], c, c), np.nan)
+  for a, (idx, p1) in ml.edited.items():
+    out[:, a], _, _ = uncertainty.paired_ratio(p1, ml.p0_NxC[idx], ml.at_risk_NxC[idx],
+                                               w[:, idx])
+  out[:, np.arange(c), np.arange(c)] = np.nan
+  return out
+
+
+def empirical_lift_replicates(cond_prior_NxC: np.ndarray, cond_next_NxC: np.ndarray,
+                              weights_BxN: np.ndarray, *, prior_members: float = 10.0
+                              ) -> np.ndarray:
+  """float[B, C, C] the empirical lift (same smoothing as `empirical_lift`) under each member
+  resample of the train members."""
+  prior = np.asarray(cond_prior_NxC, bool)
+  at_risk = (~prior).astype(np.float64)
+  onset = (np.asarray(cond_next_NxC, bool) & ~prior).astype(np.float64)
+  a, not_a = prior.astype(np.float64), (~prior).astype(np.float64)
+  smooth = 0.5 if prior_members > 0 else 0.0
+  out = np.empty((len(weights_BxN),) + (prior.shape[1],) * 2)
+  for k, w in enumerate(np.asarray(weights_BxN, np.float64)):
+    wa, wn = a * w[:, None], not_a * w[:, None]
+    n_with, n_both = wa.T @ at_risk, wa.T @ onset
+    n_without, k_without = wn.T @ at_risk, wn.T @ onset
+    with np.errstate(invalid="ignore", divide="ignore"):
+      rate_without = (k_without + smooth) / (n_without + 2 * smooth)
+      out[k] = ((n_both + prior_members * rate_without) / (n_with + prior_members)) / rate_without
+    np.fill_diagonal(out[k], np.nan)
+  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,3 +379,29 @@ def recovery(score_CxC: np.ndarray, truth_CxC: np.ndarray, *, threshold: float
   else:
     out["precision_at_k"] = out["average_precision"] = float("nan")
   return out
+
+
+def hazard_ratio_matrix(links: Sequence[tuple[str, str, float]] | None = None,
+                        names: Sequence[str] = conditions.CONDITION_NAMES) -> np.ndarray:
+  """float[C, C]: the true hazard ratio of each directed link between target conditions, NaN
+  elsewhere."""
+  if links is None:
+    links = synth_model.TRUE_COMORBIDITY_LINKS
+  index = {n: i for i, n in enumerate(names)}
+  out = np.full((len(names), len(names)), np.nan)
+  for a, b, hr in links:
+    if a in index and b in index:
+      out[index[a], index[b]] = hr
+  return out
+
+
+def effect_size_correlation(lift_CxC: np.ndarray, hazard_ratio_CxC: np.ndarray
+                            ) -> dict[str, float]:
+  """Spearman rank correlation of the estimated lift with the true hazard ratio over the true
+  links both measure (n of them; NaN below 3)."""
+  ok = np.isfinite(lift_CxC) & np.isfinite(hazard_ratio_CxC)
+  n = int(ok.sum())
+  if n < 3:
+    return {"spearman": float("nan"), "p_value": float("nan"), "n": n}
+  r = stats.spearmanr(lift_CxC[ok], hazard_ratio_CxC[ok])
+  return {"spearman": float(r.statistic), "p_value": float(r.pvalue), "n": n}

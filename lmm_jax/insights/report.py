@@ -4,8 +4,10 @@
 
 Sections: per-member explanations of the fine-tuned model's predictions (integrated gradients on
 the input embeddings, checked against occlusion), code-embedding neighbours and a 2-D map,
-condition relationships (the chronic model's counterfactual lift against the empirical lift), and
-on the synthetic world the recovery of its true comorbidity links. Members appear only as
+condition relationships (the chronic model's counterfactual lift against the empirical lift, with
+bootstrap intervals, ranked by their lower bound, with the expected false count), on the synthetic
+world the recovery of its true comorbidity links, the risk factors of every head
+(`risk_factors`), and with `compare_to` their stability across training seeds. Members appear only as
 anonymous ranks ("member #1") with banded figures (dollars, age, days before the index date;
 `lmm_jax.report.privacy`); any cell built from fewer than 11 members (a co-occurrence count, a
 lift over a small group) is suppressed, in the tables and the plots. The report and everything
@@ -30,6 +32,8 @@ from lmm_jax.insights import embeddings as emb_lib
 from lmm_jax.insights import interventions
 from lmm_jax.insights import loading
 from lmm_jax.insights import relationships as rel
+from lmm_jax.insights import risk_factors as rf_lib
+from lmm_jax.insights import uncertainty as unc
 from lmm_jax.report import plots
 from lmm_jax.report import privacy
 
@@ -88,15 +92,23 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _explanations(predictor, task, rows, workdir, progress, *, num_members: int, ig_steps: int,
-                  is_cost: bool) -> tuple[list[str], dict[str, Any]]:
-  """Explains the highest-risk members' predictions; returns markdown lines and a summary."""
+                  head: str) -> tuple[list[str], dict[str, Any]]:
+  """Explains the highest-risk members' predictions; returns markdown lines and a summary.
+
+  head: the task (`RISK_HEADS`); 'chronic' explains each member's likeliest new condition, the
+  others their one scalar output.
+  """
   vocab = task.vocab
   cond_names = conditions.CONDITION_NAMES
-  if is_cost:
-    pred = _predict(predictor, rows, "cost", progress, "predict cost")
+  is_cost = head == "cost"
+  scalar = head != "chronic"
+  if scalar:
+    out_name = RISK_HEADS[head].output
+    pred = _predict(predictor, rows, out_name, progress, f"predict {out_name}")
     order = np.argsort(-pred, kind="stable")[:num_members]
-    targets = [attribution.Output("cost")] * len(order)
-    what = "predicted mean cost in the next 12 months (dollars)"
+    targets = [attribution.Output(out_name)] * len(order)
+    what = ("predicted mean cost in the next 12 months (dollars)" if is_cost else
+            f"{RISK_HEADS[head].labels[0]} of {RISK_HEADS[head].title}")
   else:
     prob = _predict(predictor, rows, "chronic_prob", progress, "predict conditions")
     prior = np.stack([r["cond_prior"] for r in rows]) > 0
@@ -119,7 +131,7 @@ def _explanations(predictor, task, rows, workdir, progress, *, num_members: int,
     row = rows[i]
     batch = loading.stack([row])
     mask = attribution.history_mask(batch["length"], batch["prefix_len"], len(row["tokens"]))
-    if is_cost:
+    if scalar:
       ig = attribution.integrated_gradients(predictor, batch, mask, target, steps=ig_steps)
     else:
       # One compiled attribution for every condition: a one-hot weight picks the member's.
@@ -145,6 +157,8 @@ def _explanations(predictor, task, rows, workdir, progress, *, num_members: int,
       title = (f"### Member #{rank}: predicted {privacy.dollar_band(score)} (history-free "
                f"baseline {privacy.dollar_band(base)}); actual next-year cost "
                f"{privacy.dollar_band(float(row['cost_next']))}")
+    elif scalar:
+      title = f"### Member #{rank}: {RISK_HEADS[head].labels[0]} {score:.3f} (baseline {base:.3f})"
     else:
       c = target.index
       title = (f"### Member #{rank}: P(new {cond_names[c]}) = {score:.3f} (baseline {base:.3f});"
@@ -211,78 +225,208 @@ def _embedding_section(predictor, vocab, workdir, *, method: str, k: int = 8) ->
 
 
 def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, progress, *,
-                          synthetic: bool, threshold: float) -> tuple[list[str], dict[str, Any]]:
+                          synthetic: bool, threshold: float, num_bootstrap: int, edit: str,
+                          reference: str, seed: int) -> tuple[list[str], dict[str, Any]]:
   names = conditions.CONDITION_NAMES
   train_prior, train_next = [], []
   for rec in records.read_records(data_dir, records.TASK, "train"):
+    if "cond_prior" not in rec:
+      return (["## 3. Relationships between conditions", "",
+               "These records carry no chronic-condition labels (`cond_prior`/`cond_next`): "
+               "no condition relationships to measure.", ""], {})
     train_prior.append(np.asarray(rec["cond_prior"], np.uint8).reshape(-1))
     train_next.append(np.asarray(rec["cond_next"], np.uint8).reshape(-1))
-  emp = rel.empirical_lift(np.stack(train_prior), np.stack(train_next))
+  prior_TxC, next_TxC = np.stack(train_prior), np.stack(train_next)
+  emp = rel.empirical_lift(prior_TxC, next_TxC)
+  emp_iv = unc.ratio_interval(emp.lift_CxC, rel.empirical_lift_replicates(
+      prior_TxC, next_TxC, unc.bootstrap_weights(len(prior_TxC), num_bootstrap, seed + 1)))
+  edit_text = {"case": "two professional claims coding A on different days (a case under the "
+                       "world's CCW rule: a single claim is a rule-out diagnosis)",
+               "claim": "one same-day professional claim coding A"}[edit]
+  placebo = rel.placebo_tokens(vocab, edit) if reference == "placebo" else []
+  if reference == "placebo" and not placebo:
+    raise ValueError("lift reference 'placebo' needs a full ICD-10-CM code outside every "
+                     "condition in the vocabulary; pass reference='none'")
+  ref_text = (f"the mean after the same edit coding {vocab.describe(placebo[-1])[:60]!r} "
+              "instead (a negative control: what any such claim does cancels)" if placebo else
+              "the unedited mean")
   lines = ["## 3. Relationships between conditions", "",
            "For an ordered pair (A, B) and members at risk of a new B (B not coded before the "
            "index date): the **empirical lift** is P(B next year | A prevalent) / P(B next year | "
-           f"A not prevalent) over {len(train_prior)} train members; the **model lift** appends a "
-           f"same-day claim coding A to the histories of {len(rows)} held-out members without A "
-           "and divides the chronic model's mean P(B) by the unedited mean.", ""]
-  summary: dict[str, Any] = {}
+           f"A not prevalent) over {len(train_prior)} train members"
+           + ("; the **model lift** appends "
+              f"{edit_text} to the histories of {len(rows)} held-out members without A and "
+              f"divides the chronic model's mean P(B) by {ref_text}"
+              if chronic_predictor is not None else "") + ". Intervals: 95% percentile "
+           f"bootstrap over members ({num_bootstrap} resamples; paired: the same resampled members "
+           "for the edited and unedited histories; one training seed). Pairs are ranked by the "
+           "interval's **lower bound**; p-values of 'lift <= 1' (normal on the log scale with the "
+           "bootstrap standard error) give Benjamini-Hochberg q-values and the expected number "
+           "of false links in the top k (at most m x the largest p-value among them, m tested "
+           "pairs). That null is the estimate's own lift = 1: it counts links due to the member "
+           "sample, not links the model learned from confounded data.", ""]
+  summary: dict[str, Any] = {"num_bootstrap": num_bootstrap, "edit": edit,
+                             "reference": reference}
   if chronic_predictor is None:
     lines += ["The model lift needs a chronic-condition fine-tuning run (pass "
               "`chronic_workdir`); only the empirical lifts are shown.", ""]
-    model_lift = None
+    ml = model_iv = None
   else:
-    insert = {c: rel.condition_tokens(vocab, c) for c in range(conditions.NUM_CONDITIONS)}
+    insert = {c: rel.condition_tokens(vocab, c, edit) for c in range(conditions.NUM_CONDITIONS)}
 
     def prob_fn(rs):
       return _predict(chronic_predictor, rs, "chronic_prob", _Progress(False), "")
 
-    ml = rel.counterfactual_lift(prob_fn, rows, insert, progress=progress.enabled)
-    model_lift = ml.lift_CxC
+    ml = rel.counterfactual_lift(prob_fn, rows, insert, reference=placebo or None,
+                                 progress=progress.enabled)
+    model_iv = unc.ratio_interval(ml.lift_CxC, rel.model_lift_replicates(
+        ml, unc.bootstrap_weights(len(rows), num_bootstrap, seed)))
     np.savez(os.path.join(workdir, "insights_lifts.npz"), model_lift=ml.lift_CxC,
+             model_lower=model_iv.lower, model_upper=model_iv.upper, model_p=model_iv.p_value,
              model_delta=ml.delta_CxC, model_n=ml.n_CxC, empirical_lift=emp.lift_CxC,
+             empirical_lower=emp_iv.lower, empirical_upper=emp_iv.upper,
              empirical_n_with=emp.n_with_CxC, empirical_co_occurrence=emp.n_both_CxC,
              conditions=np.array(names))
   truth = rel.true_link_matrix() if synthetic else None
-  if model_lift is not None:
-    # Shown lifts: NaN (suppressed) where fewer than 11 members stand behind them.
-    shown_model = np.where(privacy.suppress_mask(ml.n_CxC), np.nan, model_lift)
-    shown_emp = np.where(privacy.suppress_mask(emp.n_with_CxC), np.nan, emp.lift_CxC)
+  # Shown figures: NaN (suppressed) where fewer than 11 members stand behind them.
+  small_emp = privacy.suppress_mask(emp.n_with_CxC)
+  ranked = model_iv if model_iv is not None else emp_iv
+  small = privacy.suppress_mask(ml.n_CxC) if ml is not None else small_emp
+  lower_shown = np.where(small, np.nan, ranked.lower)
+  q = unc.benjamini_hochberg(np.where(small, np.nan, ranked.p_value))
+  order = unc.rank_by_lower_bound(lower_shown)
+  c = len(names)
 
-    def pair_row(p: rel.Pair) -> list[Any]:
-      return ([names[p.a], names[p.b], float(shown_model[p.a, p.b]),
-               float(shown_emp[p.a, p.b]), privacy.count_cell(p.co_occurrence)]
-              + ([p.true_link] if truth is not None else []))
+  def iv(x, k):
+    a, b = divmod(int(k), c)
+    return "n/a" if not np.isfinite(x.lower[a, b]) else f"{x.lower[a, b]:.3g}-{x.upper[a, b]:.3g}"
 
-    top = rel.ranked_pairs(shown_model, emp, truth_CxC=truth, top=15)
-    header = ["A", "B", "model lift", "empirical lift", "co-occurrence"] + (
-        ["true link"] if truth is not None else [])
-    lines += [f"Strongest pairs by model lift (cells from fewer than {privacy.MIN_CELL} members "
-              "are suppressed: n/a, <11):", "",
-              _md_table(header, [pair_row(p) for p in top]), ""]
-    novel = rel.novel_candidates(shown_model, emp, min_model_lift=threshold, truth_CxC=truth)
-    lines += ["Candidate novel relationships (model lift >= "
+  def pair_row(k) -> list[Any]:
+    a, b = divmod(int(k), c)
+    out = [names[a], names[b]]
+    if model_iv is not None:
+      out += [float(model_iv.estimate[a, b]), iv(model_iv, k)]
+    out += [float(q[a, b]),
+            float(np.where(small_emp, np.nan, emp.lift_CxC)[a, b]),
+            iv(emp_iv, k) if not small_emp[a, b] else "n/a",
+            privacy.count_cell(int(emp.n_both_CxC[a, b]))]
+    return out + ([bool(truth[a, b])] if truth is not None else [])
+
+  header = (["A", "B"] + (["model lift", "95% interval"] if model_iv is not None else [])
+            + ["q (BH)", "empirical lift", "95% interval", "co-occurrence"]
+            + (["true link"] if truth is not None else []))
+  top_n = 15
+  top = order[:top_n]
+  m_tested = int(np.isfinite(np.where(small, np.nan, ranked.p_value)).sum())
+  expected = unc.expected_false(np.where(small, np.nan, ranked.p_value), top)
+  disc = {f"q<={a:g}": int((q <= a).sum()) for a in (0.05, 0.1)}
+  summary.update({"tested_pairs": m_tested, "expected_false_in_top": expected, "top": len(top),
+                  "bh_discoveries": disc})
+  which = "model" if model_iv is not None else "empirical"
+  lines += [f"The {len(top)} pairs with the highest lower bound of the {which} lift (cells "
+            f"from fewer than {privacy.MIN_CELL} members suppressed: n/a, <11). Of these, at most "
+            f"**{expected:.1f} are expected to be false** (sampling noise; {m_tested} pairs "
+            f"tested); Benjamini-Hochberg keeps {disc['q<=0.05']} pairs at q <= 0.05 and "
+            f"{disc['q<=0.1']} at q <= 0.1.", "", _md_table(header, [pair_row(k) for k in top]),
+            ""]
+  if truth is not None:
+    false_top = int(sum(not truth[divmod(int(k), c)] for k in top))
+    summary["actual_false_in_top"] = false_top
+    lines += [f"Against the synthetic world's truth, {false_top} of these {len(top)} are not "
+              "true links (the bound above counts sampling noise only).", ""]
+  if model_iv is not None:
+    shown_model = np.where(small, np.nan, ml.lift_CxC)
+    shown_emp = np.where(small_emp, np.nan, emp.lift_CxC)
+    novel = rel.novel_candidates(np.where(small, np.nan, model_iv.lower), emp,
+                                 min_model_lift=threshold, truth_CxC=truth)
+    lines += ["Candidate novel relationships (lower bound of the model lift >= "
               f"{threshold:g} but at most 5 members with A then a new B, or empirical lift < 1):",
               ""]
-    lines += ([_md_table(header, [pair_row(p) for p in novel]), ""] if novel else
+    novel_flat = [p.a * c + p.b for p in novel]
+    lines += ([_md_table(header, [pair_row(k) for k in novel_flat]), ""] if novel else
               ["(none)", ""])
     _lift_scatter(shown_model, shown_emp, truth, os.path.join(workdir, "insights_lifts.png"))
     lines += ["![model vs empirical lift](insights_lifts.png)", ""]
+  _ranked_plot(ranked, lower_shown, order[:25], names, truth,
+               os.path.join(workdir, "insights_ranked_links.png"), which)
+  lines += ["![ranked links with intervals](insights_ranked_links.png)", ""]
   if truth is not None:
+    hr = rel.hazard_ratio_matrix()
     lines += ["## 4. Recovery of the synthetic world's true comorbidity links", "",
               f"The synthesizer's {int(truth.sum())} directed links between target conditions "
-              "(A multiplies the onset hazard of B) against links predicted as lift >= "
-              f"{threshold:g}; precision at k ranks all pairs and takes as many as there are "
-              "true links.", ""]
+              "(A multiplies the onset hazard of B) against each ranking: precision and recall "
+              f"of the links with lift >= {threshold:g} (point estimate), precision at k "
+              "(k = number of true links) and average precision of the ranking by the point "
+              "estimate and by the interval's lower bound, and the Spearman rank correlation of "
+              "the estimated lift with the true hazard ratio over the true links.", ""]
     rows_md = []
-    for label, lift in (("model (counterfactual)", model_lift), ("empirical", emp.lift_CxC)):
-      if lift is None:
+    for label, x, sm in (("model (counterfactual)", model_iv, small),
+                         ("empirical", emp_iv, small_emp)):
+      if x is None:
         continue
-      r = rel.recovery(lift, truth, threshold=threshold)
+      point = np.where(sm, np.nan, x.estimate)
+      lower = np.where(sm, np.nan, x.lower)
+      r = rel.recovery(point, truth, threshold=threshold)
+      r_lo = rel.recovery(lower, truth, threshold=threshold)
+      corr = rel.effect_size_correlation(point, hr)
+      r.update({"precision_at_k_lower_bound": r_lo["precision_at_k"],
+                "average_precision_lower_bound": r_lo["average_precision"],
+                "spearman_vs_hazard_ratio": corr["spearman"], "spearman_n": corr["n"],
+                "spearman_p": corr["p_value"]})
       summary[label] = r
       rows_md.append([label, r["precision"], r["recall"], r["precision_at_k"],
-                      r["average_precision"], r["num_predicted"], r["true_measured"]])
-    lines += [_md_table(("lift", "precision", "recall", "precision@k", "average precision",
-                         "predicted links", "true links measured"), rows_md), ""]
+                      r["average_precision"], r_lo["precision_at_k"], r_lo["average_precision"],
+                      corr["spearman"], r["true_measured"]])
+    base = float(truth.sum() / max(1, (~np.eye(c, dtype=bool)).sum()))
+    lines += [_md_table(("lift", "precision", "recall", "precision@k", "AP",
+                         "precision@k (lower bound)", "AP (lower bound)",
+                         "Spearman vs true HR", "true links measured"), rows_md), "",
+              f"Base rate (AP of a random ranking): {base:.3f}.", ""]
+    _hr_scatter(model_iv, emp_iv, small, small_emp, hr,
+                os.path.join(workdir, "insights_effect_vs_truth.png"))
+    lines += ["![effect size vs true hazard ratio](insights_effect_vs_truth.png)", ""]
   return lines, summary
+
+
+def _ranked_plot(x: unc.Interval, lower_CxC, flat, names, truth_CxC, path: str, which: str
+                 ) -> str:
+  c = len(names)
+  pairs = [divmod(int(k), c) for k in flat][::-1]
+  fig, ax = plots.subplots(figsize=(7, 0.28 * max(len(pairs), 2) + 1.2))
+  for y, (a, b) in enumerate(pairs):
+    color = ("tab:red" if truth_CxC[a, b] else "tab:grey") if truth_CxC is not None else "tab:blue"
+    ax.plot([x.lower[a, b], x.upper[a, b]], [y, y], color=color, lw=1.5)
+    ax.plot([x.estimate[a, b]], [y], "o", color=color, ms=3)
+  ax.set_yticks(range(len(pairs)))
+  ax.set_yticklabels([f"{names[a]} -> {names[b]}" for a, b in pairs], fontsize=6)
+  ax.axvline(1, color="grey", lw=0.7)
+  ax.set_xscale("log")
+  ax.set_xlabel(f"{which} lift (95% bootstrap interval)")
+  ax.set_title("Links ranked by the interval's lower bound"
+               + (" (red: true link)" if truth_CxC is not None else ""), fontsize=9)
+  return plots.save_png(fig, path)
+
+
+def _hr_scatter(model_iv, emp_iv, small, small_emp, hr_CxC, path: str) -> str:
+  fig, ax = plots.subplots(figsize=(6, 5))
+  for x, sm, label, color, dx in ((model_iv, small, "model lift", "tab:red", 0.02),
+                                  (emp_iv, small_emp, "empirical lift", "tab:blue", -0.02)):
+    if x is None:
+      continue
+    ok = np.isfinite(hr_CxC) & ~sm & np.isfinite(x.estimate) & np.isfinite(x.lower)
+    h = hr_CxC[ok] * np.exp(dx)
+    ax.errorbar(h, x.estimate[ok], yerr=[x.estimate[ok] - x.lower[ok], x.upper[ok] -
+                                          x.estimate[ok]], fmt="o", ms=3, lw=0.8, color=color,
+                label=label)
+  lim = [1.0, float(np.nanmax(hr_CxC)) * 1.1]
+  ax.plot(lim, lim, color="grey", lw=0.7, ls="--")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("true hazard ratio (synthetic world)")
+  ax.set_ylabel("estimated lift (95% interval)")
+  ax.legend(fontsize=8)
+  ax.set_title("Effect size vs truth, true links")
+  return plots.save_png(fig, path)
 
 
 def _lift_scatter(model_CxC, emp_CxC, truth_CxC, path: str) -> str:
@@ -305,6 +449,136 @@ def _lift_scatter(model_CxC, emp_CxC, truth_CxC, path: str) -> str:
   return plots.save_png(fig, path)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Head:
+  """A head whose risk factors are measured: the predictor output and what it means."""
+  title: str                     # 'next-year cost'
+  output: str                    # the predictor's named output (dollars or probabilities)
+  labels: tuple[str, ...]        # one per output column
+  at_risk: bool                  # count only members without the condition (onset heads)
+
+
+# Task -> the head measured for risk factors (a registry: add a task's head here).
+RISK_HEADS: dict[str, _Head] = {
+    "cost": _Head("next-year cost", "cost", ("predicted next-year cost",), False),
+    "chronic": _Head("new onset of each chronic condition", "chronic_prob",
+                     conditions.CONDITION_NAMES, True),
+    "binary": _Head("the task's binary label", "binary_prob", ("predicted probability",), False),
+}
+
+
+def _risk_factor_section(heads, vocab, rows, workdir, progress, *, per_kind: int,
+                         num_bootstrap: int, seed: int, top: int = 10
+                         ) -> tuple[list[str], dict[str, Any]]:
+  """Section 5: counterfactual risk factors of every head (`risk_factors`)."""
+  cands = rf_lib.candidates(vocab, per_kind=per_kind)
+  lines = ["## 5. Risk factors of any kind", "",
+           f"For {len(cands)} candidate events (the {per_kind} most frequent train tokens of each "
+           "kind: diagnoses, procedures, drugs, other codes, each appended as one claim; and "
+           "utilization events: a claim of that type and its place of service, no diagnosis) "
+           f"appended to the histories of {len(rows)} held-out members: the ratio of the head's "
+           "mean output with the event to its mean without (onset heads: members without the "
+           "condition only), with a paired 95% bootstrap interval over members "
+           f"({num_bootstrap} resamples), ranked by the lower bound. 'members with it' counts "
+           "the sampled members whose history already holds the token (<11 suppressed); a "
+           "head's output counted on fewer than 11 members is not shown.", ""]
+  summary: dict[str, Any] = {"candidates": len(cands), "members": len(rows)}
+  for name, predictor, head in heads:
+    def outputs_fn(rs, predictor=predictor, head=head):
+      return _predict(predictor, rs, head.output, _Progress(False), "")
+
+    counted = None
+    if head.at_risk:
+      counted = ~(np.stack([np.asarray(r["cond_prior"]) for r in rows]) > 0)
+    res = rf_lib.risk_factors(outputs_fn, rows, cands, counted_NxO=counted,
+                              num_bootstrap=num_bootstrap, seed=seed + 2,
+                              progress=progress.enabled)
+    lines += [f"### Risk factors of {head.title} ({name} model)", ""]
+    table, kept = [], {}
+    for o, label in enumerate(head.labels):
+      if privacy.is_small(int(res.members_counted_O[o])) or res.members_counted_O[o] == 0:
+        continue
+      order = rf_lib.top_factors(res, o, top=top if len(head.labels) == 1 else 3)
+      kept[label] = [{"kind": cands[k].kind, "event": cands[k].description,
+                      "ratio": float(res.ratio.estimate[k, o]),
+                      "lower": float(res.ratio.lower[k, o]),
+                      "upper": float(res.ratio.upper[k, o])} for k in order]
+      for k in order:
+        table.append(([label] if len(head.labels) > 1 else []) + [
+            cands[k].kind, cands[k].description[:90], float(res.ratio.estimate[k, o]),
+            f"{res.ratio.lower[k, o]:.3g}-{res.ratio.upper[k, o]:.3g}",
+            float(res.delta_KxO[k, o]), privacy.count_cell(int(res.members_with_K[k]))])
+    summary[name] = kept
+    np.savez(os.path.join(workdir, f"insights_risk_factors_{name}.npz"),
+             estimate=res.ratio.estimate, lower=res.ratio.lower, upper=res.ratio.upper,
+             p_value=res.ratio.p_value, members_with=res.members_with_K,
+             members_counted=res.members_counted_O, labels=np.array(head.labels),
+             events=np.array([f"{c.kind}: {c.description}" for c in cands]))
+    header = ((["output"] if len(head.labels) > 1 else []) +
+              ["kind", "event", "ratio", "95% interval", "mean change", "members with it"])
+    lines += [_md_table(header, table) if table else "(no output counted on enough members)", ""]
+    png = f"insights_risk_factors_{name}.png"
+    _risk_plot(res, cands, head, os.path.join(workdir, png), top=top)
+    lines += [f"![risk factors of {head.title}]({png})", ""]
+  return lines, summary
+
+
+def _risk_plot(res: rf_lib.RiskFactors, cands, head: _Head, path: str, *, top: int) -> str:
+  if len(head.labels) == 1:
+    order = rf_lib.top_factors(res, 0, top=top)[::-1]
+    fig, ax = plots.subplots(figsize=(7, 0.3 * max(len(order), 2) + 1.2))
+    for y, k in enumerate(order):
+      ax.plot([res.ratio.lower[k, 0], res.ratio.upper[k, 0]], [y, y], color="tab:blue", lw=1.5)
+      ax.plot([res.ratio.estimate[k, 0]], [y], "o", color="tab:blue", ms=3)
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([f"{cands[k].kind}: {cands[k].description[:50]}" for k in order],
+                       fontsize=6)
+    ax.axvline(1, color="grey", lw=0.7)
+    ax.set_xlabel(f"ratio of {head.labels[0]} with / without the event (95% interval)")
+  else:
+    shown = ~privacy.suppress_mask(res.members_counted_O)
+    z_KxO = np.log2(np.where(shown[None, :], res.ratio.estimate, np.nan))
+    fig, ax = plots.subplots(figsize=(9, 0.22 * len(cands) + 2))
+    lim = float(np.nanmax(np.abs(z_KxO))) if np.isfinite(z_KxO).any() else 1.0
+    im = ax.imshow(z_KxO, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    sig = (res.ratio.lower > 1) & shown[None, :]
+    ys, xs = np.nonzero(sig)
+    ax.plot(xs, ys, "k.", ms=2)
+    ax.set_xticks(range(len(head.labels)))
+    ax.set_xticklabels(head.labels, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(cands)))
+    ax.set_yticklabels([f"{c.kind}: {c.description[:40]}" for c in cands], fontsize=5)
+    fig.colorbar(im, ax=ax, label="log2 ratio (dot: interval above 1)")
+  ax.set_title(f"Risk factors of {head.title}", fontsize=9)
+  return plots.save_png(fig, path)
+
+
+def _seed_stability_section(workdir: str, other: str, names: Sequence[str]
+                            ) -> tuple[list[str], dict[str, Any]]:
+  """Section 6: the risk factors (and lifts) of this report against another report's (the same
+  data, another training seed): rank agreement and replication of the intervals above 1."""
+  lines = ["## 6. Stability across training seeds", "",
+           f"Against the report in `{os.path.abspath(other)}` (another training seed; same data "
+           "and member sample): Spearman correlation of the log ratios over the cells both "
+           "show, and of the cells whose interval lies above 1 here, the share whose interval "
+           "lies above 1 there too.", ""]
+  rows, summary = [], {}
+  files = [(n, f"insights_risk_factors_{n}.npz") for n in names] + [("lifts", "insights_lifts.npz")]
+  for name, fname in files:
+    a_path, b_path = os.path.join(workdir, fname), os.path.join(other, fname)
+    if not (os.path.exists(a_path) and os.path.exists(b_path)):
+      continue
+    a, b = np.load(a_path), np.load(b_path)
+    est, lo = ("model_lift", "model_lower") if name == "lifts" else ("estimate", "lower")
+    r = rf_lib.agreement(a[est], a[lo], b[est], b[lo])
+    summary[name] = r
+    rows.append([name, r["spearman"], r["cells"], r["above_1_here"], r["replicated_share"]])
+  lines += ([_md_table(("figures", "Spearman (log ratio)", "cells", "interval > 1 here",
+                        "replicated there"), rows), ""] if rows else
+            ["(the other report has none of these figures)", ""])
+  return lines, summary
+
+
 # ------------------------------------------------------------------------------------------------
 # Entry point.
 
@@ -313,7 +587,11 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
                           chronic_workdir: str | None = None, split: str = "held_out",
                           num_members: int = 5, max_members: int = 256, ig_steps: int = 32,
                           embedding_method: str = "pca", lift_threshold: float = 1.2,
-                          progress: bool = True, pretrain_workdir: str | None = None,
+                          num_bootstrap: int = 200, edit: str = "case",
+                          lift_reference: str = "placebo", risk_members: int = 128,
+                          risk_tokens_per_kind: int = 6, seed: int = 0,
+                          compare_to: str | None = None, progress: bool = True,
+                          pretrain_workdir: str | None = None,
                           intervention_sizes: interventions.Sizes | None = None,
                           intervention_max_new_tokens: int = 512) -> str:
   """Writes WORKDIR/insights.md (and its PNGs); returns its path.
@@ -330,6 +608,17 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
     ig_steps: integration steps of integrated gradients.
     embedding_method: 'pca' or 'tsne' for the 2-D map.
     lift_threshold: lift at or above which a pair counts as a recovered link.
+    num_bootstrap: member resamples of every bootstrap interval.
+    edit: how the counterfactual edit codes condition A ('case' or 'claim';
+      `relationships.condition_tokens`).
+    lift_reference: the model lift's denominator: 'placebo' (the same edit with a diagnosis of
+      no condition, `relationships.placebo_tokens`) or 'none' (the unedited history).
+    risk_members: the first members of those read on which risk factors are measured (each costs
+      one model call per candidate event and head).
+    risk_tokens_per_kind: candidate tokens of each kind for the risk factors.
+    seed: of the bootstrap resamples.
+    compare_to: another insights report's workdir (same data, another training seed): adds the
+      seed-stability section.
     progress: tqdm bars.
     pretrain_workdir: a pretraining run: adds the intervention-effects section (sampled futures
       of edited histories; on the synthetic world against the simulator's true effects).
@@ -342,12 +631,15 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
   predictor, task, config = loading.load_finetuned(finetune_workdir, data_dir)
   data_dir = config.data_dir
   is_cost = config.task == "cost"
+  if config.task not in RISK_HEADS:
+    raise ValueError(f"{finetune_workdir}: task={config.task!r}; the report knows the heads "
+                     f"{sorted(RISK_HEADS)}")
   chronic_pred = None
   if chronic_workdir:
     chronic_pred, chronic_task, _ = loading.load_finetuned(chronic_workdir, data_dir)
     if chronic_task.vocab.size != task.vocab.size:
       raise ValueError(f"{chronic_workdir} and {finetune_workdir} use different vocabularies")
-  elif not is_cost:
+  elif config.task == "chronic":
     chronic_pred = predictor
   rows = [r for r in loading.read_rows(data_dir, split, int(config.seq_len), limit=max_members)
           if int(r["length"]) > int(r["prefix_len"])]
@@ -363,14 +655,28 @@ def write_insights_report(workdir: str, finetune_workdir: str, data_dir: str | N
   summary: dict[str, Any] = {"task": config.task, "split": split, "members_read": len(rows),
                              "synthetic": synthetic}
   expl, s = _explanations(predictor, task, rows, workdir, prog, num_members=num_members,
-                          ig_steps=ig_steps, is_cost=is_cost)
+                          ig_steps=ig_steps, head=config.task)
   lines += expl
   summary["explanations"] = s
   lines += _embedding_section(predictor, task.vocab, workdir, method=embedding_method)
   rel_lines, s = _relationship_section(chronic_pred, task.vocab, rows, data_dir, workdir, prog,
-                                       synthetic=synthetic, threshold=lift_threshold)
+                                       synthetic=synthetic, threshold=lift_threshold,
+                                       num_bootstrap=num_bootstrap, edit=edit,
+                                       reference=lift_reference, seed=seed)
   lines += rel_lines
   summary["recovery"] = s
+  heads = [(config.task, predictor, RISK_HEADS[config.task])]
+  if chronic_pred is not None and config.task != "chronic":
+    heads.append(("chronic", chronic_pred, RISK_HEADS["chronic"]))
+  risk_lines, s = _risk_factor_section(heads, task.vocab, rows[:risk_members], workdir, prog,
+                                       per_kind=risk_tokens_per_kind,
+                                       num_bootstrap=num_bootstrap, seed=seed)
+  lines += risk_lines
+  summary["risk_factors"] = s
+  if compare_to:
+    stab_lines, s = _seed_stability_section(workdir, compare_to, [h[0] for h in heads])
+    lines += stab_lines
+    summary["seed_stability"] = s
   # --- Intervention effects (lmm_jax.insights.interventions) ----------------------------------
   if pretrain_workdir:
     iv_lines, s = interventions.run_section(

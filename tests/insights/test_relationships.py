@@ -1,8 +1,12 @@
 """Lift, counterfactual lift, ranking and link recovery on hand-built cases."""
 
+import os
+
 import numpy as np
 
 from lmm_jax import conditions
+from lmm_jax.conventions import TokenKind
+from lmm_jax.data.vocab import Vocabulary
 from lmm_jax.insights import relationships as rel
 
 C = conditions.NUM_CONDITIONS
@@ -120,3 +124,68 @@ def test_true_links_and_novel_candidates():
   assert [(p.a, p.b) for p in top] == [(0, 1), (2, 3)]
   novel = rel.novel_candidates(model, emp, min_model_lift=1.5)
   assert [(p.a, p.b) for p in novel] == [(2, 3)]   # (0, 1) is well supported by the data
+
+
+def test_placebo_reference_cancels_what_any_appended_claim_does():
+  """Any appended claim (token 40 or 30) multiplies every P by 1.5; token 30 (A = 0) doubles P(B)
+  on top. Against the unedited history every pair of A looks linked; against the placebo only
+  (A, B) is, and the bootstrap replicates with unit weights are the point estimate."""
+  a, b = 0, 1
+
+  def prob_fn(rows):
+    p = np.full((len(rows), C), 0.1)
+    for i, r in enumerate(rows):
+      toks = r["tokens"][:int(r["length"])]
+      if 40 in toks or 30 in toks:
+        p[i] *= 1.5
+      if 30 in toks:
+        p[i, b] *= 2.0
+    return p
+
+  rows = [_row([1, 4, 10], 3), _row([1, 4, 12], 3), _row([1, 4, 11, 13], 4)]
+  plain = rel.counterfactual_lift(prob_fn, rows, {a: [30]})
+  np.testing.assert_allclose(plain.lift_CxC[a, [b, 5]], [3.0, 1.5])
+  placebo = rel.counterfactual_lift(prob_fn, rows, {a: [30]}, reference=[40])
+  np.testing.assert_allclose(placebo.lift_CxC[a, [b, 5]], [2.0, 1.0])
+  reps = rel.model_lift_replicates(placebo, np.ones((2, 3)))
+  np.testing.assert_allclose(reps[0], placebo.lift_CxC)
+  assert np.isnan(reps[:, a, a]).all()
+
+
+def test_empirical_lift_replicates_with_unit_weights_equal_the_lift():
+  rng = np.random.default_rng(0)
+  prior = rng.random((60, C)) < 0.2
+  nxt = rng.random((60, C)) < 0.1
+  emp = rel.empirical_lift(prior, nxt)
+  reps = rel.empirical_lift_replicates(prior, nxt, np.ones((1, 60)))
+  np.testing.assert_allclose(reps[0], emp.lift_CxC)
+
+
+def test_effect_size_correlation_with_true_hazard_ratios():
+  hr = rel.hazard_ratio_matrix()
+  names = conditions.CONDITION_NAMES
+  assert hr[names.index("diabetes_t2"), names.index("ckd")] == 2.6
+  assert np.isfinite(hr).sum() == rel.true_link_matrix().sum()
+  r = rel.effect_size_correlation(hr ** 0.5, hr)          # a monotone transform: rho = 1
+  np.testing.assert_allclose(r["spearman"], 1.0)
+  assert r["n"] == np.isfinite(hr).sum()
+  assert np.isnan(rel.effect_size_correlation(np.full((C, C), np.nan), hr)["spearman"])
+
+
+def test_case_edit_codes_condition_a_alone_on_two_days(tiny_data_dir):
+  vocab = Vocabulary.load(os.path.join(tiny_data_dir, "vocab.json"))
+  for c in range(C):
+    claim = rel.condition_tokens(vocab, c, "claim")
+    if not claim:
+      continue
+    dx = claim[-1]
+    assert vocab.token_conditions[dx, c] > 0
+    assert vocab.token_conditions[dx].sum() == vocab.token_conditions[dx, c] or not any(
+        vocab.token_conditions[i].sum() == vocab.token_conditions[i, c]
+        for i in np.flatnonzero(vocab.token_conditions[:, c] > 0))
+    case = rel.condition_tokens(vocab, c, "case")
+    gap = len(claim)
+    assert case[:gap] == claim and case[gap + 1:] == claim
+    assert vocab.kinds[case[gap]] == TokenKind.TIME and vocab.tokens[case[gap]] == "TIME//1-7d"
+  placebo = rel.placebo_tokens(vocab, "claim")
+  assert placebo and vocab.token_conditions[placebo[-1]].sum() == 0

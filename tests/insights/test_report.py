@@ -27,15 +27,19 @@ def test_insights_report_end_to_end(tiny_data_dir, tmp_path, capsys):
                                       ig_steps=8, progress=False)
   assert path == os.path.join(out, "insights.md") and os.path.exists(path)
   text = open(path, encoding="utf-8").read()
-  for section in ("## 1.", "## 2.", "## 3.", "## 4.", "Member #1", "Member #2",
-                  "precision", "recall"):
+  for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "Member #1", "Member #2",
+                  "precision", "recall", "expected to be false", "Spearman vs true HR",
+                  "Risk factors of new onset of each chronic condition"):
     assert section in text, section
-  for png in ("insights_embedding_map.png", "insights_lifts.png",
+  for png in ("insights_embedding_map.png", "insights_lifts.png", "insights_ranked_links.png",
+              "insights_effect_vs_truth.png", "insights_risk_factors_chronic.png",
               os.path.join("insights_members", "member_01.png")):
     assert os.path.getsize(os.path.join(out, png)) > 1000, png
   lifts = np.load(os.path.join(out, "insights_lifts.npz"))
   assert lifts["model_lift"].shape == (22, 22)
   assert np.isfinite(lifts["model_lift"]).sum() > 100
+  ok = np.isfinite(lifts["model_lower"])
+  assert ok.sum() > 100 and np.all(lifts["model_lower"][ok] <= lifts["model_upper"][ok])
   # Integrated gradients stayed complete on the real model.
   import json  # pylint: disable=g-import-not-at-top
   summary = json.load(open(os.path.join(out, "insights_summary.json")))

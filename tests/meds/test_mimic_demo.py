@@ -21,6 +21,7 @@ from lmm_jax.data import build
 from lmm_jax.data import meds_tasks
 from lmm_jax.data import records
 from lmm_jax.data.vocab import Vocabulary
+from lmm_jax.insights import report as insights_report
 from lmm_jax.train import predict
 from lmm_jax.train import trainer as trainer_lib
 from meds_evaluation.evaluate import evaluate_binary_classification
@@ -118,6 +119,17 @@ def test_tiny_pretrain_binary_finetune_and_meds_evaluation(mimic_task_dir, tmp_p
   result = evaluate_binary_classification(pl.from_arrow(preds), samples_per_subject=1,
                                           resampling_seed=0)
   assert result
+  # The insights report renders on real data (issue 17): the binary head's explanations and risk
+  # factors; condition relationships from the data alone (no chronic model, no truth).
+  out = str(tmp_path / "insights")
+  path = insights_report.write_insights_report(
+      out, str(tmp_path / "binary"), mimic_task_dir, num_members=1, max_members=12, ig_steps=4,
+      num_bootstrap=20, risk_members=12, risk_tokens_per_kind=1, progress=False)
+  text = open(path, encoding="utf-8").read()
+  for section in ("## 1.", "## 2.", "## 3.", "## 5.", "Risk factors of the task's binary label"):
+    assert section in text, section
+  assert "true link" not in text
+  assert os.path.getsize(os.path.join(out, "insights_risk_factors_binary.png")) > 1000
 
 
 def test_claims_cost_task_on_mimic_fails_saying_there_is_no_cost(tmp_path):
