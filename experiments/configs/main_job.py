@@ -37,12 +37,12 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # 2026-12-02 in a partial run of this chain at 45,000 people on the shared CPU (load 5-7,
     # before length buckets): synthesize 250 s, build_dataset 66 s, pretrain 640 s, the cost
     # run's 120 padded steps ~6 min and its held-out prediction (9,521 members padded to 512)
-    # over 7 min; so the whole job exceeds 30 minutes on this CPU (issue 12 has the figures). Zero-shot samples 16 futures for a seeded subsample of 300 held-out members
+    # over 7 min; so the whole job exceeds 30 minutes on this CPU (issue 12 has the figures). Zero-shot samples 16 futures for a seeded subsample of 200 held-out members
     # (its rows are paired with the others on those members). Every other row covers every
     # held-out member.
     "demo": {"num_patients": 50_000, "split_fractions": (0.5, 0.1, 0.4),
              "pretrain_examples": 6_400, "finetune_examples": 3_500, "pretrain_steps": 300,
-             "finetune_steps": 220, "zero_shot_patients": 300, "zero_shot_samples": 16},
+             "finetune_steps": 220, "zero_shot_patients": 200, "zero_shot_samples": 16},
     "small": {"num_patients": 200_000},
     "base": {"num_patients": 1_000_000},
     "large": {"num_patients": 5_000_000},
