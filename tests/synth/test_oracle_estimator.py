@@ -9,6 +9,8 @@ import hashlib
 import os
 
 import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from lmm_jax import conditions as cond_lib
@@ -84,22 +86,25 @@ def test_rao_blackwellized_probability_has_a_smaller_standard_error(rollouts):
 
 
 def _data_digests(root: str) -> dict[str, str]:
+  """sha256 of each MEDS data file's rows as CSV: the content, not the parquet bytes (those carry
+  the writing pyarrow's version)."""
   out = {}
   for path in sorted(glob.glob(os.path.join(root, "data", "**", "*.parquet"), recursive=True)):
-    with open(path, "rb") as f:
-      out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    csv = pl.from_arrow(pq.read_table(path)).write_csv()
+    out[os.path.relpath(path, root)] = hashlib.sha256(csv.encode()).hexdigest()
   return out
 
 
-# sha256 of the MEDS data files of this world written by main's code before the Rao-Blackwellized
-# oracle (commit 38f42dd): the oracle draws from its own stream, so they must not change.
+# Content digests of the MEDS data files of this world written by main's code before the
+# Rao-Blackwellized oracle (commit 38f42dd, with 8 / 2 roll-outs): the oracle draws from its own
+# stream, so they must not change.
 _MAIN_DIGESTS = {
-    "data/held_out/0.parquet": "60db90e56c3a3fff9c6329101c8768a02b7fa003bc868cfbda2e0ec267c08efb",
-    "data/held_out/1.parquet": "11547b2a3006211100dbe137a38a34b9e00ddd021e0e129e10477024355e61bd",
-    "data/train/0.parquet": "10833bec9a74d41c90315a59d4a710f8cea5609985af7681d3214a7183ca3c9f",
-    "data/train/1.parquet": "ce86e2e8bd3889eddf07d8b1c2ad9f5c2e87139705fcbc31be9a7fe7fe4e8c4d",
-    "data/tuning/0.parquet": "db32d15a06437240afc33bd2000781a0942cf625434625b4cfa7c4be89b0568d",
-    "data/tuning/1.parquet": "e5229e724f3e85690bc8db76974949921e02148732a2a0eea4ccbb1c0d4b8992",
+    "data/held_out/0.parquet": "a777b200e08db8208e5df9b156a831beede17cb4a13cc82c328e43e0d9a26f33",
+    "data/held_out/1.parquet": "ca4d1dbe58c541198c46957bbb4fb50c8f1c25a66397b84ab34b4f90bc1a6efb",
+    "data/train/0.parquet": "177203f36bea1ef96dc7954301751c6c5b8627af75fca947c98595a501ac15be",
+    "data/train/1.parquet": "b6e977e71450a40be2ee72ff62ad75f6005dde5e5d529c0ba3532c8735f10d83",
+    "data/tuning/0.parquet": "e17454cc425d4b61caca90eb48a059104a279b2a2cd298146c0d891d5c46341a",
+    "data/tuning/1.parquet": "41bb9fd07235c089688206599547915899f80dd38cb545dcc78353b2206b755c",
 }
 
 
