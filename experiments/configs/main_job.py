@@ -32,14 +32,13 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # ~2.5 s; `python -m benchmarks.bench_train --presets=demo --finetune_buckets`, 2026-12-02:
     # 7.8 s padded vs 3.9 s bucketed under load, x2.0) = ~18 min, the same time the former 120
     # padded steps took. Each fine-tuning run evaluates the tuning split at 110 and 220 steps and
-    # predicts from the better of the two (early stopping, docs/finetuning.md). The other stages
-    # (build, baselines, predictions, zero-shot) were not timed in this change. Measured on
-    # 2026-12-02 in a partial run of this chain at 45,000 people on the shared CPU (load 5-7,
-    # before length buckets): synthesize 250 s, build_dataset 66 s, pretrain 640 s, the cost
-    # run's 120 padded steps ~6 min and its held-out prediction (9,521 members padded to 512)
-    # over 7 min; so the whole job exceeds 30 minutes on this CPU (issue 12 has the figures). Zero-shot samples 16 futures for a seeded subsample of 200 held-out members
-    # (its rows are paired with the others on those members). Every other row covers every
-    # held-out member.
+    # predicts from the better of the two (early stopping, docs/finetuning.md).
+    # Measured end to end on 2026-12-02 on the idle 2-core CPU (docs/results/stage_times.json):
+    # 2,012 s = 33.5 min: synthesize 124 s, build 36, pretrain 227, the four fine-tuning runs
+    # 238-258 s each with their held-out predictions, baselines 22, generate 420, insights 147,
+    # tables 51; over the 30 minutes asked for, and pretraining has not plateaued (issue 12).
+    # Zero-shot samples 16 futures for a seeded subsample of 200 held-out members (its rows are
+    # paired with the others on those members). Every other row covers every held-out member.
     "demo": {"num_patients": 50_000, "split_fractions": (0.5, 0.1, 0.4),
              "pretrain_examples": 6_400, "finetune_examples": 3_500, "pretrain_steps": 300,
              "finetune_steps": 220, "zero_shot_patients": 200, "zero_shot_samples": 16},
