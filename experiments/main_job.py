@@ -62,6 +62,19 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "insights": ("pretrain", "finetune_cost", "finetune_chronic"),
     "paper_tables": PREDICTION_STAGES,
 }
+SCRATCH_STAGES = ("scratch_cost", "scratch_chronic")
+
+
+def job_stages(job: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The stages of a job, in order: every stage, less the from-scratch runs if job.scratch is off."""
+  return tuple(s for s in STAGES if job.scratch or s not in SCRATCH_STAGES)
+
+
+def job_upstream(stages: Sequence[str]) -> dict[str, tuple[str, ...]]:
+  """UPSTREAM restricted to the stages a job runs."""
+  return {s: tuple(u for u in UPSTREAM[s] if u in stages) for s in stages}
+
+
 # What a rerun of a stage deletes first, relative to WORKDIR.
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "synthesize": ("meds",), "build_dataset": ("records",), "paper_tables": ("tables",),
@@ -283,10 +296,23 @@ def run(workdir: str, *, size: str = "demo", seed: int = 0, num_patients: int | 
          "baselines": baselines, "generate": generate, "insights": insights,
          "paper_tables": paper_tables}
   fns.update({s: train(s) for s in STAGES if s.startswith(("pretrain", "finetune_", "scratch_"))})
-  stage_fns = {s: fns[s] for s in STAGES}
+  stages = job_stages(job)
+  stage_fns = {s: fns[s] for s in stages}
+  # A stage left out of this job (the from-scratch runs at demo) must not leave an earlier run's
+  # predictions below WORKDIR, where the paper tables would read them as this job's.
+  for stage in set(STAGES) - set(stages):
+    for path in [os.path.join(workdir, rel) for rel in STAGE_OUTPUTS[stage]] + [
+        os.path.join(workdir, "stages", f"{stage}.json")]:
+      if os.path.lexists(path):
+        print(f"{stage}: not part of this job (size {size}), removing {path}", flush=True)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        else:
+          os.remove(path)
   t_start = time.time()
-  results, ran = run_stages(workdir, stage_fns, stage_inputs(job, workdir, configs), force=force,
-                            extra={"size": size})
+  inputs = stage_inputs(job, workdir, configs)
+  results, ran = run_stages(workdir, stage_fns, {s: inputs[s] for s in stages}, force=force,
+                            upstream=job_upstream(stages), extra={"size": size})
   if ran:  # stage_times.json describes the stages as they now are; untouched if none ran
     times_path = os.path.join(workdir, "stage_times.json")
     with open(times_path + ".tmp", "w") as f:

@@ -7,9 +7,8 @@ Launch (PRESET in tiny, demo, small, base, large; see experiments/configs/common
       --config.num_train_steps=200 --config.seed=0
 
   demo  4 layers, d 128, 1.9M parameters, 1,000 steps of 8 x 512 packed tokens: two passes over
-        the 2.0M train tokens of 6,400 patients (the 8,000-patient world; the main job caps
-        train_examples there), the tuning loss every 250 steps (stage times in
-        WORKDIR/stage_times.json)
+        the 2.04M train tokens of 6,400 patients (the main job caps train_examples there), the
+        tuning loss every 100 steps, early stopping after three without improvement
 
 The config is locked: a misspelled override (`--config.modle.d_model=1`) is an error.
 
@@ -35,10 +34,10 @@ SCHEDULES: dict[str, dict[str, Any]] = {
              "checkpoint_every_steps": 10, "log_every_steps": 5, "eval_every_steps": 0,
              "eval_batches": 2, "optimizer.warmup_steps": 5},
     "demo": {"num_train_steps": 1000, "batch_size": 8, "eval_batch_size": 16,
-             "checkpoint_every_steps": 250, "log_every_steps": 10, "eval_every_steps": 250,
+             "checkpoint_every_steps": 100, "log_every_steps": 10, "eval_every_steps": 100,
              "eval_batches": 16, "optimizer.learning_rate": 3e-3, "optimizer.warmup_steps": 50,
-             # Stops once two evaluations in a row (500 steps) do not lower the tuning loss.
-             "early_stopping.patience": 2},
+             # Stops once three evaluations in a row (300 steps) do not lower the tuning loss.
+             "early_stopping.patience": 3},
     "small": {"num_train_steps": 20_000, "batch_size": 64, "checkpoint_every_steps": 1000,
               "eval_every_steps": 1000, "eval_batches": 50, "optimizer.learning_rate": 1e-3,
               "optimizer.warmup_steps": 1000},

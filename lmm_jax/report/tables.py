@@ -226,10 +226,31 @@ def _headroom_line(metric_name: str, info: dict, scale: float, digits: int, unit
           " = (model - best baseline) / (oracle - best baseline), in percent.")
 
 
+def with_median_rows(loaded: Sequence[preds_io.CostPredictions], names: Sequence[str]
+                     ) -> tuple[list[preds_io.CostPredictions], list[str]]:
+  """Adds a "NAME (P50)" row for every model whose file predicts the mean but also carries a P50.
+
+  NMAE is an absolute-error measure, minimized by the conditional median; the baselines come as
+  a mean and a median model (lightgbm_cost, lightgbm_median), so a model with a P50 output (the
+  fine-tuned cost head's pinball quantile, zero-shot's median future) is shown both ways too, from
+  the same predictions file. Oracles have their own median row (oracle_median).
+  """
+  out_p, out_n = list(loaded), list(names)
+  for p, name in zip(loaded, names):
+    p50 = p.quantiles.get("p50")
+    if p50 is None or p.meta["kind"] == "oracle" or p.meta.get("point_estimate") == "p50":
+      continue
+    out_p.append(dataclasses.replace(p, y_pred=p50, y_pred_capped=metrics.cap(p50),
+                                     meta=dict(p.meta, point_estimate="p50")))
+    out_n.append(f"{name} (P50)")
+  return out_p, out_n
+
+
 def cost_report(paths: Sequence[str], runs_dir: str, *, num_samples: int, seed: int,
                 progress: bool = True) -> tuple[list[CostRow], dict]:
   loaded = [preds_io.read_cost_predictions(p) for p in paths]
   names = _display_names(paths, [p.model for p in loaded], runs_dir)
+  loaded, names = with_median_rows(loaded, names)
   rows = [evaluate_cost(p, n, num_samples, seed)
           for p, n in tqdm.tqdm(list(zip(loaded, names)), desc="cost tables", disable=not progress)]
   best = {}

@@ -227,3 +227,30 @@ def test_new_onset_macro_only_over_conditions_with_enough_onsets(tmp_path):
   lo, hi = float(macro["auroc_lo"]), float(macro["auroc_hi"])
   assert lo < np.mean(per) < hi
   assert int(get("new_onset", "macro")["n_pos"]) == int(yt.sum())
+
+
+def test_cost_table_adds_p50_row_beside_mean_models(tmp_path):
+  # A model whose file carries a P50 beside its mean gets a second row scored on the P50; a file
+  # whose y_pred already is the P50, and an oracle, do not.
+  rng = np.random.default_rng(1)
+  ids = np.arange(N)
+  y = rng.gamma(0.6, 5000.0, N)
+  p50 = 0.5 * y
+  runs = tmp_path / "runs"
+  P.write_cost_predictions(str(runs / "a"), "lmm", ids, y, 0.9 * y + 800,
+                           meta=_meta("finetuned", 10), quantiles={"p50": p50})
+  P.write_cost_predictions(str(runs / "b"), "lmm_p50_head", ids, y, p50,
+                           meta=dict(_meta("finetuned", 10), point_estimate="p50"),
+                           quantiles={"p50": p50})
+  P.write_cost_predictions(str(runs / "c"), "oracle", ids, y, y, meta=_meta("oracle"),
+                           quantiles={"p50": p50})
+  P.write_cost_predictions(str(runs / "d"), "mean", ids, y, np.full(N, y.mean()), meta=_meta())
+  tables.build_report(str(runs), str(tmp_path / "out"), num_samples=20, plots=False,
+                      progress=False)
+  rows = {r["model"]: r for r in _rows(tmp_path / "out" / "cost_table.csv")}
+  assert set(rows) == {"lmm", "lmm (P50)", "lmm_p50_head", "oracle", "mean"}
+  assert float(rows["lmm (P50)"]["nmae_raw"]) == pytest.approx(
+      metrics.cost_metrics(y, p50)["nmae"])
+  assert float(rows["lmm"]["nmae_raw"]) == pytest.approx(
+      metrics.cost_metrics(y, 0.9 * y + 800)["nmae"])
+  assert rows["lmm (P50)"]["kind"] == "finetuned"
