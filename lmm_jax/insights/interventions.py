@@ -49,6 +49,7 @@ from lmm_jax import runs
 from lmm_jax.conventions import TokenKind
 from lmm_jax.data import records
 from lmm_jax.data import tokenizer as tok_lib
+from lmm_jax.insights import uncertainty
 from lmm_jax.report import plots
 from lmm_jax.report import privacy
 from lmm_jax.sampling import audit as audit_lib
@@ -316,8 +317,7 @@ def bootstrap_mean(x_N: np.ndarray, *, num: int = 1000, seed: int = 0, level: fl
   x = x[np.isfinite(x)]
   if not len(x):
     return float("nan"), float("nan"), float("nan")
-  idx = np.random.default_rng(seed).integers(0, len(x), (num, len(x)))
-  means = x[idx].mean(1)
+  means = uncertainty.bootstrap_weights(len(x), num, seed) @ x / len(x)
   a = (1 - level) / 2
   return float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
@@ -335,9 +335,11 @@ def bootstrap_difference(boot_a: np.ndarray, boot_b: np.ndarray, *, level: float
 
 def bootstrap_replicates(fn: Callable[[np.ndarray], float], n: int, *, num: int = 1000,
                          seed: int = 0) -> np.ndarray:
-  """fn(resampled member indices) for `num` resamples of n members."""
-  rng = np.random.default_rng(seed)
-  return np.array([fn(rng.integers(0, n, n)) for _ in range(num)])
+  """fn(resampled member indices) for `num` resamples of n members (the draws of
+  `uncertainty.bootstrap_weights`, each as the indices repeated by their draw counts)."""
+  ar = np.arange(n)
+  return np.array([fn(np.repeat(ar, w.astype(np.int64)))
+                   for w in uncertainty.bootstrap_weights(n, num, seed)])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -238,8 +238,9 @@ def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, pro
     train_next.append(np.asarray(rec["cond_next"], np.uint8).reshape(-1))
   prior_TxC, next_TxC = np.stack(train_prior), np.stack(train_next)
   emp = rel.empirical_lift(prior_TxC, next_TxC)
-  emp_iv = unc.ratio_interval(emp.lift_CxC, rel.empirical_lift_replicates(
-      prior_TxC, next_TxC, unc.bootstrap_weights(len(prior_TxC), num_bootstrap, seed + 1)))
+  emp_reps = rel.empirical_lift_replicates(
+      prior_TxC, next_TxC, unc.bootstrap_weights(len(prior_TxC), num_bootstrap, seed + 1))
+  emp_iv = unc.ratio_interval(emp.lift_CxC, emp_reps)
   edit_text = {"case": "two professional claims coding A on different days (a case under the "
                        "world's CCW rule: a single claim is a rule-out diagnosis)",
                "claim": "one same-day professional claim coding A"}[edit]
@@ -270,7 +271,7 @@ def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, pro
   if chronic_predictor is None:
     lines += ["The model lift needs a chronic-condition fine-tuning run (pass "
               "`chronic_workdir`); only the empirical lifts are shown.", ""]
-    ml = model_iv = None
+    ml = model_iv = model_reps = None
   else:
     insert = {c: rel.condition_tokens(vocab, c, edit) for c in range(conditions.NUM_CONDITIONS)}
 
@@ -279,8 +280,9 @@ def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, pro
 
     ml = rel.counterfactual_lift(prob_fn, rows, insert, reference=placebo or None,
                                  progress=progress.enabled)
-    model_iv = unc.ratio_interval(ml.lift_CxC, rel.model_lift_replicates(
-        ml, unc.bootstrap_weights(len(rows), num_bootstrap, seed)))
+    model_reps = rel.model_lift_replicates(ml, unc.bootstrap_weights(len(rows), num_bootstrap,
+                                                                     seed))
+    model_iv = unc.ratio_interval(ml.lift_CxC, model_reps)
     np.savez(os.path.join(workdir, "insights_lifts.npz"), model_lift=ml.lift_CxC,
              model_lower=model_iv.lower, model_upper=model_iv.upper, model_p=model_iv.p_value,
              model_delta=ml.delta_CxC, model_n=ml.n_CxC, empirical_lift=emp.lift_CxC,
@@ -358,12 +360,26 @@ def _relationship_section(chronic_predictor, vocab, rows, data_dir, workdir, pro
               f"of the links with lift >= {threshold:g} (point estimate), precision at k "
               "(k = number of true links) and average precision of the ranking by the point "
               "estimate and by the interval's lower bound, and the Spearman rank correlation of "
-              "the estimated lift with the true hazard ratio over the true links.", ""]
+              "the estimated lift with the true hazard ratio over the true links. Each lift "
+              "also **specificity-adjusted** (`relationships.ADJUSTMENTS`, on the log scale, "
+              "the same for both lifts; intervals from the adjusted replicates): *row* divides "
+              "by A's geometric-mean lift over every B (an edit that raises every onset is no "
+              "evidence of a link to one B), *double* is double centering (row and column "
+              "geometric means removed, the grand mean restored).", ""]
     rows_md = []
-    for label, x, sm in (("model (counterfactual)", model_iv, small),
-                         ("empirical", emp_iv, small_emp)):
-      if x is None:
-        continue
+    variants = []
+    for how in rel.ADJUSTMENTS:
+      suffix = "" if how == "none" else f", {how}-centred"
+      for label, est, reps, sm in (("model (counterfactual)",
+                                    None if ml is None else ml.lift_CxC, model_reps, small),
+                                   ("empirical", emp.lift_CxC, emp_reps, small_emp)):
+        if est is None:
+          continue
+        # Suppressed cells leave the centring too: they are not shown, so they shape nothing.
+        est, reps = np.where(sm, np.nan, est), np.where(sm, np.nan, reps)
+        variants.append((label + suffix, unc.ratio_interval(
+            rel.specificity_adjust(est, how), rel.specificity_adjust(reps, how)), sm))
+    for label, x, sm in variants:
       point = np.where(sm, np.nan, x.estimate)
       lower = np.where(sm, np.nan, x.lower)
       r = rel.recovery(point, truth, threshold=threshold)

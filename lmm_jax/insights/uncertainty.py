@@ -2,7 +2,9 @@
 
 Every lift of the insights report is a ratio of two means over the same members: the mean of an
 edited prediction (or of an outcome among members with A) over the mean of the unedited one.
-`bootstrap_weights` draws B multinomial resamples of the N members once; a statistic evaluated
+`bootstrap_weights` draws B resamples of the N members once (the tables' resampler,
+`lmm_jax.eval.metrics.bootstrap_counts`, so every interval of the project draws members one way);
+a statistic evaluated
 with a resample's weights on the per-member predictions gives one bootstrap replicate, so a
 paired bootstrap (the same resampled members for the edited and unedited histories) costs matrix
 products, not model calls.
@@ -28,13 +30,15 @@ import warnings
 import numpy as np
 from scipy import stats
 
+from lmm_jax.eval import metrics
+
 
 def bootstrap_weights(n: int, num_bootstrap: int, seed: int = 0) -> np.ndarray:
-  """float64[B, N] member weights of B multinomial resamples (each row sums to N)."""
+  """float64[B, N] member weights of B resamples with replacement (each row sums to N): the draw
+  counts of `metrics.bootstrap_counts`, gathered into one matrix."""
   if n <= 0 or num_bootstrap <= 0:
     raise ValueError(f"bootstrap needs members and replicates, got n={n}, B={num_bootstrap}")
-  rng = np.random.default_rng(seed)
-  return rng.multinomial(n, np.full(n, 1.0 / n), size=num_bootstrap).astype(np.float64)
+  return np.concatenate(list(metrics.bootstrap_counts(n, num_bootstrap, seed))).astype(np.float64)
 
 
 def paired_ratio(p1_NxO: np.ndarray, p0_NxO: np.ndarray, mask_NxO: np.ndarray,

@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from lmm_jax import conditions
 from lmm_jax.conventions import TokenKind
@@ -189,3 +190,33 @@ def test_case_edit_codes_condition_a_alone_on_two_days(tiny_data_dir):
     assert vocab.kinds[case[gap]] == TokenKind.TIME and vocab.tokens[case[gap]] == "TIME//1-7d"
   placebo = rel.placebo_tokens(vocab, "claim")
   assert placebo and vocab.token_conditions[placebo[-1]].sum() == 0
+
+
+def test_specificity_adjust_removes_row_and_column_effects():
+  rng = np.random.default_rng(0)
+  c = 6
+  row_C, col_C = rng.normal(0, 1, c), rng.normal(0, 1, c)
+  log_L = row_C[:, None] + col_C[None, :]
+  np.fill_diagonal(log_L, np.nan)
+  lift = np.exp(log_L)
+  # Purely additive effects on the log scale: nothing pair-specific is left.
+  np.testing.assert_allclose(rel.specificity_adjust(lift, "double")[~np.eye(c, dtype=bool)],
+                             1.0, atol=0.25)
+  # A strong row (A raises every B) hides the one specific link from the raw ranking only.
+  lift = np.full((c, c), 1.1)
+  lift[0] = 3.0
+  lift[2, 4] = 1.8
+  np.fill_diagonal(lift, np.nan)
+  assert np.nanargmax(lift) // c == 0
+  for how in ("row", "double"):
+    adj = rel.specificity_adjust(lift, how)
+    assert np.unravel_index(np.nanargmax(adj), adj.shape) == (2, 4)
+    assert np.isnan(np.diag(adj)).all()
+  np.testing.assert_allclose(rel.specificity_adjust(lift, "none"), lift)
+  # Replicates keep their leading axis and are adjusted one matrix at a time.
+  reps = np.stack([lift, lift * 2.0])
+  out = rel.specificity_adjust(reps, "row")
+  assert out.shape == reps.shape
+  np.testing.assert_allclose(out[0], out[1])
+  with pytest.raises(ValueError, match="adjustment"):
+    rel.specificity_adjust(lift, "median")
