@@ -4,8 +4,9 @@ r"""The README's main job: the whole chain on the embedded synthetic claims worl
   python -m experiments.reproduce --workdir=/big/run --size=small    # same chain on a GPU
 
 Stages: synthesize, build_dataset, pretrain, finetune_cost, finetune_chronic, scratch_cost,
-scratch_chronic, baselines, generate (zero-shot + synthetic cohort + memorization audit), insights,
-paper_tables. Prints both paper tables at the end; tables and plots in WORKDIR/tables/.
+scratch_chronic (the from-scratch runs: not at demo, the size's `scratch` field in
+experiments/configs/main_job.py), baselines, generate (zero-shot + synthetic cohort + memorization
+audit), insights, paper_tables. Prints both paper tables at the end; tables and plots in WORKDIR/tables/.
 
 Each finished stage leaves WORKDIR/stages/STAGE.json with a digest of its inputs (its config or
 parameters: size, seed, patient count, build config; and its upstream markers). A rerun skips the
