@@ -100,3 +100,16 @@ def test_main_job_digests_follow_size_seed_and_patients(tmp_path):
   assert changed(inputs(n=base["synthesize"]["num_patients"] + 1)) == {"synthesize"}
   assert changed(inputs(seed=1)) >= {"synthesize", "pretrain", "baselines", "paper_tables"}
   assert changed(inputs(size="demo")) >= {"synthesize", "pretrain", "finetune_cost", "generate"}
+
+
+def test_a_job_without_scratch_runs_drops_them_from_the_graph():
+  from experiments.configs import main_job as main_job_cfg
+  demo, tiny = main_job_cfg.get_config("demo"), main_job_cfg.get_config("tiny")
+  assert not demo.scratch and tiny.scratch
+  assert main_job.job_stages(tiny) == main_job.STAGES
+  stages = main_job.job_stages(demo)
+  assert not set(main_job.SCRATCH_STAGES) & set(stages)
+  upstream = main_job.job_upstream(stages)
+  assert set(upstream) == set(stages)
+  assert "scratch_cost" not in upstream["paper_tables"]
+  assert "finetune_cost" in upstream["paper_tables"]

@@ -33,8 +33,8 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # the two from-scratch runs (scratch=False: ~8 minutes; the larger sizes keep them, and
     # docs/results.md cites the last demo run that had them) and samples zero-shot futures for a
     # seeded subsample of 100 held-out members x 16 futures (paired with the other rows on those
-    # members). Every other row covers every held-out member. Measured end to end:
-    # docs/results/stage_times.json (wall and CPU seconds per stage).
+    # members). Every other row covers every held-out member. Not yet measured end to end on an
+    # idle machine (estimated 31-36 minutes; docs/results.md says what was measured).
     "demo": {"num_patients": 50_000, "split_fractions": (0.5, 0.1, 0.4),
              "pretrain_examples": 6_400, "finetune_examples": 3_500, "finetune_steps": 220,
              "scratch": False, "zero_shot_patients": 100, "zero_shot_samples": 16},
