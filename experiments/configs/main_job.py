@@ -22,21 +22,21 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # demo: a world of 50,000 people split (0.5, 0.1, 0.4), so that >= 10,000 held-out task
     # members are evaluated (measured 2026-12-02, seed 0: 45,000 people gave 9,521 of 17,663
     # held-out people, 0.54; docs/synthetic_world.md). The LMM trains on a fixed subset of the
-    # train split: the first 6,400 timelines (2.04M of the 7.97M train tokens) and 3,500 task
-    # members. Pretraining keeps the preset's schedule: 1,000 steps of 8 x 512 packed tokens, two
-    # passes over those timelines, the tuning loss every 100 steps, stopping early after three
-    # evaluations without a lower loss (issue 12 asks for a plateaued tuning loss; the 300 steps
-    # of before were 0.6 pass and still falling). Fine-tuning: the cost and chronic heads, 220
-    # steps each (one pass of 3,500 members at batch 16, length-bucketed), the tuning split
-    # evaluated at 110 and 220 steps and the better checkpoint predicting (docs/finetuning.md).
-    # To fit the 2-core CPU's ~30 minutes with the longer pretraining, the demo job leaves out
-    # the two from-scratch runs (scratch=False: ~8 minutes; the larger sizes keep them, and
-    # docs/results.md cites the last demo run that had them) and samples zero-shot futures for a
-    # seeded subsample of 100 held-out members x 16 futures (paired with the other rows on those
-    # members). Every other row covers every held-out member. Not yet measured end to end on an
-    # idle machine (estimated 31-36 minutes; docs/results.md says what was measured).
+    # train split: the first 5,000 timelines (about 1.6M of the 7.97M train tokens) and 3,500 task
+    # members. Pretraining: 780 steps of 8 x 512 packed tokens, two passes over those timelines
+    # (issue 12 asks for a plateaued tuning loss or a schedule of at least two passes; the 1,000
+    # steps over 6,400 timelines of the preset do not fit the ~30 minutes), the tuning loss every
+    # 100 steps, stopping early after three evaluations without a lower loss. Fine-tuning: the
+    # cost and chronic heads, 220 steps each (one pass of 3,500 members at batch 16,
+    # length-bucketed), the tuning split evaluated at 110 and 220 steps and the better
+    # checkpoint predicting (docs/finetuning.md). The demo job leaves out the two from-scratch
+    # runs (scratch=False: ~8 minutes; the larger sizes keep them, and docs/results.md cites the
+    # last demo run that had them) and samples zero-shot futures for a seeded subsample of 100
+    # held-out members x 16 futures (paired with the other rows on those members). Every other
+    # row covers every held-out member. docs/results.md gives the measured stage times.
     "demo": {"num_patients": 50_000, "split_fractions": (0.5, 0.1, 0.4),
-             "pretrain_examples": 6_400, "finetune_examples": 3_500, "finetune_steps": 220,
+             "pretrain_examples": 5_000, "pretrain_steps": 780,
+             "finetune_examples": 3_500, "finetune_steps": 220,
              "scratch": False, "zero_shot_patients": 100, "zero_shot_samples": 16},
     "small": {"num_patients": 200_000},
     "base": {"num_patients": 1_000_000},

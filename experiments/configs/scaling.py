@@ -7,7 +7,8 @@ Every point pretrains a model of one size on the first N train timelines (`train
 `passes` passes over their tokens, fine-tunes the cost and chronic heads on the train task members
 among them (the first N x task share task records) for `finetune_passes` passes, and predicts the
 held-out split. The table (WORKDIR/scaling.{md,csv}) and plot (scaling.png) give the pretraining
-tuning loss, held-out cost NMAE and chronic macro AUROC per point. Held-out figures are only
+tuning loss, held-out cost NMAE (of the mean and of the P50 output) and chronic macro AUROC per
+point, and with references_dir the same figures of baselines on the same members. Held-out figures are only
 reported, never used to choose anything. Presets:
   tiny  tests: 1 size x 2 patient counts, a few steps each
   demo  the 2-core CPU: sizes xs (2 layers, d 64) and s (the demo model), N = 800 and 3,200
@@ -61,6 +62,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_steps = 1500
   c.seed = 0
   c.progress = True
+  # A baselines run on the same dataset (the main job's WORKDIR/baselines): the held-out figures
+  # of these models are printed beside the points and drawn as dashed lines. "": none.
+  c.references_dir = ""
+  c.reference_models = ml_collections.ConfigDict(
+      {"cost": ("lightgbm_median", "cms_hcc_v28"), "chronic": ("lightgbm_chronic", "copy_forward")})
   common.apply(c, PRESET_OVERRIDES, c.preset)
   c.lock()
   return c
