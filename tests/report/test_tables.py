@@ -254,3 +254,30 @@ def test_cost_table_adds_p50_row_beside_mean_models(tmp_path):
   assert float(rows["lmm"]["nmae_raw"]) == pytest.approx(
       metrics.cost_metrics(y, 0.9 * y + 800)["nmae"])
   assert rows["lmm (P50)"]["kind"] == "finetuned"
+
+
+def test_cost_table_pairs_every_row_with_the_commercial_risk_model(tmp_path):
+  # The paper's comparison: each row's NMAE reduction against recalibrated CMS-HCC, paired on the
+  # members both hold (the LMM here predicts only the first half of them).
+  rng = np.random.default_rng(2)
+  ids = np.arange(N)
+  y = rng.gamma(0.6, 5000.0, N)
+  hcc = 0.5 * y + 2000.0
+  runs = tmp_path / "runs"
+  P.write_cost_predictions(str(runs / "b"), tables.RISK_MODEL, ids, y, hcc, meta=_meta())
+  half = N // 2
+  P.write_cost_predictions(str(runs / "a"), "lmm", ids[:half], y[:half], 0.8 * y[:half],
+                           meta=_meta("zero-shot", 10))
+  tables.build_report(str(runs), str(tmp_path / "out"), num_samples=50, plots=False,
+                      progress=False)
+  rows = {r["model"]: r for r in _rows(tmp_path / "out" / "cost_table.csv")}
+  err = lambda p: np.abs(y[:half] - p).sum()
+  expected = 100 * (1 - err(0.8 * y[:half]) / err(hcc[:half]))
+  got = rows["lmm"]
+  assert float(got["nmae_below_risk_model_pct_raw"]) == pytest.approx(expected)
+  assert float(got["nmae_below_risk_model_pct_raw_lo"]) < expected < float(
+      got["nmae_below_risk_model_pct_raw_hi"])
+  assert got["risk_model"] == tables.RISK_MODEL
+  assert float(rows[tables.RISK_MODEL]["nmae_below_risk_model_pct_raw"]) == 0.0
+  md = open(tmp_path / "out" / "cost_table.md").read()
+  assert f"NMAE below {tables.RISK_MODEL} % (raw)" in md
