@@ -7,7 +7,7 @@ Launch (PRESET in tiny, demo, small, base, large; see experiments/configs/common
       --config.num_train_steps=200 --config.seed=0
 
   demo  4 layers, d 128, 1.9M parameters, 1,000 steps of 8 x 512 packed tokens: two passes over
-        the 2.04M train tokens of 6,400 patients (the main job caps train_examples there), the
+        about 2.0M train tokens (the main job: 780 steps over its first 5,000 train timelines), the
         tuning loss every 100 steps, early stopping after three without improvement
 
 The config is locked: a misspelled override (`--config.modle.d_model=1`) is an error.
