@@ -9,7 +9,9 @@ One `__call__` serves all three, so a variant's math is written once. With a cac
 one sequence whose token at position p occupies cache slot p: the L new tokens of a row must have
 consecutive positions, they are written at slot positions[:, 0] onwards, and a query at position p
 sees slots <= p. Right-padded rows therefore prefill exactly: slots the padding filled are
-overwritten by the next decode step before any query can see them.
+overwritten by the next decode step before any query can see them. `fork_cache` turns a prefill's
+cache into the cache of N continuations of each row (N sampled futures of one history), which the
+same `__call__` then decodes; how the prefill is shared among them is the backbone's business.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Backbone(Protocol):
   """The interface that `FinetuneModel` and `lmm_jax.sampling.decode` rely on.
 
   `cfg` has at least vocab_size, padded_vocab_size and d_model. A cache is any pytree whose leaves
-  have the batch as their leading axis (the sampler repeats it per sample).
+  have the batch as their leading axis.
   """
   cfg: Any
 
@@ -45,6 +47,12 @@ class Backbone(Protocol):
   def logits(self, h_BxLxD: jax.Array) -> jax.Array: ...
 
   def init_cache(self, batch: int, length: int) -> Any: ...
+
+  def fork_cache(self, cache: Any, lengths_B: jax.Array, num_samples: int,
+                 new_tokens: int) -> Any:
+    """From a prefill's cache of B rows (lengths_B real tokens each): the cache of B x num_samples
+    continuations, r * num_samples + i continuing row r, with room for new_tokens more tokens."""
+    ...
 
 
 def check_inputs(tokens_BxL: jax.Array | None, segment_ids_BxL: jax.Array | None,

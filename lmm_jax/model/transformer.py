@@ -139,28 +139,38 @@ def _attend_dense(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.A
   return jnp.einsum("bkgls,bske->blkge", probs, v_BxSxKxE)
 
 
-def _attend_small(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
-                  mask_Bx1x1xLxS: jax.Array) -> jax.Array:
-  """The same math for a few queries (decode steps), on the [B,S,K,E] cache as it lies: a dot
+def _small_logits(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array) -> jax.Array:
+  """float32 scaled logits [B,L,K,G,S] of a few queries on the [B,S,K,E] cache as it lies: a dot
   batched over kv heads would first transpose the whole cache to [B,K,S,E] at every step, so
   each query head meets every kv head J in dots batched over B only, and the pairs of other
   groups are dropped (J times the attention FLOPs, which are tiny at L <= SMALL_QUERY)."""
   kh = k_BxSxKxE.shape[2]
   scale = 1.0 / math.sqrt(q_BxLxKxGxE.shape[-1])
-  own_KxJ = np.eye(kh, dtype=bool)
   # The cache is the dot's left operand: with E its minor (contracting) axis it is read in place
   # (as the right operand XLA:CPU would first copy it to [B,E,S*J]); the small q is transposed.
   logits_BxSxJxLxKxG = jnp.einsum("bsje,blkge->bsjlkg", k_BxSxKxE, q_BxLxKxGxE,
                                   preferred_element_type=jnp.float32)
-  own_11J1K1 = own_KxJ.T[None, None, :, None, :, None]
+  own_11J1K1 = np.eye(kh, dtype=bool).T[None, None, :, None, :, None]
   logits_BxSxLxKxG = jnp.sum(jnp.where(own_11J1K1, logits_BxSxJxLxKxG, 0.0), axis=2) * scale
-  logits_BxLxKxGxS = jnp.moveaxis(logits_BxSxLxKxG, 1, -1)
+  return jnp.moveaxis(logits_BxSxLxKxG, 1, -1)
+
+
+def _small_values(probs_BxLxKxGxS: jax.Array, v_BxSxKxE: jax.Array) -> jax.Array:
+  """[B,L,K,G,E]: the probabilities' weighted values, each head with its own kv head."""
+  kh = v_BxSxKxE.shape[2]
+  out_BxLxKxGxJxE = jnp.einsum("blkgs,bsje->blkgje", probs_BxLxKxGxS.astype(v_BxSxKxE.dtype),
+                               v_BxSxKxE)
+  own_11K1J1 = np.eye(kh, dtype=bool)[None, None, :, None, :, None]
+  return jnp.sum(jnp.where(own_11K1J1, out_BxLxKxGxJxE, 0.0), axis=4).astype(v_BxSxKxE.dtype)
+
+
+def _attend_small(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array,
+                  mask_Bx1x1xLxS: jax.Array) -> jax.Array:
+  """`_attend_dense`'s math for a few queries (decode steps), the cache read in place."""
+  logits_BxLxKxGxS = _small_logits(q_BxLxKxGxE, k_BxSxKxE)
   mask_BxLx1x1xS = mask_Bx1x1xLxS[:, 0, 0, :, None, None, :]
   logits_BxLxKxGxS = jnp.where(mask_BxLx1x1xS, logits_BxLxKxGxS, _MASKED)
-  probs_BxLxKxGxS = jax.nn.softmax(logits_BxLxKxGxS, axis=-1).astype(v_BxSxKxE.dtype)
-  out_BxLxKxGxJxE = jnp.einsum("blkgs,bsje->blkgje", probs_BxLxKxGxS, v_BxSxKxE)
-  own_11K1J1 = own_KxJ[None, None, :, None, :, None]
-  return jnp.sum(jnp.where(own_11K1J1, out_BxLxKxGxJxE, 0.0), axis=4).astype(v_BxSxKxE.dtype)
+  return _small_values(jax.nn.softmax(logits_BxLxKxGxS, axis=-1), v_BxSxKxE)
 
 
 def _causal_block(l: int, s: int, offset: int) -> np.ndarray:
@@ -213,6 +223,48 @@ class LayerCache(NamedTuple):
 
 
 Cache = tuple[LayerCache, ...]  # one per layer
+
+
+class SharedPrefixCache(NamedTuple):
+  """One layer's cache of N continuations of each of P prefilled rows (`Transformer.fork_cache`).
+
+  The prefill's keys and values are kept once per row ([P,S,K,E]) rather than copied N times:
+  decoding is bound by reading the cache, and N futures of one history (16-50 in zero-shot) would
+  otherwise read that history N times at every step. Continuation r (of B = P x N) continues row
+  r // N; its token at position prefix_len[r] + i lies in slot i of k, v ([B,T,K,E]).
+  """
+  prefix_k: jax.Array
+  prefix_v: jax.Array
+  k: jax.Array
+  v: jax.Array
+  prefix_len: jax.Array   # int32[B]: the prefilled (real) tokens of each continuation's row
+
+
+def attend_shared_prefix(q_BxLxHxE: jax.Array, cache: SharedPrefixCache,
+                         positions_BxL: jax.Array) -> jax.Array:
+  """A few queries per continuation over its row's prefix and its own slots: the softmax of
+  `attend` over the same keys (prefix slots < prefix_len, own slots <= position - prefix_len),
+  the N continuations of a row meeting its prefix keys in one dot."""
+  b, l, h, e = q_BxLxHxE.shape
+  p, s, kh, _ = cache.prefix_k.shape
+  n, g = b // p, h // kh
+  q_BxLxKxGxE = q_BxLxHxE.reshape(b, l, kh, g, e)
+  # [B, L] -> [P, N*L]: continuation r = row * N + sample, so a row's queries are contiguous.
+  prefix_BxLxKxGxS = _small_logits(q_BxLxKxGxE.reshape(p, n * l, kh, g, e),
+                                   cache.prefix_k).reshape(b, l, kh, g, s)
+  own_BxLxKxGxT = _small_logits(q_BxLxKxGxE, cache.k)
+  t = own_BxLxKxGxT.shape[-1]
+  seen_Bx1x1x1xS = (jnp.arange(s)[None, :] < cache.prefix_len[:, None])[:, None, None, None, :]
+  slot_BxL = positions_BxL - cache.prefix_len[:, None]
+  own_seen_BxLx1x1xT = (jnp.arange(t)[None, None, :] <= slot_BxL[:, :, None])[:, :, None, None, :]
+  logits_BxLxKxGxST = jnp.concatenate(
+      [jnp.where(seen_Bx1x1x1xS, prefix_BxLxKxGxS, _MASKED),
+       jnp.where(own_seen_BxLx1x1xT, own_BxLxKxGxT, _MASKED)], axis=-1)
+  probs_BxLxKxGxST = jax.nn.softmax(logits_BxLxKxGxST, axis=-1)
+  prefix_out = _small_values(probs_BxLxKxGxST[..., :s].reshape(p, n * l, kh, g, s),
+                             cache.prefix_v).reshape(b, l, kh, g, e)
+  own_out = _small_values(probs_BxLxKxGxST[..., s:], cache.v)
+  return (prefix_out + own_out).reshape(b, l, h, e)
 
 
 def init_cache(cfg: TransformerConfig, batch: int, length: int) -> Cache:
@@ -268,15 +320,21 @@ class Attention(nnx.Module):
   def project_out(self, y_BxLxHxE: jax.Array) -> jax.Array:
     return jnp.einsum("blhe,hed->bld", y_BxLxHxE, self.o[...].astype(self.cfg.compute_dtype))
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, mask_Bx1xLxS: jax.Array,
-               cache: LayerCache | None = None) -> tuple[jax.Array, LayerCache | None]:
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
+               mask_Bx1xLxS: jax.Array | None, cache: LayerCache | SharedPrefixCache | None = None
+               ) -> tuple[jax.Array, LayerCache | SharedPrefixCache | None]:
     """(output [B,L,D], updated cache). Without a cache S = L and the mask is the segment mask
-    (causality added here); with one, the L new keys/values are written at slot positions[:, 0]
-    and the mask is `cache_mask` over the cache's S slots."""
+    (causality added here); with a LayerCache, the L new keys/values are written at slot
+    positions[:, 0] and the mask is `cache_mask` over the cache's S slots; with a
+    SharedPrefixCache at slot positions[:, 0] - prefix_len, the masks coming from the cache."""
     q, k, v = self.project_qkv(x_BxLxD, positions_BxL)
     if cache is None:
       y_BxLxHxE = attend(q, k, v, mask_Bx1xLxS, is_causal=True,
                          implementation=self.cfg.attention_impl)
+    elif isinstance(cache, SharedPrefixCache):
+      start_B = positions_BxL[:, 0] - cache.prefix_len
+      cache = cache._replace(k=_write(cache.k, k, start_B), v=_write(cache.v, v, start_B))
+      y_BxLxHxE = attend_shared_prefix(q, cache, positions_BxL)
     else:
       start_B = positions_BxL[:, 0]
       cache = LayerCache(_write(cache.k, k, start_B), _write(cache.v, v, start_B))
@@ -315,9 +373,10 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs=rngs)
     self.dropout = _dropout(cfg.dropout_rate)
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, mask_Bx1xLxS: jax.Array,
-               dropout_rng: jax.Array | None = None, cache: LayerCache | None = None
-               ) -> tuple[jax.Array, LayerCache | None]:
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
+               mask_Bx1xLxS: jax.Array | None, dropout_rng: jax.Array | None = None,
+               cache: LayerCache | SharedPrefixCache | None = None
+               ) -> tuple[jax.Array, LayerCache | SharedPrefixCache | None]:
     rng_a = rng_m = None
     if dropout_rng is not None:
       rng_a, rng_m = jax.random.split(dropout_rng)
@@ -412,6 +471,17 @@ class Transformer(nnx.Module):
   def init_cache(self, batch: int, length: int) -> Cache:
     return init_cache(self.cfg, batch, length)
 
+  def fork_cache(self, cache: Cache, lengths_B: jax.Array, num_samples: int,
+                 new_tokens: int) -> tuple[SharedPrefixCache, ...]:
+    """The cache of num_samples continuations of each prefilled row (continuations
+    r * num_samples ... of row r), each with room for new_tokens; the prefill is kept once."""
+    b = lengths_B.shape[0] * num_samples
+    shape = (b, new_tokens, self.cfg.num_kv_heads, self.cfg.head_dim)
+    prefix_len_B = jnp.repeat(lengths_B.astype(jnp.int32), num_samples)
+    zeros = lambda: sharding.constrain(jnp.zeros(shape, self.cfg.compute_dtype),
+                                       ("batch", "length", "kv_heads", "kv"))
+    return tuple(SharedPrefixCache(c.k, c.v, zeros(), zeros(), prefix_len_B) for c in cache)
+
   def __call__(self, tokens_BxL: jax.Array | None, segment_ids_BxL: jax.Array | None,
                positions_BxL: jax.Array, age_BxL: jax.Array | None = None,
                days_BxL: jax.Array | None = None, *, embeddings_BxLxD: jax.Array | None = None,
@@ -429,6 +499,8 @@ class Transformer(nnx.Module):
                else embeddings_BxLxD)
     if cache is None:
       mask_Bx1xLxS = segment_mask(segment_ids_BxL, segment_ids_BxL)
+    elif isinstance(cache[0], SharedPrefixCache):
+      mask_Bx1xLxS = None  # each layer's two masks come from the cache (attend_shared_prefix)
     else:
       mask_Bx1xLxS = cache_mask(positions_BxL, cache[0].k.shape[1])
     new_cache = []

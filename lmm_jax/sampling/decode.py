@@ -9,8 +9,10 @@ Prefill and decode steps call the model itself with a cache (`model(..., cache=c
 keys and values. Any registered backbone (`lmm_jax.model.registry`) samples the same way.
 
 One jit call handles a batch of patients: the histories are right-padded to a static prefill length
-P and prefilled once; the cache is then repeated N times (row = patient * N + sample), so the N
-futures of a patient share one prefill. A `lax.while_loop` samples up to `max_new_tokens` tokens
+P and prefilled once; `model.fork_cache` then makes the cache of N continuations of each patient
+(row = patient * N + sample), so the N futures of a patient share one prefill (the transformer keeps
+the prefill's keys and values once per patient, `SharedPrefixCache`, instead of N copies that every
+decode step would read). A `lax.while_loop` samples up to `max_new_tokens` tokens
 per row and stops early once every row is done. A row is done when
   * a sampled time-gap token brings the running clock (sum of vocab.time_gap_days of the generated
     gap tokens, days) to or past the row's horizon: that token and everything after are dropped,
@@ -26,8 +28,7 @@ Randomness: row r of patient p uses fold_in(fold_in(PRNGKey(seed), patient_index
 folds in the step, so a patient's futures do not depend on the batch it was put in, its padding,
 or the mesh.
 
-Dimension letters: B rows (patients x samples), P prefill length, S cache length (P + T),
-T new tokens, V padded vocabulary, D model width.
+Dimension letters: B rows (patients x samples), P prefill length, T new tokens, V padded vocabulary, D model width.
 """
 
 from __future__ import annotations
@@ -221,9 +222,10 @@ def generate_cached(model: Backbone, batch: Mapping[str, jax.Array],
   n, t = sc.num_samples, sc.max_new_tokens
   p = batch["tokens"].shape[1]
   logits_BpxV, cache = prefill(model, batch["tokens"], batch["age"], batch["days"],
-                               batch["lengths"], p + t)
+                               batch["lengths"], p)
+  # The N futures of a patient continue one prefill (the transformer keeps it once, not N times).
+  cache = model.fork_cache(cache, batch["lengths"], n, t)
   rep = lambda x: jnp.repeat(x, n, axis=0)
-  cache = jax.tree.map(rep, cache)
   pos_B = rep(batch["lengths"]).astype(jnp.int32)
   sample_B = jnp.tile(jnp.arange(n, dtype=jnp.int32), batch["tokens"].shape[0])
   keys_B = row_keys(seed, rep(batch["patient_index"]), sample_B)

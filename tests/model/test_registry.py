@@ -48,6 +48,11 @@ class CausalMean(nnx.Module):
   def init_cache(self, batch: int, length: int):
     return jnp.zeros((batch, length, self.cfg.d_model))
 
+  def fork_cache(self, cache, lengths_B, num_samples, new_tokens):
+    del lengths_B  # the plain way: a copy of the prefill per continuation, slot p = position p
+    cache = jnp.repeat(cache, num_samples, axis=0)
+    return jnp.pad(cache, ((0, 0), (0, new_tokens), (0, 0)))
+
   def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, age_BxL=None, days_BxL=None, *,
                embeddings_BxLxD=None, cache=None, dropout_rng=None, return_logits=True):
     del dropout_rng

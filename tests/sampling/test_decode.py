@@ -67,6 +67,40 @@ def test_cached_logits_match_full_forward():
     cur = cur + 1
 
 
+def test_forked_cache_continues_each_row_as_the_full_forward_does():
+  # N continuations of each prefilled row, each decoding its own tokens: the logits of every
+  # step equal the full forward pass of (history + that continuation), and the prefill is kept
+  # once per row (not N times).
+  model = _model(num_layers=2, num_kv_heads=2)
+  rng = np.random.default_rng(5)
+  rows, n, p, t = 2, 3, 8, 6
+  lengths = np.array([p, p - 3], np.int32)
+  hist = rng.integers(3, V, size=(rows, p)).astype(np.int32)
+  cont = rng.integers(3, V, size=(rows * n, t)).astype(np.int32)
+  pad = lambda x: np.where(np.arange(p)[None] < lengths[:, None], x, 0).astype(x.dtype)
+  zeros = np.zeros((rows, p), np.float32)
+  _, cache = jax.jit(lambda *a: decode.prefill(model, *a, cache_len=p))(
+      jnp.asarray(pad(hist)), jnp.asarray(zeros), jnp.asarray(zeros), jnp.asarray(lengths))
+  cache = model.fork_cache(cache, jnp.asarray(lengths), n, t)
+  assert cache[0].prefix_k.shape[0] == rows and cache[0].k.shape[:2] == (rows * n, t)
+  step = jax.jit(lambda c, tok, q: decode.decode_step(model, tok, jnp.zeros(tok.shape),
+                                                      jnp.zeros(tok.shape), q, c))
+  expected = []
+  for r in range(rows * n):
+    row = r // n
+    seq = np.concatenate([hist[row, :lengths[row]], cont[r]])[None]
+    seg, pos = np.ones_like(seq), np.arange(seq.shape[1], dtype=np.int32)[None]
+    zs = np.zeros(seq.shape, np.float32)
+    full = np.asarray(model(jnp.asarray(seq), jnp.asarray(seg), jnp.asarray(pos), jnp.asarray(zs),
+                            jnp.asarray(zs)).logits)[0]
+    expected.append(full[lengths[row]:lengths[row] + t])
+  positions = np.repeat(lengths, n)
+  for i in range(t):
+    logits, cache = step(cache, jnp.asarray(cont[:, i]), jnp.asarray(positions + i))
+    for r in range(rows * n):
+      np.testing.assert_allclose(np.asarray(logits)[r], expected[r][i], atol=2e-5, rtol=1e-4)
+
+
 def _sampler(model, n=4, t=24, **kw) -> decode.Sampler:
   sc = decode.SamplingConfig(num_samples=n, max_new_tokens=t, **kw)
   return decode.Sampler(model, _gap_table(), EOS, sc, context_len=32)
