@@ -185,7 +185,11 @@ def write_outputs(rows: list[dict[str, Any]], workdir: str, title: str,
     pts = sorted((r for r in rows if r["size"] == size), key=lambda r: r["train_patients"])
     xs = [r["train_patients"] for r in pts]
     for ax, key in zip(axes, ("tuning_loss", "nmae", "macro_auroc")):
-      ax.plot(xs, [r[key] for r in pts], "o-", label=f"{size} ({pts[0]['params']:,} params)")
+      line, = ax.plot(xs, [r[key] for r in pts], "o-",
+                      label=f"{size} ({pts[0]['params']:,} params)")
+      if key == "nmae":  # the P50 output, dotted in the same colour
+        ax.plot(xs, [r["nmae_p50"] for r in pts], "s:", color=line.get_color(),
+                label=f"{size}, P50 output")
   for r in references:
     ax, key = (axes[1], "nmae") if "nmae" in r else (axes[2], "macro_auroc")
     ax.axhline(r[key], ls="--", lw=1, color="gray")
@@ -195,6 +199,7 @@ def write_outputs(rows: list[dict[str, Any]], workdir: str, title: str,
                               "held-out chronic macro AUROC")):
     ax.set(xscale="log", xlabel="training patients", ylabel=label, title=label)
   axes[0].legend()
+  axes[1].legend(fontsize=7)
   fig.suptitle(title)
   png_path = plots.save_png(fig, os.path.join(workdir, "scaling.png"))
   return {"csv": csv_path, "md": md_path, "png": png_path}
