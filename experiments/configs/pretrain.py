@@ -58,6 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # epoch; lmm_jax.data.anchors), so zero-shot sampling from a task history's anchor continues a
   # pattern seen in training. Half keep their natural form; tiny keeps none (golden losses).
   c.anchor_rate = 0.0 if preset == "tiny" else 0.5
+  # Sequence positions per chunk of the loss fused with the output projection (the [B,L,V] logits
+  # are never materialized; lmm_jax/tasks/losses.py): 64 was fastest at demo size on the 2-core
+  # CPU (32: +2%, 128: +18%, 256: x2; docs/training.md, "Speed").
+  c.loss_chunk = 64
   common.apply(c, SCHEDULES, preset)
   c.lock()
   return c

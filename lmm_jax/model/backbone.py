@@ -46,6 +46,11 @@ class Backbone(Protocol):
 
   def logits(self, h_BxLxD: jax.Array) -> jax.Array: ...
 
+  def output_head(self) -> tuple[jax.Array, jax.Array]:
+    """(w [D,V], float32 bias [V]) with logits(h) == h @ w + bias: the pretraining loss takes them
+    to fuse the projection with the softmax (`lmm_jax.tasks.losses.next_token_nll`)."""
+    ...
+
   def init_cache(self, batch: int, length: int) -> Any: ...
 
   def fork_cache(self, cache: Any, lengths_B: jax.Array, num_samples: int,

@@ -458,15 +458,19 @@ class Transformer(nnx.Module):
       x_BxLxD = x_BxLxD + self.time_embed(age_BxL, days_BxL)
     return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed"))
 
-  def logits(self, h_BxLxD: jax.Array) -> jax.Array:
-    """float32 logits; padded vocabulary rows get a large negative value."""
+  def output_head(self) -> tuple[jax.Array, jax.Array]:
+    """(w [D,V] in the compute dtype, float32 bias [V]): logits = h @ w + bias. The bias is -1e9
+    on the padded vocabulary rows (an add, not a select: nothing to differentiate)."""
     dt = self.cfg.compute_dtype
     w_DxV = (self.embedding[...].T if self.cfg.tie_embeddings else self.lm_head[...]).astype(dt)
-    logits_BxLxV = (h_BxLxD @ w_DxV).astype(jnp.float32)
-    if self.cfg.padded_vocab_size > self.cfg.vocab_size:
-      real_11V = (jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size)[None, None, :]
-      logits_BxLxV = jnp.where(real_11V, logits_BxLxV, -1e9)
-    return logits_BxLxV
+    real_V = jnp.arange(self.cfg.padded_vocab_size) < self.cfg.vocab_size
+    return w_DxV, jnp.where(real_V, 0.0, -1e9).astype(jnp.float32)
+
+  def logits(self, h_BxLxD: jax.Array) -> jax.Array:
+    """float32 logits; padded vocabulary rows get a large negative value."""
+    w_DxV, bias_V = self.output_head()
+    return jnp.einsum("bld,dv->blv", h_BxLxD.astype(w_DxV.dtype), w_DxV,
+                      preferred_element_type=jnp.float32) + bias_V[None, None, :]
 
   def init_cache(self, batch: int, length: int) -> Cache:
     return init_cache(self.cfg, batch, length)

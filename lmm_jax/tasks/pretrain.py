@@ -23,6 +23,7 @@ from lmm_jax.conventions import TOKEN_KIND_NAMES
 from lmm_jax.data import pipeline
 from lmm_jax.data import records
 from lmm_jax.data.vocab import Vocabulary
+from lmm_jax.tasks import losses
 from lmm_jax.tasks import registry
 from lmm_jax.train.task import Metrics, Task
 
@@ -54,14 +55,16 @@ def next_token_targets(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array
   return targets_BxL, weights_BxL.astype(jnp.float32)
 
 
-def next_token_metrics(logits_BxLxV: jax.Array, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
-                       kinds_V: jax.Array, *, accuracy: bool) -> tuple[jax.Array, Metrics]:
-  """Mean next-token cross-entropy and (sum, weight) metrics overall and by target kind."""
+def next_token_metrics(h_BxLxD: jax.Array, w_DxV: jax.Array, bias_V: jax.Array,
+                       tokens_BxL: jax.Array, segment_ids_BxL: jax.Array, kinds_V: jax.Array, *,
+                       accuracy: bool, chunk: int) -> tuple[jax.Array, Metrics]:
+  """Mean next-token cross-entropy of logits h @ w + bias and (sum, weight) metrics overall and by
+  target kind; the projection is fused with the loss in chunks of `chunk` positions (losses.py)."""
   targets_BxL, w_BxL = next_token_targets(tokens_BxL, segment_ids_BxL)
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-  target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  nll_BxL = logz_BxL - target_logit_BxL
+  if accuracy:
+    nll_BxL, rank_BxL = losses.next_token_nll_and_rank(h_BxLxD, w_DxV, bias_V, targets_BxL, chunk)
+  else:
+    nll_BxL = losses.next_token_nll(h_BxLxD, w_DxV, bias_V, targets_BxL, chunk)
   kind_w_BxLxK = jax.nn.one_hot(kinds_V[targets_BxL], NUM_KINDS) * w_BxL[..., None]
   count_K = kind_w_BxLxK.sum(axis=(0, 1))
   n = w_BxL.sum()
@@ -70,9 +73,7 @@ def next_token_metrics(logits_BxLxV: jax.Array, tokens_BxL: jax.Array, segment_i
   nll_sum_K = (nll_BxL[..., None] * kind_w_BxLxK).sum(axis=(0, 1))
   for k, name in enumerate(TOKEN_KIND_NAMES):
     metrics[f"loss/{name}"] = (nll_sum_K[k], count_K[k])
-  if accuracy:
-    # Rank of the target among all logits (ties favour the target): top-k hit iff rank < k.
-    rank_BxL = (logits_BxLxV > target_logit_BxL[..., None]).sum(axis=-1)
+  if accuracy:  # top-k hit iff fewer than k logits beat the target
     for top in (1, 10):
       hit_BxL = (rank_BxL < top).astype(jnp.float32)
       metrics[f"acc{top}"] = ((hit_BxL * w_BxL).sum(), n)
@@ -123,17 +124,15 @@ class PretrainTask(Task):
     kinds[:len(self.kinds)] = self.kinds
     return jnp.asarray(kinds)
 
-  def _forward(self, model: nnx.Module, batch: Mapping[str, jax.Array],
-               rng: jax.Array | None) -> jax.Array:
-    return model(batch["tokens"], batch["segment_ids"], batch["positions"], batch.get("age"),
-                 batch.get("days"), dropout_rng=rng).logits
-
   def loss_fn(self, model: nnx.Module, batch: Mapping[str, jax.Array], *, train: bool,
               rng: jax.Array | None) -> tuple[jax.Array, Metrics]:
-    logits_BxLxV = self._forward(model, batch, rng if train else None)
-    kinds_V = self._padded_kinds(logits_BxLxV.shape[-1])
-    return next_token_metrics(logits_BxLxV, batch["tokens"], batch["segment_ids"], kinds_V,
-                              accuracy=not train)
+    h_BxLxD = model(batch["tokens"], batch["segment_ids"], batch["positions"], batch.get("age"),
+                    batch.get("days"), dropout_rng=rng if train else None,
+                    return_logits=False).hidden
+    w_DxV, bias_V = model.output_head()
+    kinds_V = self._padded_kinds(w_DxV.shape[-1])
+    return next_token_metrics(h_BxLxD, w_DxV, bias_V, batch["tokens"], batch["segment_ids"],
+                              kinds_V, accuracy=not train, chunk=self.config.get("loss_chunk", 64))
 
   def finalize_eval(self, metrics: dict[str, float], outputs: dict[str, np.ndarray]
                     ) -> dict[str, float]:

@@ -42,6 +42,9 @@ class CausalMean(nnx.Module):
     x_BxLxD = jnp.take(self.embedding[...], tokens_BxL, axis=0)
     return x_BxLxD if age_BxL is None else x_BxLxD + (age_BxL / 100.0)[..., None]
 
+  def output_head(self):
+    return self.out[...], jnp.zeros((self.out.shape[1],), jnp.float32)
+
   def logits(self, h_BxLxD):
     return h_BxLxD @ self.out[...]
 
