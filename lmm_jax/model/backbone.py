@@ -3,9 +3,10 @@
     out = model(tokens, segment_ids, positions, age, days)             # training, scoring
     out = model(None, segment_ids, positions, embeddings_BxLxD=x)      # attribution from embeddings
     out = model(tokens, None, positions, age, days, cache=cache)       # prefill / one decode step
+    out = model(tokens, segment_ids, positions, age, days, at_B=idx_B)  # hidden [B,1,D] at idx_B
     out.logits, out.hidden, out.cache
 
-One `__call__` serves all three, so a variant's math is written once. With a cache, each row holds
+One `__call__` serves all four, so a variant's math is written once. With a cache, each row holds
 one sequence whose token at position p occupies cache slot p: the L new tokens of a row must have
 consecutive positions, they are written at slot positions[:, 0] onwards, and a query at position p
 sees slots <= p. Right-padded rows therefore prefill exactly: slots the padding filled are
@@ -39,7 +40,10 @@ class Backbone(Protocol):
                positions_BxL: jax.Array, age_BxL: jax.Array | None = None,
                days_BxL: jax.Array | None = None, *, embeddings_BxLxD: jax.Array | None = None,
                cache: Any = None, dropout_rng: jax.Array | None = None,
-               return_logits: bool = True) -> ModelOutput: ...
+               return_logits: bool = True, at_B: jax.Array | None = None) -> ModelOutput:
+    """With at_B (int32[B], no cache): the outputs at slot at_B of each row only, [B,1,...]
+    (a pooled head's forward; a backbone may skip the work the other slots need no more)."""
+    ...
 
   def embed(self, tokens_BxL: jax.Array, age_BxL: jax.Array | None = None,
             days_BxL: jax.Array | None = None) -> jax.Array: ...

@@ -98,6 +98,13 @@ class FinetuneModel(nnx.Module):
 
   def _pooled(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, positions_BxL: jax.Array,
               length_B: jax.Array, dropout_rng: jax.Array | None) -> jax.Array:
+    if self.head_cfg.pooling == "last":
+      # The backbone computes the last block at the pooled slot alone (its other L - 1 queries
+      # would be discarded): about a quarter less work at 4 layers.
+      idx_B = jnp.maximum(length_B.astype(jnp.int32) - 1, 0)
+      h_Bx1xD = self.backbone(None, segment_ids_BxL, positions_BxL, embeddings_BxLxD=x_BxLxD,
+                              dropout_rng=dropout_rng, return_logits=False, at_B=idx_B).hidden
+      return h_Bx1xD[:, 0, :].astype(jnp.float32)
     h_BxLxD = self.backbone(None, segment_ids_BxL, positions_BxL, embeddings_BxLxD=x_BxLxD,
                             dropout_rng=dropout_rng, return_logits=False).hidden
     return pool(h_BxLxD, segment_ids_BxL, length_B, self.head_cfg.pooling)

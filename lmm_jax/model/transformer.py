@@ -317,6 +317,24 @@ class Attention(nnx.Module):
     k_BxLxKxE = rotary(k_BxLxKxE, positions_BxL, self.cfg.rope_theta)
     return q_BxLxHxE, k_BxLxKxE, v_BxLxKxE
 
+  def attend_at(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, segment_ids_BxL: jax.Array,
+                at_B: jax.Array) -> jax.Array:
+    """Output [B,1,D] of the one query at slot at_B of each row over that row's keys (same
+    segment, slots <= at_B): what __call__ gives there, without the other L - 1 queries."""
+    dt = self.cfg.compute_dtype
+    take = lambda a: jnp.take_along_axis(a, at_B.reshape((-1,) + (1,) * (a.ndim - 1)), axis=1)
+    q_Bx1xHxE = rotary(jnp.einsum("bld,dhe->blhe", take(x_BxLxD), self.q[...].astype(dt)),
+                       take(positions_BxL), self.cfg.rope_theta)
+    k_BxSxKxE = rotary(jnp.einsum("bld,dke->blke", x_BxLxD, self.k[...].astype(dt)),
+                       positions_BxL, self.cfg.rope_theta)
+    v_BxSxKxE = jnp.einsum("bld,dke->blke", x_BxLxD, self.v[...].astype(dt))
+    causal_Bx1x1xS = (jnp.arange(x_BxLxD.shape[1], dtype=jnp.int32)[None, None, None, :]
+                      <= at_B[:, None, None, None])
+    mask_Bx1x1xS = segment_mask(take(segment_ids_BxL), segment_ids_BxL) & causal_Bx1x1xS
+    y_Bx1xHxE = attend(q_Bx1xHxE, k_BxSxKxE, v_BxSxKxE, mask_Bx1x1xS, is_causal=False,
+                       implementation="xla")
+    return self.project_out(y_Bx1xHxE)
+
   def project_out(self, y_BxLxHxE: jax.Array) -> jax.Array:
     return jnp.einsum("blhe,hed->bld", y_BxLxHxE, self.o[...].astype(self.cfg.compute_dtype))
 
@@ -385,6 +403,18 @@ class Block(nnx.Module):
     h = self.mlp(self.mlp_norm(x_BxLxD))
     x_BxLxD = x_BxLxD + self.dropout(h, deterministic=rng_m is None, rngs=rng_m)
     return sharding.constrain(x_BxLxD, ("batch", "length", "act_embed")), cache
+
+  def at(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, segment_ids_BxL: jax.Array,
+         at_B: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+    """The block's output [B,1,D] at slot at_B of each row only (a pooled model's last block)."""
+    rng_a = rng_m = None
+    if dropout_rng is not None:
+      rng_a, rng_m = jax.random.split(dropout_rng)
+    x_Bx1xD = jnp.take_along_axis(x_BxLxD, at_B[:, None, None], axis=1)
+    h = self.attn.attend_at(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL, at_B)
+    x_Bx1xD = x_Bx1xD + self.dropout(h, deterministic=rng_a is None, rngs=rng_a)
+    h = self.mlp(self.mlp_norm(x_Bx1xD))
+    return x_Bx1xD + self.dropout(h, deterministic=rng_m is None, rngs=rng_m)
 
 
 def sinusoid(x_BxL: jax.Array, num_features: int, min_period: float,
@@ -490,15 +520,18 @@ class Transformer(nnx.Module):
                positions_BxL: jax.Array, age_BxL: jax.Array | None = None,
                days_BxL: jax.Array | None = None, *, embeddings_BxLxD: jax.Array | None = None,
                cache: Cache | None = None, dropout_rng: jax.Array | None = None,
-               return_logits: bool = True) -> ModelOutput:
+               return_logits: bool = True, at_B: jax.Array | None = None) -> ModelOutput:
     """ModelOutput(float32 logits [B,L,V] or None, final hidden states [B,L,D], cache or None).
 
     Without a cache, position t attends to positions <= t of its own segment. embeddings_BxLxD
     (e.g. `embed(...)` for attribution) replaces tokens, age and days. With a cache (from
-    `init_cache`; segment_ids None), see `lmm_jax.model.backbone`. Dropout runs only with a
-    dropout_rng (training).
+    `init_cache`; segment_ids None), see `lmm_jax.model.backbone`. With at_B (int32[B], no
+    cache) the outputs are those at slot at_B of each row only ([B,1,...]): the last block
+    computes that query alone. Dropout runs only with a dropout_rng (training).
     """
     check_inputs(tokens_BxL, segment_ids_BxL, age_BxL, days_BxL, embeddings_BxLxD, cache)
+    if at_B is not None and cache is not None:
+      raise ValueError("at_B reads one position of a full forward: pass no cache with it")
     x_BxLxD = (self.embed(tokens_BxL, age_BxL, days_BxL) if embeddings_BxLxD is None
                else embeddings_BxLxD)
     if cache is None:
@@ -510,6 +543,10 @@ class Transformer(nnx.Module):
     new_cache = []
     for i, block in enumerate(self.layers):
       rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+      if at_B is not None and i == self.cfg.num_layers - 1:
+        # Only the keys and values of the last block are needed at every position.
+        x_BxLxD = block.at(x_BxLxD, positions_BxL, segment_ids_BxL, at_B.astype(jnp.int32), rng)
+        break
       layer_cache = None if cache is None else cache[i]
       if self.cfg.remat:
         x_BxLxD, layer_cache = nnx.remat(lambda blk, *a: blk(*a))(

@@ -57,7 +57,8 @@ class CausalMean(nnx.Module):
     return jnp.pad(cache, ((0, 0), (0, new_tokens), (0, 0)))
 
   def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, age_BxL=None, days_BxL=None, *,
-               embeddings_BxLxD=None, cache=None, dropout_rng=None, return_logits=True):
+               embeddings_BxLxD=None, cache=None, dropout_rng=None, return_logits=True,
+               at_B=None):
     del dropout_rng
     x_BxLxD = (self.embed(tokens_BxL, age_BxL, days_BxL) if embeddings_BxLxD is None
                else embeddings_BxLxD)
@@ -74,6 +75,8 @@ class CausalMean(nnx.Module):
       w_BxLxS = (jnp.arange(cache.shape[1])[None, None, :]
                  <= positions_BxL[:, :, None]).astype(jnp.float32)
     h_BxLxD = jnp.einsum("bls,bsd->bld", w_BxLxS, keys_BxSxD) / w_BxLxS.sum(-1, keepdims=True)
+    if at_B is not None:
+      h_BxLxD = jnp.take_along_axis(h_BxLxD, at_B[:, None, None], axis=1)
     return ModelOutput(self.logits(h_BxLxD) if return_logits else None, h_BxLxD, cache)
 
 

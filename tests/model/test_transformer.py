@@ -295,3 +295,41 @@ def test_cache_attention_matches_reference(l):
   mask = transformer.cache_mask(positions, s)
   np.testing.assert_allclose(transformer.attend(q, k, v, mask, is_causal=False),
                              _reference_attention(q, k, v, mask, False), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_forward_at_one_slot_equals_the_full_forward_there(num_layers):
+  """at_B computes the last block at one slot per row: same hidden state, same gradients."""
+  model = Transformer(_cfg(num_layers=num_layers), rngs=nnx.Rngs(3))
+  inp = _inputs(np.array([[1] * 7 + [0] * 5, [1] * 4 + [2] * 8]))  # padded; two segments
+  at_B = jnp.array([6, 9], jnp.int32)
+  x = model.embed(inp["tokens"], inp["age"], inp["days"])
+
+  def full(x):
+    h = model(None, inp["segment_ids"], inp["positions"], embeddings_BxLxD=x,
+              return_logits=False).hidden
+    return jnp.take_along_axis(h, at_B[:, None, None], axis=1)
+
+  def at(x):
+    return model(None, inp["segment_ids"], inp["positions"], embeddings_BxLxD=x,
+                 return_logits=False, at_B=at_B).hidden
+
+  np.testing.assert_allclose(at(x), full(x), rtol=1e-5, atol=1e-6)
+  g_full, g_at = (jax.grad(lambda x, f=f: (f(x) ** 2).sum())(x) for f in (full, at))
+  np.testing.assert_allclose(g_at, g_full, rtol=1e-3, atol=1e-4)
+  assert np.all(np.asarray(g_at)[1, :4] == 0.0)  # slot 9 is in segment 2: segment 1 unseen
+  assert np.all(np.asarray(g_at)[0, 7:] == 0.0)  # nothing after the slot
+
+
+def test_finetune_model_pools_the_last_slot_as_the_full_forward_does():
+  cfg = _cfg()
+  model = heads.FinetuneModel(cfg, heads.HeadConfig(num_outputs=3, hidden_dim=8),
+                              rngs=nnx.Rngs(0))
+  inp = _inputs(np.array([[1] * 9 + [0] * 3, [1] * 12]))
+  length_B = jnp.array([9, 12], jnp.int32)
+  out = model(inp["tokens"], inp["segment_ids"], inp["positions"], inp["age"], inp["days"],
+              length_B)
+  h = model.backbone(inp["tokens"], inp["segment_ids"], inp["positions"], inp["age"],
+                     inp["days"], return_logits=False).hidden
+  ref = model.head(heads.pool(h, inp["segment_ids"], length_B, "last"))
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
